@@ -1,0 +1,18 @@
+//! Herald's database schema, as sea-orm migrations.
+//!
+//! The same migrations run on SQLite (the embedded default) and PostgreSQL. Types are kept to
+//! the portable subset: text, big integers, booleans and timestamps with time zone; structured
+//! values (scopes, limits, channel options) are stored as JSON text and parsed by the store.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}

@@ -1,0 +1,176 @@
+//! `JsonBody<T>`: a JSON request body parsed with serde, so errors name the exact field
+//! (`limits.max_connections`, `scopes[2]`) and unknown fields are refused. The OpenAPI schema
+//! still comes from `T`'s poem-openapi derive.
+
+use poem::{Request, RequestBody};
+use poem_openapi::payload::{ParsePayload, Payload};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+pub struct JsonBody<T> {
+    pub value: T,
+    /// The body as parsed JSON, for merge-patch semantics.
+    pub raw: serde_json::Value,
+}
+
+impl<T: Type> Payload for JsonBody<T> {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        matches!(content_type.parse::<mime::Mime>(), Ok(m) if m.type_() == "application"
+            && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")))
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// The name inside the first pair of backticks of a serde message (`unknown field `x``).
+fn backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// serde_path_to_error already ends the path with an unknown field's name, but not with a
+/// missing one's; this yields the full path either way.
+fn join_path(path: &str, field: &str) -> String {
+    if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_owned()
+    } else if path.is_empty() || path == "." {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Maps a serde error at `path` to a problem naming the field.
+fn body_error(path: String, message: String) -> ApiError {
+    if message.starts_with("unknown field") {
+        let field = backticked(&message).map(|f| join_path(&path, f)).unwrap_or(path);
+        ApiError::bad_request("unknown_field", format!("unknown field `{field}`")).with_field(field)
+    } else if message.starts_with("missing field") {
+        let field = backticked(&message).map(|f| join_path(&path, f)).unwrap_or(path);
+        ApiError::bad_request("missing_field", format!("missing field `{field}`")).with_field(field)
+    } else {
+        let field = if path == "." { String::new() } else { path };
+        let err = ApiError::bad_request("invalid_type", message);
+        if field.is_empty() { err } else { err.with_field(field) }
+    }
+}
+
+impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let limit = request
+            .data::<SharedState>()
+            .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |s| s.config.max_body_bytes);
+        let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|e| match e {
+            poem::error::ReadBodyError::PayloadTooLarge => ApiError::too_large(limit as u64),
+            other => ApiError::bad_request("malformed_body", other.to_string()),
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("malformed_json", "the request body is empty").into());
+        }
+        let raw: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}")))?;
+        let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
+            let path = e.path().to_string();
+            body_error(path, e.into_inner().to_string())
+        })?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <Self as Payload>::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType { content_type: Self::CONTENT_TYPE, schema: Self::schema_ref() }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        match request.content_type() {
+            Some(ct) if Self::check_content_type(ct) => {
+                <Self as ParsePayload>::from_request(request, body).await
+            }
+            Some(ct) => Err(ApiError::new(
+                poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected application/json, got `{ct}`"),
+            )
+            .with_field("Content-Type")
+            .into()),
+            None => Err(ApiError::new(
+                poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send `Content-Type: application/json`",
+            )
+            .with_field("Content-Type")
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    fn parse(json: &str) -> ApiError {
+        let raw: serde_json::Value = serde_json::from_str(json).unwrap();
+        let err = serde_path_to_error::deserialize::<_, Outer>(&raw).unwrap_err();
+        body_error(err.path().to_string(), err.into_inner().to_string())
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(r#"{"name": "x", "extra": 1}"#);
+        assert_eq!((e.code, e.field.as_deref()), ("unknown_field", Some("extra")));
+        let e = parse(r#"{"inner": {"n": 1}}"#);
+        assert_eq!((e.code, e.field.as_deref()), ("missing_field", Some("name")));
+        let e = parse(r#"{"name": "x", "inner": {"n": "one"}}"#);
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_type", Some("inner.n")));
+        let e = parse(r#"{"name": "x", "inner": {"n": 1, "m": 2}}"#);
+        assert_eq!((e.code, e.field.as_deref()), ("unknown_field", Some("inner.m")));
+    }
+}

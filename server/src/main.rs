@@ -1,0 +1,137 @@
+//! The `herald` command: `serve`, `migrate`, `openapi`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use herald::config::{Config, Layer, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Self-hosted multi-tenant real-time push server")]
+struct Cli {
+    /// TOML config file (also HERALD_CONFIG). Environment and flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Herald node (runs pending migrations first).
+    Serve(NodeArgs),
+    /// Apply database migrations and exit.
+    Migrate(NodeArgs),
+    /// Print the OpenAPI description of the REST API.
+    Openapi,
+}
+
+#[derive(Args, Default)]
+struct NodeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080; port 0 picks a free port].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory for the SQLite database and the generated secret key [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite:PATH or postgres://USER:PASSWORD@HOST/DB [default: SQLite in the data dir].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or herald=debug [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Largest accepted request body in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<String>,
+}
+
+impl NodeArgs {
+    fn into_layer(self) -> Layer {
+        Layer {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            max_body_bytes: self.max_body_bytes,
+            ..Layer::default()
+        }
+    }
+}
+
+fn load_config(file: Option<PathBuf>, flags: NodeArgs) -> Result<(Config, Vec<String>), String> {
+    let file = file.or_else(|| std::env::var_os("HERALD_CONFIG").map(PathBuf::from));
+    let file_layer = match file {
+        Some(path) => Layer::from_file(&path).map_err(|e| e.to_string())?,
+        None => Layer::default(),
+    };
+    let (env_layer, unknown) = Layer::from_env(std::env::vars());
+    let config = Config::resolve(&file_layer, &env_layer, &flags.into_layer()).map_err(|e| e.to_string())?;
+    Ok((config, unknown))
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (flags, serve) = match cli.command {
+        Command::Openapi => {
+            println!("{}", herald::api::service().spec());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve(flags) => (flags, true),
+        Command::Migrate(flags) => (flags, false),
+    };
+    let (config, unknown_env) = match load_config(cli.config, flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    for name in unknown_env {
+        tracing::warn!(variable = %name, "ignoring unknown HERALD_* environment variable");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(config, serve)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Error>> {
+    tracing::info!(?config, "starting");
+    let listen = config.listen;
+    let boot = herald::state::bootstrap(config).await?;
+    if !serve {
+        println!("migrations applied");
+        return Ok(());
+    }
+    if let Some(token) = &boot.generated_admin_token {
+        println!("Generated admin token (shown once; set HERALD_ADMIN_TOKEN to choose your own): {token}");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("Herald listening on http://{addr}");
+    tracing::info!(%addr, database = boot.state.store.backend_name(), "listening");
+    herald::server::run(boot.state, listener, herald::server::shutdown_signal(), Duration::from_secs(10))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Shared state of one node: configuration, the store, the master key and the admin credential.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::crypto::{self, MasterKey};
+use crate::store::Store;
+
+pub type SharedState = Arc<AppState>;
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub master: MasterKey,
+    /// SHA-256 of the bootstrap admin token.
+    pub admin_token_hash: String,
+    /// HMAC key for admin session JWTs, derived from the master key so every node shares it.
+    pub session_key: [u8; 32],
+}
+
+/// Settings keys in the `settings` table.
+pub const ADMIN_TOKEN_HASH: &str = "admin_token_sha256";
+pub const MASTER_KEY_CHECK: &str = "master_key_check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(
+        "the secret key does not match the one this database was set up with; set `secret_key` \
+         (HERALD_SECRET_KEY) to the original value"
+    )]
+    WrongSecretKey,
+    #[error("secret key file {path} is invalid: {message}")]
+    BadKeyFile { path: String, message: String },
+}
+
+/// What start-up produced that the operator must see once.
+pub struct Bootstrap {
+    pub state: SharedState,
+    /// A generated admin token, to be printed once and never again.
+    pub generated_admin_token: Option<String>,
+}
+
+/// Loads the master key from config, or from `<data_dir>/secret.key`, creating it on first start.
+fn load_master_key(config: &Config) -> Result<MasterKey, BootError> {
+    if let Some(encoded) = &config.secret_key {
+        return Ok(MasterKey::from_base64(encoded).expect("validated by config"));
+    }
+    let path = config.data_dir.join("secret.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => MasterKey::from_base64(&text)
+            .map_err(|e| BootError::BadKeyFile { path: path.display().to_string(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            write_private_file(&path, &key.to_base64())
+                .map_err(|source| BootError::DataDir { path: path.display().to_string(), source })?;
+            tracing::info!(path = %path.display(), "generated a new secret key");
+            Ok(key)
+        }
+        Err(source) => Err(BootError::DataDir { path: path.display().to_string(), source }),
+    }
+}
+
+fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Connects, migrates, and settles the secret key and the admin credential.
+pub async fn bootstrap(config: Config) -> Result<Bootstrap, BootError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| BootError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let master = load_master_key(&config)?;
+    let store = Store::connect(&config.database_url).await?;
+    store.migrate().await?;
+
+    // A sealed marker proves the key is the one earlier secrets were sealed with.
+    let check = master.seal(b"herald");
+    if !store.set_setting_once(MASTER_KEY_CHECK, &check).await? {
+        let stored = store.setting(MASTER_KEY_CHECK).await?.unwrap_or_default();
+        if master.unseal(&stored).is_err() {
+            return Err(BootError::WrongSecretKey);
+        }
+    }
+
+    let mut generated_admin_token = None;
+    let admin_token_hash = match &config.admin_token {
+        Some(token) => {
+            let hash = crypto::sha256_hex(token);
+            store.set_setting(ADMIN_TOKEN_HASH, &hash).await?;
+            hash
+        }
+        None => {
+            let token = crypto::random_token("hadm_", 32);
+            let hash = crypto::sha256_hex(&token);
+            if store.set_setting_once(ADMIN_TOKEN_HASH, &hash).await? {
+                generated_admin_token = Some(token);
+                hash
+            } else {
+                store.setting(ADMIN_TOKEN_HASH).await?.unwrap_or(hash)
+            }
+        }
+    };
+
+    let session_key = master.derive("admin-session");
+    let state = Arc::new(AppState { config, store, master, admin_token_hash, session_key });
+    Ok(Bootstrap { state, generated_admin_token })
+}
