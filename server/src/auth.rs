@@ -104,7 +104,8 @@ pub fn issue_admin_session(state: &AppState) -> (String, DateTime<Utc>) {
 fn verify_admin_session(state: &AppState, token: &str) -> Result<(), jsonwebtoken::errors::Error> {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_audience(&[SESSION_AUDIENCE]);
-    validation.leeway = 5;
+    // Herald issues and checks these itself, so no clock-skew allowance is needed.
+    validation.leeway = 0;
     let key = jsonwebtoken::DecodingKey::from_secret(&state.session_key)?;
     jsonwebtoken::decode::<SessionClaims>(token, &key, &validation).map(|_| ())
 }

@@ -188,14 +188,14 @@ fn invalid(key: &'static str, source: Source, message: impl Into<String>) -> Con
     ConfigError::Invalid { key, origin: origin(key, source), message: message.into() }
 }
 
-fn parse_number<T: std::str::FromStr>(
+fn parse_number<T>(
     key: &'static str,
     value: Option<(String, Source)>,
     default: T,
     range: std::ops::RangeInclusive<T>,
 ) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some((raw, source)) = value else { return Ok(default) };
     let parsed: T =
@@ -295,7 +295,7 @@ impl Config {
             "admin_session_ttl_seconds",
             pick(&layers, |l| l.admin_session_ttl_seconds.clone()),
             DEFAULT_ADMIN_SESSION_TTL,
-            60..=86_400,
+            1..=86_400,
         )?;
 
         Ok(Config {

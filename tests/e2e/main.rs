@@ -1,1 +1,15 @@
+//! End-to-end tests: each one starts the real `herald` binary on port 0 and talks HTTP to it.
+//! Tests that touch the store run on SQLite and on PostgreSQL (see `on_both_backends!`).
 
+#[path = "../support.rs"]
+pub mod support;
+
+mod auth;
+mod channels;
+mod cli;
+mod errors;
+mod isolation;
+mod keys;
+mod persistence;
+mod tenants;
+mod tokens;

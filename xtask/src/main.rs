@@ -1,1 +1,212 @@
-fn main() {}
+//! Developer commands, run as `cargo xtask <command>`:
+//!
+//! - `run [ARGS…]`: start Herald on the embedded default (SQLite in `./data`, in-process
+//!   fan-out); extra arguments go to `herald serve`.
+//! - `test`: every check and test: formatting, clippy, unit tests, and the end-to-end tests on
+//!   SQLite and PostgreSQL. Brings up what the tests need (starts an installed PostgreSQL,
+//!   installs it when it can). Under `CI=true` a missing service fails the run; elsewhere the
+//!   tests that need it are skipped with a one-line notice.
+//! - `openapi`: rewrite `openapi/herald.json` from the code.
+//!
+//! Only the standard library is used, so this builds in seconds on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let outcome = match command.as_str() {
+        "run" => run(&rest),
+        "test" => test(&rest),
+        "openapi" => openapi(),
+        _ => {
+            eprintln!("usage: cargo xtask <run [ARGS…] | test [--no-lint] | openapi>");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn status(cmd: &mut Command, what: &str) -> Result {
+    let status = cmd.status().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{what} failed ({status})")) }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn run(args: &[String]) -> Result {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "herald-server", "--bin", "herald", "--", "serve"]);
+    if !args.iter().any(|a| a == "--data-dir") {
+        cmd.args(["--data-dir", "data"]);
+    }
+    cmd.args(args);
+    status(&mut cmd, "herald serve")
+}
+
+fn openapi() -> Result {
+    let out = cargo()
+        .args(["run", "--quiet", "-p", "herald-server", "--bin", "herald", "--", "openapi"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let spec = format!("{}\n", String::from_utf8_lossy(&out.stdout).trim_end());
+    std::fs::write(root().join("openapi/herald.json"), spec).map_err(|e| e.to_string())?;
+    println!("wrote openapi/herald.json");
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result {
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    if lint {
+        status(cargo().args(["fmt", "--all", "--", "--check"]), "cargo fmt --check (run `cargo fmt --all`)")?;
+        status(
+            cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            "cargo clippy",
+        )?;
+    }
+    let mut tests = cargo();
+    tests.args(["test", "--workspace"]);
+    match postgres::ensure()? {
+        Some(url) => {
+            println!("xtask: PostgreSQL tests use {}", redact(&url));
+            tests.env("HERALD_TEST_POSTGRES_URL", url);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_POSTGRES_URL");
+        }
+    };
+    status(&mut tests, "cargo test")
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if s < at => match url[s + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// Notice for a service that is missing outside CI, or the error that fails a CI run.
+fn missing(service: &str, install: &str) -> Result<Option<String>> {
+    if is_ci() {
+        return Err(format!("CI=true and {service} is not available: {install}"));
+    }
+    eprintln!("xtask: skipping {service} tests: {install}");
+    Ok(None)
+}
+
+mod postgres {
+    use super::*;
+
+    const ROLE: &str = "herald_test";
+    const PASSWORD: &str = "herald_test";
+
+    /// A URL to the `postgres` database of a running PostgreSQL as a role that may create
+    /// databases; each test creates (and drops) its own database through it.
+    pub fn ensure() -> Result<Option<String>> {
+        if let Ok(url) = std::env::var("HERALD_TEST_POSTGRES_URL") {
+            return Ok(Some(url));
+        }
+        if !have("pg_lsclusters") {
+            if is_root() && have("apt-get") {
+                eprintln!("xtask: installing PostgreSQL (apt-get install postgresql)");
+                let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+                status(
+                    Command::new("apt-get")
+                        .args(["install", "-y", "-qq", "postgresql"])
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                    "apt-get install postgresql",
+                )?;
+            } else {
+                return missing(
+                    "PostgreSQL",
+                    "install PostgreSQL 15+ (apt-get install postgresql) or set HERALD_TEST_POSTGRES_URL",
+                );
+            }
+        }
+        let clusters = output(Command::new("pg_lsclusters").arg("-h")).unwrap_or_default();
+        // Columns: version cluster port status owner data-dir log.
+        let Some(line) = clusters.lines().find(|l| !l.trim().is_empty()) else {
+            return missing(
+                "PostgreSQL",
+                "no cluster found: create one with pg_createcluster, or set HERALD_TEST_POSTGRES_URL",
+            );
+        };
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (version, name, port, state) = (cols[0], cols[1], cols[2], cols[3]);
+        if state != "online" {
+            if !is_root() {
+                return missing(
+                    "PostgreSQL",
+                    &format!(
+                        "cluster {version}/{name} is down; start it with `sudo pg_ctlcluster {version} {name} start`"
+                    ),
+                );
+            }
+            eprintln!("xtask: starting PostgreSQL cluster {version}/{name}");
+            status(Command::new("pg_ctlcluster").args([version, name, "start"]), "pg_ctlcluster start")?;
+        }
+        let sql = format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN \
+             CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; END IF; END $$;"
+        );
+        let mut psql = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "psql"]);
+            c
+        } else {
+            Command::new("psql")
+        };
+        psql.args(["-q", "-p", port, "-c", &sql]).current_dir("/");
+        if let Err(e) = status(&mut psql, "creating the test role") {
+            return missing("PostgreSQL", &format!("{e}; or set HERALD_TEST_POSTGRES_URL"));
+        }
+        let url = format!("postgres://{ROLE}:{PASSWORD}@127.0.0.1:{port}/postgres");
+        Ok(Some(url))
+    }
+}

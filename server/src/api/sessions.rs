@@ -72,8 +72,8 @@ impl SessionsApi {
     ///
     /// Describes the credential that authenticated this request.
     #[oai(path = "/v1/auth/whoami", method = "get", operation_id = "whoami")]
-    async fn whoami(&self, auth: BearerAuth) -> Json<Caller> {
-        Json(match auth.0 {
+    async fn whoami(&self, auth: BearerAuth) -> ApiResult<Json<Caller>> {
+        Ok(Json(match auth.0 {
             Principal::Admin { session } => Caller {
                 kind: if session { CallerKind::AdminSession } else { CallerKind::Admin },
                 tenant: None,
@@ -83,6 +83,6 @@ impl SessionsApi {
             Principal::TenantKey { tenant, key_id, scopes } => {
                 Caller { kind: CallerKind::ApiKey, tenant: Some(tenant), key_id: Some(key_id), scopes }
             }
-        })
+        }))
     }
 }
