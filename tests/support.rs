@@ -348,3 +348,193 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+// ---- realtime helpers ---------------------------------------------------------------------
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking Herald's JSON protocol.
+pub struct Ws {
+    pub stream: WsStream,
+}
+
+/// How a connection ended: close code and reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Herald {
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("{}/v1/ws{}", self.base.replacen("http://", "ws://", 1), query)
+    }
+
+    /// Opens a WebSocket with the token in the URL and waits for `connected`.
+    pub async fn ws(&self, token: &str) -> Ws {
+        let mut ws = self.ws_raw(&format!("?token={token}")).await;
+        let hello = ws.recv().await;
+        assert_eq!(hello["type"], "connected", "{hello}");
+        ws
+    }
+
+    /// Opens a WebSocket without authenticating.
+    pub async fn ws_raw(&self, query: &str) -> Ws {
+        let (stream, _) =
+            tokio_tungstenite::connect_async(self.ws_url(query)).await.expect("websocket connects");
+        Ws { stream }
+    }
+
+    /// The node's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Ws {
+    pub async fn send(&mut self, frame: Value) {
+        self.stream.send(Message::Text(frame.to_string().into())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    /// The next JSON frame (pings are answered by the library and skipped).
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Ok(v) => v,
+            Err(closed) => panic!("connection closed while waiting for a frame: {closed:?}"),
+        }
+    }
+
+    /// The next frame, or how the connection closed.
+    pub async fn next_event(&mut self) -> Result<Value, Closed> {
+        loop {
+            let msg = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+                .await
+                .expect("a frame within the timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Err(Closed { code: frame.code.into(), reason: frame.reason.to_string() });
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Err(Closed { code: 1005, reason: String::new() });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(Closed { code: 1006, reason: e.to_string() }),
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> Closed {
+        let wait = async {
+            loop {
+                if let Err(closed) = self.next_event().await {
+                    return closed;
+                }
+            }
+        };
+        tokio::time::timeout(RECV_TIMEOUT, wait).await.expect("the connection closes within the timeout")
+    }
+
+    /// Sends a command and returns the reply with the same id (pushes in between are kept in
+    /// order in `skipped`).
+    pub async fn call(&mut self, mut frame: Value) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        frame["id"] = Value::String(id.clone());
+        self.send(frame).await;
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id.as_str() {
+                return v;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let reply = self.call(serde_json::json!({"type": "subscribe", "channel": channel})).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+}
+
+/// A tenant ready for realtime tests: an all-scope API key and an HS256 signing key.
+pub struct RealtimeTenant {
+    pub id: String,
+    pub key: Client,
+    pub hs_secret: String,
+}
+
+pub async fn realtime_tenant(h: &Herald, id: &str) -> RealtimeTenant {
+    let admin = h.admin();
+    admin.post("/v1/tenants", serde_json::json!({"id": id, "name": id})).await.expect(201);
+    let key = admin
+        .post(
+            &format!("/v1/tenants/{id}/api-keys"),
+            serde_json::json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read"]}),
+        )
+        .await
+        .expect(201);
+    let hs = admin
+        .post(
+            &format!("/v1/tenants/{id}/signing-keys"),
+            serde_json::json!({"algorithm": "HS256", "kid": "hs"}),
+        )
+        .await
+        .expect(201);
+    RealtimeTenant {
+        id: id.to_owned(),
+        key: h.client(key["secret"].as_str().unwrap()),
+        hs_secret: hs["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+impl RealtimeTenant {
+    /// Mints a client token through the API with these capabilities.
+    pub async fn token(&self, sub: &str, caps: Value) -> String {
+        self.token_ttl(sub, caps, 3600).await
+    }
+
+    pub async fn token_ttl(&self, sub: &str, caps: Value, ttl: u64) -> String {
+        let minted = self
+            .key
+            .post(
+                &format!("/v1/tenants/{}/tokens", self.id),
+                serde_json::json!({"sub": sub, "capabilities": caps, "ttl_seconds": ttl}),
+            )
+            .await
+            .expect(201);
+        minted["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        self.key
+            .post(
+                &format!("/v1/tenants/{}/channels/{channel}/messages", self.id),
+                serde_json::json!({"data": data}),
+            )
+            .await
+            .expect(200)
+    }
+}

@@ -17,7 +17,7 @@ use crate::store::now;
 pub const API_KEY_PREFIX: &str = "hk_";
 const SESSION_AUDIENCE: &str = "herald-admin";
 /// `last_used_at` is written at most this often per key, to keep reads from turning into writes.
-const LAST_USED_GRANULARITY_SECONDS: i64 = 60;
+const LAST_USED_GRANULARITY_SECONDS: u64 = 60;
 
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -118,11 +118,13 @@ pub fn is_admin_token(state: &AppState, token: &str) -> bool {
 pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Principal> {
     if token.starts_with(API_KEY_PREFIX) {
         let hash = crypto::sha256_hex(token);
-        let key = state
-            .store
-            .api_key_by_hash(&hash)
+        let cached = state
+            .hub
+            .directory
+            .api_key(&hash)
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid_credentials", "unknown API key"))?;
+        let key = &cached.key;
         let now = now();
         if key.revoked_at.is_some() {
             return Err(ApiError::unauthorized("api_key_revoked", "this API key has been revoked"));
@@ -130,15 +132,19 @@ pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Princip
         if key.expires_at.is_some_and(|e| e <= now) {
             return Err(ApiError::unauthorized("api_key_expired", "this API key has expired"));
         }
-        let tenant =
-            state.store.tenant(&key.tenant_id).await?.ok_or_else(|| tenant_not_found(&key.tenant_id))?;
-        if tenant.status == TenantStatus::Suspended {
+        let tenant = state
+            .hub
+            .directory
+            .tenant(&key.tenant_id)
+            .await?
+            .ok_or_else(|| tenant_not_found(&key.tenant_id))?;
+        if tenant.tenant.status == TenantStatus::Suspended {
             return Err(ApiError::forbidden(
                 "tenant_suspended",
-                format!("tenant `{}` is suspended", tenant.id),
+                format!("tenant `{}` is suspended", tenant.id()),
             ));
         }
-        if key.last_used_at.is_none_or(|t| (now - t).num_seconds() >= LAST_USED_GRANULARITY_SECONDS) {
+        if cached.should_touch(LAST_USED_GRANULARITY_SECONDS) {
             let store = state.store.clone();
             let id = key.id.clone();
             tokio::spawn(async move {
@@ -147,7 +153,11 @@ pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Princip
                 }
             });
         }
-        return Ok(Principal::TenantKey { tenant: key.tenant_id, key_id: key.id, scopes: key.scopes });
+        return Ok(Principal::TenantKey {
+            tenant: key.tenant_id.clone(),
+            key_id: key.id.clone(),
+            scopes: key.scopes.clone(),
+        });
     }
     if is_admin_token(state, token) {
         return Ok(Principal::Admin { session: false });

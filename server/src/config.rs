@@ -1,16 +1,18 @@
 //! Configuration: built-in defaults, then a TOML file, then `HERALD_*` environment variables,
 //! then command-line flags; each layer overrides the one before. Every value is validated once,
 //! here, and a bad one fails start-up with an error that names its key and where it came from.
+//!
+//! [`KEYS`] is the single list of settings; the file parser, the environment reader and the
+//! docs (`docs/configuration.md`) all follow it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
+use std::time::Duration;
 
 /// Where a value came from, so an error can point at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    Default,
     File,
     Env,
     Flag,
@@ -26,39 +28,34 @@ pub enum ConfigError {
     Invalid { key: &'static str, origin: String, message: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// Values as written in one layer; `None` means "not set here".
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Layer {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub admin_token: Option<String>,
-    pub secret_key: Option<String>,
-    pub log_format: Option<String>,
-    pub log_level: Option<String>,
-    pub max_body_bytes: Option<String>,
-    pub admin_session_ttl_seconds: Option<String>,
-}
-
-/// The environment variable for each key: `HERALD_` and the key in upper case.
-const ENV_KEYS: &[&str] = &[
+/// Every configuration key.
+pub const KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "database_url",
     "admin_token",
     "secret_key",
+    "node_id",
     "log_format",
     "log_level",
     "max_body_bytes",
     "admin_session_ttl_seconds",
+    "ping_interval_seconds",
+    "pong_timeout_seconds",
+    "auth_timeout_seconds",
+    "client_queue_messages",
+    "client_queue_bytes",
+    "max_frame_bytes",
+    "max_subscriptions_per_connection",
+    "idempotency_window_seconds",
+    "shutdown_grace_seconds",
+    "reconnect_spread_ms",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -68,26 +65,54 @@ fn env_name(key: &str) -> String {
     format!("HERALD_{}", key.to_ascii_uppercase())
 }
 
+/// Values as written in one layer, by key.
+#[derive(Debug, Default, Clone)]
+pub struct Layer {
+    values: BTreeMap<&'static str, String>,
+}
+
 impl Layer {
+    /// Sets `key` (which must be one of [`KEYS`]) if `value` is present.
+    pub fn set(&mut self, key: &'static str, value: Option<String>) {
+        assert!(KEYS.contains(&key), "unknown config key {key}");
+        if let Some(value) = value {
+            self.values.insert(key, value);
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
-        // Numbers in TOML are accepted as numbers or strings; normalise to strings so that
-        // every layer goes through the same validation.
-        let value: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ParseFile {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ParseFile {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: e.to_string(),
         })?;
-        let mut normalised = toml::Table::new();
-        for (key, val) in value {
-            let val = match val {
-                toml::Value::Integer(i) => toml::Value::String(i.to_string()),
-                other => other,
+        let mut layer = Layer::default();
+        for (name, value) in table {
+            let Some(key) = KEYS.iter().find(|k| **k == name) else {
+                return Err(ConfigError::ParseFile {
+                    path: path.to_owned(),
+                    message: format!("unknown key `{name}` (known keys: {})", KEYS.join(", ")),
+                });
             };
-            normalised.insert(key, val);
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError::ParseFile {
+                        path: path.to_owned(),
+                        message: format!("`{name}` must be a string or a number, not {}", other.type_str()),
+                    });
+                }
+            };
+            layer.values.insert(key, value);
         }
-        Layer::deserialize(toml::Value::Table(normalised))
-            .map_err(|e| ConfigError::ParseFile { path: path.to_owned(), message: e.message().to_owned() })
+        Ok(layer)
     }
 
     /// Reads `HERALD_*` variables. Unknown `HERALD_*` names are returned so the caller can warn
@@ -96,28 +121,15 @@ impl Layer {
         let mut layer = Layer::default();
         let mut unknown = Vec::new();
         for (name, value) in vars {
-            let Some(key) = ENV_KEYS.iter().find(|k| env_name(k) == name) else {
-                if name.starts_with("HERALD_") && !OTHER_ENV.contains(&name.as_str()) {
-                    unknown.push(name);
+            match KEYS.iter().find(|k| env_name(k) == name) {
+                Some(key) => {
+                    layer.values.insert(key, value);
                 }
-                continue;
-            };
-            let slot = match *key {
-                "listen" => &mut layer.listen,
-                "database_url" => &mut layer.database_url,
-                "admin_token" => &mut layer.admin_token,
-                "secret_key" => &mut layer.secret_key,
-                "log_format" => &mut layer.log_format,
-                "log_level" => &mut layer.log_level,
-                "max_body_bytes" => &mut layer.max_body_bytes,
-                "admin_session_ttl_seconds" => &mut layer.admin_session_ttl_seconds,
-                "data_dir" => {
-                    layer.data_dir = Some(PathBuf::from(value));
-                    continue;
+                None if name.starts_with("HERALD_") && !OTHER_ENV.contains(&name.as_str()) => {
+                    unknown.push(name)
                 }
-                _ => unreachable!("every ENV_KEYS entry is matched"),
-            };
-            *slot = Some(value);
+                None => {}
+            }
         }
         (layer, unknown)
     }
@@ -131,10 +143,21 @@ pub struct Config {
     pub database_url: String,
     pub admin_token: Option<String>,
     pub secret_key: Option<String>,
+    pub node_id: String,
     pub log_format: LogFormat,
     pub log_level: String,
     pub max_body_bytes: usize,
     pub admin_session_ttl_seconds: u64,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub client_queue_messages: usize,
+    pub client_queue_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_subscriptions_per_connection: u32,
+    pub idempotency_window: Duration,
+    pub shutdown_grace: Duration,
+    pub reconnect_spread: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -146,10 +169,21 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
+            .field("node_id", &self.node_id)
             .field("log_format", &self.log_format)
             .field("log_level", &self.log_level)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("admin_session_ttl_seconds", &self.admin_session_ttl_seconds)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("client_queue_messages", &self.client_queue_messages)
+            .field("client_queue_bytes", &self.client_queue_bytes)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_subscriptions_per_connection", &self.max_subscriptions_per_connection)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("reconnect_spread", &self.reconnect_spread)
             .finish()
     }
 }
@@ -168,71 +202,78 @@ pub fn redact_url(url: &str) -> String {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-pub const DEFAULT_ADMIN_SESSION_TTL: u64 = 900;
 
-/// Picks, for one key, the value of the highest layer that sets it.
-fn pick<T: Clone>(layers: &[(Source, &Layer)], get: impl Fn(&Layer) -> Option<T>) -> Option<(T, Source)> {
-    layers.iter().rev().find_map(|(src, layer)| get(layer).map(|v| (v, *src)))
-}
+/// Layers, lowest precedence first.
+struct Layers<'a>([(Source, &'a Layer); 3]);
 
-fn origin(key: &str, source: Source) -> String {
-    match source {
-        Source::Default => "the default".into(),
-        Source::File => "the config file".into(),
-        Source::Env => env_name(key),
-        Source::Flag => format!("--{}", key.replace('_', "-")),
+impl Layers<'_> {
+    /// The value of the highest layer that sets `key`, with where it came from.
+    fn get(&self, key: &'static str) -> Option<(&str, Source)> {
+        self.0.iter().rev().find_map(|(src, layer)| layer.get(key).map(|v| (v, *src)))
     }
-}
 
-fn invalid(key: &'static str, source: Source, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, origin: origin(key, source), message: message.into() }
-}
-
-fn parse_number<T>(
-    key: &'static str,
-    value: Option<(String, Source)>,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let Some((raw, source)) = value else { return Ok(default) };
-    let parsed: T =
-        raw.trim().parse().map_err(|_| invalid(key, source, format!("`{raw}` is not a whole number")))?;
-    if !range.contains(&parsed) {
-        return Err(invalid(key, source, format!("{parsed} is outside {}..={}", range.start(), range.end())));
+    fn invalid(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+        let origin = match self.get(key).map(|(_, s)| s) {
+            Some(Source::File) => "the config file".to_owned(),
+            Some(Source::Env) => env_name(key),
+            Some(Source::Flag) => format!("--{}", key.replace('_', "-")),
+            None => "the default".to_owned(),
+        };
+        ConfigError::Invalid { key, origin, message: message.into() }
     }
-    Ok(parsed)
+
+    fn number<T>(
+        &self,
+        key: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some((raw, _)) = self.get(key) else { return Ok(default) };
+        let parsed: T =
+            raw.trim().parse().map_err(|_| self.invalid(key, format!("`{raw}` is not a whole number")))?;
+        if !range.contains(&parsed) {
+            return Err(self.invalid(key, format!("{parsed} is outside {}..={}", range.start(), range.end())));
+        }
+        Ok(parsed)
+    }
+
+    fn seconds(
+        &self,
+        key: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number(key, default, range).map(Duration::from_secs)
+    }
 }
 
 impl Config {
     /// Merges layers (lowest precedence first) and validates the result.
     pub fn resolve(file: &Layer, env: &Layer, flags: &Layer) -> Result<Config, ConfigError> {
-        let layers = [(Source::File, file), (Source::Env, env), (Source::Flag, flags)];
+        let l = Layers([(Source::File, file), (Source::Env, env), (Source::Flag, flags)]);
 
-        let listen = match pick(&layers, |l| l.listen.clone()) {
-            Some((raw, src)) => raw.trim().parse::<SocketAddr>().map_err(|_| {
-                invalid("listen", src, format!("`{raw}` is not an address like 127.0.0.1:8080"))
-            })?,
+        let listen = match l.get("listen") {
+            Some((raw, _)) => raw
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| l.invalid("listen", format!("`{raw}` is not an address like 127.0.0.1:8080")))?,
             None => DEFAULT_LISTEN.parse().expect("valid default"),
         };
 
-        let data_dir = pick(&layers, |l| l.data_dir.clone())
-            .map(|(d, _)| d)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = PathBuf::from(l.get("data_dir").map_or(DEFAULT_DATA_DIR, |(d, _)| d));
         if data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", Source::Default, "must not be empty"));
+            return Err(l.invalid("data_dir", "must not be empty"));
         }
 
-        let database_url = match pick(&layers, |l| l.database_url.clone()) {
-            Some((url, src)) => {
+        let database_url = match l.get("database_url") {
+            Some((url, _)) => {
                 let url = url.trim().to_owned();
-                let known = ["sqlite:", "postgres://", "postgresql://"];
-                if !known.iter().any(|p| url.starts_with(p)) {
-                    return Err(invalid(
+                if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) {
+                    return Err(l.invalid(
                         "database_url",
-                        src,
                         format!(
                             "`{}` must start with sqlite:, postgres:// or postgresql://",
                             redact_url(&url)
@@ -244,71 +285,78 @@ impl Config {
             None => format!("sqlite://{}?mode=rwc", data_dir.join("herald.db").display()),
         };
 
-        let admin_token = match pick(&layers, |l| l.admin_token.clone()) {
-            Some((token, src)) => {
+        let admin_token = match l.get("admin_token") {
+            Some((token, _)) => {
                 if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(invalid(
-                        "admin_token",
-                        src,
-                        "must be at least 16 characters with no whitespace",
-                    ));
+                    return Err(l.invalid("admin_token", "must be at least 16 characters with no whitespace"));
                 }
-                Some(token)
+                Some(token.to_owned())
             }
             None => None,
         };
 
-        let secret_key = match pick(&layers, |l| l.secret_key.clone()) {
-            Some((key, src)) => {
-                crate::crypto::MasterKey::from_base64(&key)
-                    .map_err(|e| invalid("secret_key", src, e.to_string()))?;
-                Some(key)
+        let secret_key = match l.get("secret_key") {
+            Some((key, _)) => {
+                crate::crypto::MasterKey::from_base64(key)
+                    .map_err(|e| l.invalid("secret_key", e.to_string()))?;
+                Some(key.to_owned())
             }
             None => None,
         };
 
-        let log_format = match pick(&layers, |l| l.log_format.clone()) {
-            Some((raw, src)) => match raw.trim() {
+        let node_id = match l.get("node_id") {
+            Some((id, _)) => {
+                crate::names::kid(id).map_err(|e| l.invalid("node_id", e.0))?;
+                id.to_owned()
+            }
+            None => crate::crypto::random_token("node-", 6),
+        };
+
+        let log_format = match l.get("log_format") {
+            Some((raw, _)) => match raw.trim() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                _ => return Err(invalid("log_format", src, format!("`{raw}` is not one of text, json"))),
+                _ => return Err(l.invalid("log_format", format!("`{raw}` is not one of text, json"))),
             },
             None => LogFormat::Text,
         };
 
-        let log_level = match pick(&layers, |l| l.log_level.clone()) {
-            Some((raw, src)) => {
-                tracing_subscriber::EnvFilter::try_new(&raw)
-                    .map_err(|e| invalid("log_level", src, format!("`{raw}`: {e}")))?;
-                raw
+        let log_level = match l.get("log_level") {
+            Some((raw, _)) => {
+                tracing_subscriber::EnvFilter::try_new(raw)
+                    .map_err(|e| l.invalid("log_level", format!("`{raw}`: {e}")))?;
+                raw.to_owned()
             }
             None => "info".into(),
         };
 
-        let max_body_bytes = parse_number(
-            "max_body_bytes",
-            pick(&layers, |l| l.max_body_bytes.clone()),
-            DEFAULT_MAX_BODY_BYTES,
-            1024..=64 * 1024 * 1024,
-        )?;
-        let admin_session_ttl_seconds = parse_number(
-            "admin_session_ttl_seconds",
-            pick(&layers, |l| l.admin_session_ttl_seconds.clone()),
-            DEFAULT_ADMIN_SESSION_TTL,
-            1..=86_400,
-        )?;
-
-        Ok(Config {
+        let config = Config {
             listen,
             data_dir,
             database_url,
             admin_token,
             secret_key,
+            node_id,
             log_format,
             log_level,
-            max_body_bytes,
-            admin_session_ttl_seconds,
-        })
+            max_body_bytes: l.number("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024..=64 * 1024 * 1024)?,
+            admin_session_ttl_seconds: l.number("admin_session_ttl_seconds", 900, 1..=86_400)?,
+            ping_interval: l.seconds("ping_interval_seconds", 25, 1..=3600)?,
+            pong_timeout: l.seconds("pong_timeout_seconds", 10, 1..=3600)?,
+            auth_timeout: l.seconds("auth_timeout_seconds", 10, 1..=300)?,
+            client_queue_messages: l.number("client_queue_messages", 1024, 1..=1_000_000)?,
+            client_queue_bytes: l.number("client_queue_bytes", 4 * 1024 * 1024, 1024..=1024 * 1024 * 1024)?,
+            max_frame_bytes: l.number("max_frame_bytes", 1024 * 1024 + 64 * 1024, 1024..=16 * 1024 * 1024)?,
+            max_subscriptions_per_connection: l.number(
+                "max_subscriptions_per_connection",
+                256,
+                1..=100_000,
+            )?,
+            idempotency_window: l.seconds("idempotency_window_seconds", 300, 1..=86_400)?,
+            shutdown_grace: l.seconds("shutdown_grace_seconds", 10, 0..=3600)?,
+            reconnect_spread: Duration::from_millis(l.number("reconnect_spread_ms", 5000, 0..=600_000)?),
+        };
+        Ok(config)
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -320,16 +368,23 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn layer(pairs: &[(&'static str, &str)]) -> Layer {
+        let mut l = Layer::default();
+        for (k, v) in pairs {
+            l.set(k, Some(v.to_string()));
+        }
+        l
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Layer {
         Layer::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).0
     }
 
     #[test]
     fn later_layers_win() {
-        let file =
-            Layer { listen: Some("0.0.0.0:1".into()), log_level: Some("debug".into()), ..Default::default() };
+        let file = layer(&[("listen", "0.0.0.0:1"), ("log_level", "debug")]);
         let env = env(&[("HERALD_LISTEN", "0.0.0.0:2")]);
-        let flags = Layer { listen: Some("0.0.0.0:3".into()), ..Default::default() };
+        let flags = layer(&[("listen", "0.0.0.0:3")]);
         let config = Config::resolve(&file, &env, &flags).unwrap();
         assert_eq!(config.listen.port(), 3);
         assert_eq!(config.log_level, "debug");
@@ -344,13 +399,22 @@ mod tests {
             .to_string();
         assert!(err.contains("`listen`") && err.contains("HERALD_LISTEN"), "{err}");
 
-        let flags = Layer { max_body_bytes: Some("12".into()), ..Default::default() };
+        let flags = layer(&[("max_body_bytes", "12")]);
         let err = Config::resolve(&Layer::default(), &Layer::default(), &flags).unwrap_err().to_string();
         assert!(err.contains("`max_body_bytes`") && err.contains("--max-body-bytes"), "{err}");
 
-        let file = Layer { database_url: Some("mysql://x".into()), ..Default::default() };
+        let file = layer(&[("database_url", "mysql://x")]);
         let err = Config::resolve(&file, &Layer::default(), &Layer::default()).unwrap_err().to_string();
         assert!(err.contains("`database_url`") && err.contains("config file"), "{err}");
+
+        let err = Config::resolve(
+            &Layer::default(),
+            &env(&[("HERALD_PING_INTERVAL_SECONDS", "0")]),
+            &Layer::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`ping_interval_seconds`"), "{err}");
     }
 
     #[test]
@@ -367,16 +431,18 @@ mod tests {
         let path = dir.path().join("herald.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9\"\nmax_body_bytes = 4096\n").unwrap();
         let layer = Layer::from_file(&path).unwrap();
-        assert_eq!(layer.max_body_bytes.as_deref(), Some("4096"));
+        assert_eq!(layer.get("max_body_bytes"), Some("4096"));
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let err = Layer::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+        std::fs::write(&path, "listen = [1]\n").unwrap();
+        assert!(Layer::from_file(&path).unwrap_err().to_string().contains("`listen`"));
     }
 
     #[test]
     fn secrets_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
-        let flags = Layer { admin_token: Some("a-very-secret-token".into()), ..Default::default() };
+        let flags = layer(&[("admin_token", "a-very-secret-token")]);
         let config = Config::resolve(&Layer::default(), &Layer::default(), &flags).unwrap();
         assert!(!format!("{config:?}").contains("very-secret"));
     }

@@ -7,6 +7,7 @@
 //! - [`store`]: persistence on SQLite or PostgreSQL through sea-orm; speaks [`model`] types.
 //! - [`api`]: the REST API (poem-openapi), one module per area; [`auth`] says who is calling.
 //! - [`error`]: the single problem-details error shape.
+//! - [`realtime`]: the delivery core (channels, history, sessions); [`transport`]: WebSocket.
 //! - [`server`]: routes, health endpoints, graceful shutdown.
 //! - [`crypto`], [`names`], [`tokens`]: secrets, name rules, client JWT claims.
 //!
@@ -19,7 +20,9 @@ pub mod crypto;
 pub mod error;
 pub mod model;
 pub mod names;
+pub mod realtime;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod transport;

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use herald::config::{Config, Layer, LogFormat};
@@ -47,19 +46,22 @@ struct NodeArgs {
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
+    /// This node's name in cluster views [default: generated].
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
 }
 
 impl NodeArgs {
     fn into_layer(self) -> Layer {
-        Layer {
-            listen: self.listen,
-            data_dir: self.data_dir,
-            database_url: self.database_url,
-            log_format: self.log_format,
-            log_level: self.log_level,
-            max_body_bytes: self.max_body_bytes,
-            ..Layer::default()
-        }
+        let mut layer = Layer::default();
+        layer.set("listen", self.listen);
+        layer.set("data_dir", self.data_dir.map(|d| d.display().to_string()));
+        layer.set("database_url", self.database_url);
+        layer.set("log_format", self.log_format);
+        layer.set("log_level", self.log_level);
+        layer.set("max_body_bytes", self.max_body_bytes);
+        layer.set("node_id", self.node_id);
+        layer
     }
 }
 
@@ -76,7 +78,11 @@ fn load_config(file: Option<PathBuf>, flags: NodeArgs) -> Result<(Config, Vec<St
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -117,7 +123,7 @@ fn main() -> ExitCode {
 async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(?config, "starting");
     let listen = config.listen;
-    let boot = herald::state::bootstrap(config).await?;
+    let boot = herald::state::bootstrap(config, serve).await?;
     if !serve {
         println!("migrations applied");
         return Ok(());
@@ -131,7 +137,6 @@ async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Erro
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("Herald listening on http://{addr}");
     tracing::info!(%addr, database = boot.state.store.backend_name(), "listening");
-    herald::server::run(boot.state, listener, herald::server::shutdown_signal(), Duration::from_secs(10))
-        .await?;
+    herald::server::serve(boot.state, listener, herald::server::shutdown_signal()).await?;
     Ok(())
 }

@@ -20,12 +20,59 @@ fn healthz() -> Json<serde_json::Value> {
 /// `/readyz`: the node can serve traffic (its database answers).
 #[handler]
 async fn readyz(state: poem::web::Data<&SharedState>) -> poem::Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return not_ready("shutting down".into());
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Json(serde_json::json!({"status": "ready", "database": state.store.backend_name()}))
             .into_response(),
         Ok(Err(e)) => not_ready(format!("database unreachable: {e}")),
         Err(_) => not_ready("database did not answer within 2s".into()),
     }
+}
+
+/// `/metrics`: Prometheus text format.
+#[handler]
+fn metrics(state: poem::web::Data<&SharedState>) -> poem::Response {
+    use std::fmt::Write;
+    let s = state.hub.stats.snapshot();
+    let mut out = String::with_capacity(1024);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, i64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "herald_connections",
+        "gauge",
+        "Open client connections by transport.",
+        &[
+            ("{transport=\"websocket\"}", s.connections_websocket),
+            ("{transport=\"sse\"}", s.connections_sse),
+            ("{transport=\"long_poll\"}", s.connections_long_poll),
+        ],
+    );
+    metric("herald_subscriptions", "gauge", "Active channel subscriptions.", &[("", s.subscriptions)]);
+    metric(
+        "herald_messages_published_total",
+        "counter",
+        "Messages accepted for publishing.",
+        &[("", s.published as i64)],
+    );
+    metric(
+        "herald_messages_delivered_total",
+        "counter",
+        "Messages handed to subscriber connections.",
+        &[("", s.delivered as i64)],
+    );
+    metric(
+        "herald_slow_consumer_disconnects_total",
+        "counter",
+        "Connections closed because they could not keep up.",
+        &[("", s.slow_consumers as i64)],
+    );
+    poem::Response::builder().content_type("text/plain; version=0.0.4").body(out)
 }
 
 fn not_ready(why: String) -> poem::Response {
@@ -45,25 +92,47 @@ pub fn app(state: SharedState) -> impl Endpoint {
             make_sync(move |_| poem::Response::builder().content_type("application/json").body(spec.clone())),
         )
         .nest("/docs", docs)
+        .at("/v1/ws", get(crate::transport::ws::websocket))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics))
         .with(AddData::new(state))
         .with(Tracing)
         .catch_all_error(any_error_to_problem)
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests for
-/// up to `drain`.
-pub async fn run(
+/// Serves `state` on `listener` until `shutdown` resolves. Then the node reports not ready,
+/// stops accepting, tells every realtime client to reconnect elsewhere (each after its own
+/// delay, see `reconnect_spread_ms`), and waits up to `shutdown_grace_seconds` for requests
+/// and connections to finish.
+pub async fn serve(
     state: SharedState,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-    drain: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace;
+    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(true);
+    };
+    let hub_state = state.clone();
+    tokio::spawn(async move {
+        if signalled_rx.changed().await.is_ok() {
+            hub_state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            hub_state.hub.shutdown();
+        }
+    });
     let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let hub = state.hub.clone();
     poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(drain))
-        .await
+        .run_with_graceful_shutdown(app(state), signal, Some(grace))
+        .await?;
+    let deadline = tokio::time::Instant::now() + grace;
+    while hub.live_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,8 +2,14 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
 use crate::config::Config;
 use crate::crypto::{self, MasterKey};
+use crate::realtime::directory::Directory;
+use crate::realtime::outbox::OutboxLimits;
+use crate::realtime::{Hub, HubSettings};
 use crate::store::Store;
 
 pub type SharedState = Arc<AppState>;
@@ -16,6 +22,31 @@ pub struct AppState {
     pub admin_token_hash: String,
     /// HMAC key for admin session JWTs, derived from the master key so every node shares it.
     pub session_key: [u8; 32],
+    /// The node's delivery core.
+    pub hub: Arc<Hub>,
+    /// Set once shutdown starts; `/readyz` then reports the node as not ready.
+    pub draining: AtomicBool,
+}
+
+/// How long cached tenant configuration is trusted before it is reloaded, bounding how long a
+/// change made on another node takes to apply here.
+pub const DIRECTORY_TTL: Duration = Duration::from_secs(5);
+
+fn hub_settings(config: &Config) -> HubSettings {
+    HubSettings {
+        node_id: config.node_id.clone(),
+        outbox: OutboxLimits {
+            max_messages: config.client_queue_messages,
+            max_bytes: config.client_queue_bytes,
+        },
+        ping_interval: config.ping_interval,
+        pong_timeout: config.pong_timeout,
+        auth_timeout: config.auth_timeout,
+        max_inbound_frame_bytes: config.max_frame_bytes,
+        max_subscriptions_per_connection: config.max_subscriptions_per_connection,
+        idempotency_window: config.idempotency_window,
+        reconnect_spread: config.reconnect_spread,
+    }
 }
 
 /// Settings keys in the `settings` table.
@@ -75,8 +106,9 @@ fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result
     file.sync_all()
 }
 
-/// Connects, migrates, and settles the secret key and the admin credential.
-pub async fn bootstrap(config: Config) -> Result<Bootstrap, BootError> {
+/// Connects, migrates, and settles the secret key and the admin credential. `serving` is false
+/// for `herald migrate`, which must not generate an admin token it would not print.
+pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let master = load_master_key(&config)?;
@@ -99,6 +131,7 @@ pub async fn bootstrap(config: Config) -> Result<Bootstrap, BootError> {
             store.set_setting(ADMIN_TOKEN_HASH, &hash).await?;
             hash
         }
+        None if !serving => store.setting(ADMIN_TOKEN_HASH).await?.unwrap_or_default(),
         None => {
             let token = crypto::random_token("hadm_", 32);
             let hash = crypto::sha256_hex(&token);
@@ -112,6 +145,16 @@ pub async fn bootstrap(config: Config) -> Result<Bootstrap, BootError> {
     };
 
     let session_key = master.derive("admin-session");
-    let state = Arc::new(AppState { config, store, master, admin_token_hash, session_key });
+    let directory = Directory::new(store.clone(), master.clone(), DIRECTORY_TTL);
+    let hub = Hub::new(hub_settings(&config), directory);
+    let state = Arc::new(AppState {
+        config,
+        store,
+        master,
+        admin_token_hash,
+        session_key,
+        hub,
+        draining: AtomicBool::new(false),
+    });
     Ok(Bootstrap { state, generated_admin_token })
 }

@@ -31,10 +31,14 @@ pub struct ClientClaims {
     /// The tenant the token is valid for; a token of another tenant is refused even when
     /// signed with a key that happens to verify.
     pub tenant: String,
+    /// Issue time; missing counts as 0, so user-wide revocations always cover it.
+    #[serde(default)]
     pub iat: i64,
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// Token id for revocation; empty when the signer gave none.
+    #[serde(default)]
     pub jti: String,
     #[serde(default)]
     pub capabilities: Capabilities,

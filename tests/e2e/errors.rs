@@ -60,17 +60,21 @@ async fn malformed_and_invalid_bodies() {
             admin.post("/v1/tenants", json!({"id": "ok", "name": name})).await.problem(422, "invalid_value");
         assert_eq!(p["field"], "name");
     }
-    // A lone surrogate escape is not valid Unicode.
-    admin
+    // A lone surrogate escape is not valid Unicode; the error names the field that holds it.
+    let p = admin
         .post_bytes("/v1/tenants", "application/json", raw(r#"{"id": "ok", "name": "\ud800"}"#))
         .await
-        .problem(400, "malformed_json");
-    // Deep nesting hits the parser's recursion limit, not the stack.
+        .problem(400, "invalid_type");
+    assert_eq!(p["field"], "name");
+    // Deep nesting is refused without exhausting the stack.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    admin
+    admin.post_bytes("/v1/tenants", "application/json", deep.into_bytes()).await.problem(400, "invalid_type");
+    let deep = format!("{{\"id\": \"x\", \"name\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let p = admin
         .post_bytes("/v1/tenants", "application/json", deep.into_bytes())
         .await
-        .problem(400, "malformed_json");
+        .problem(400, "invalid_type");
+    assert_eq!(p["field"], "name");
 
     for channel in ["has space", "slash/y", "comma,y", "star*", "ünï", &"c".repeat(201), "\u{202e}rtl"] {
         let p = admin

@@ -14,8 +14,14 @@ use crate::state::SharedState;
 
 pub struct JsonBody<T> {
     pub value: T,
-    /// The body as parsed JSON, for merge-patch semantics.
-    pub raw: serde_json::Value,
+    bytes: bytes::Bytes,
+}
+
+impl<T> JsonBody<T> {
+    /// The body as untyped JSON (for merge patches and audit details); parsed on demand.
+    pub fn raw(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_default()
+    }
 }
 
 impl<T: Type> Payload for JsonBody<T> {
@@ -83,13 +89,17 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
         if bytes.is_empty() {
             return Err(ApiError::bad_request("malformed_json", "the request body is empty").into());
         }
-        let raw: serde_json::Value = serde_json::from_slice(&bytes)
+        // Syntax first, so that malformed JSON is told apart from a well-formed body of the
+        // wrong shape; then the typed parse, straight from the bytes (raw JSON fields such as
+        // message data are borrowed, not re-encoded).
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
             .map_err(|e| ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}")))?;
-        let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             body_error(path, e.into_inner().to_string())
         })?;
-        Ok(JsonBody { value, raw })
+        Ok(JsonBody { value, bytes })
     }
 }
 

@@ -27,7 +27,8 @@ struct CreateNamespace {
     options: Option<ChannelOptions>,
 }
 
-/// A JSON merge patch of the options: fields left out keep their value, `null` resets one.
+/// A JSON merge patch of the options: fields left out keep their value, `null` resets one, and
+/// `"options": null` resets them all.
 #[derive(Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
@@ -138,6 +139,7 @@ impl NamespacesApi {
     ) -> ApiResult<Created<NamespaceView>> {
         auth.0.require(&tenant, Some(Scope::ChannelsWrite))?;
         load_tenant(&state, &tenant).await?;
+        let raw = body.raw();
         let req = body.value;
         names::namespace(&req.name).map_err(|e| ApiError::invalid("name", e.0))?;
         let options = req.options.unwrap_or_default();
@@ -158,7 +160,8 @@ impl NamespacesApi {
             .with_field("name"),
             other => other.into(),
         })?;
-        audit(&state, &auth.0, "namespace.create", Some(&tenant), &namespace.name, body.raw.clone()).await;
+        audit(&state, &auth.0, "namespace.create", Some(&tenant), &namespace.name, raw).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Created::Created(Json(namespace.into())))
     }
 
@@ -217,13 +220,15 @@ impl NamespacesApi {
         load_tenant(&state, &tenant).await?;
         let mut ns =
             state.store.namespace(&tenant, &name).await?.ok_or_else(|| namespace_not_found(&name))?;
-        if let Some(patch) = body.raw.get("options") {
+        let raw = body.raw();
+        if let Some(patch) = raw.get("options") {
             ns.options = merge_patch(&ns.options, patch, "options")?;
             check_options(&ns.options)?;
         }
         ns.updated_at = now();
         state.store.update_namespace(&ns).await?;
-        audit(&state, &auth.0, "namespace.update", Some(&tenant), &ns.name, body.raw.clone()).await;
+        audit(&state, &auth.0, "namespace.update", Some(&tenant), &ns.name, raw).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Json(ns.into()))
     }
 
@@ -244,6 +249,7 @@ impl NamespacesApi {
             return Err(namespace_not_found(&name));
         }
         audit(&state, &auth.0, "namespace.delete", Some(&tenant), &name, serde_json::json!({})).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Deleted::Deleted)
     }
 }
@@ -263,6 +269,7 @@ impl ChannelsApi {
     ) -> ApiResult<Created<ChannelView>> {
         auth.0.require(&tenant, Some(Scope::ChannelsWrite))?;
         let t = load_tenant(&state, &tenant).await?;
+        let raw = body.raw();
         let req = body.value;
         names::channel(&req.name).map_err(|e| ApiError::invalid("name", e.0))?;
         if let Some(ns) = names::namespace_of(&req.name)
@@ -300,7 +307,8 @@ impl ChannelsApi {
             }
             other => other.into(),
         })?;
-        audit(&state, &auth.0, "channel.create", Some(&tenant), &channel.name, body.raw.clone()).await;
+        audit(&state, &auth.0, "channel.create", Some(&tenant), &channel.name, raw).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Created::Created(Json(channel_view(&state, channel).await?)))
     }
 
@@ -373,7 +381,8 @@ impl ChannelsApi {
         load_tenant(&state, &tenant).await?;
         let mut c =
             state.store.channel(&tenant, &channel).await?.ok_or_else(|| channel_not_found(&channel))?;
-        if let Some(patch) = body.raw.get("options") {
+        let raw = body.raw();
+        if let Some(patch) = raw.get("options") {
             c.options = merge_patch(&c.options, patch, "options")?;
             check_options(&c.options)?;
             if c.options.allow_implicit.is_some() {
@@ -385,7 +394,8 @@ impl ChannelsApi {
         }
         c.updated_at = now();
         state.store.update_channel(&c).await?;
-        audit(&state, &auth.0, "channel.update", Some(&tenant), &c.name, body.raw.clone()).await;
+        audit(&state, &auth.0, "channel.update", Some(&tenant), &c.name, raw).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Json(channel_view(&state, c).await?))
     }
 
@@ -406,6 +416,7 @@ impl ChannelsApi {
             return Err(channel_not_found(&channel));
         }
         audit(&state, &auth.0, "channel.delete", Some(&tenant), &channel, serde_json::json!({})).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Deleted::Deleted)
     }
 }

@@ -262,6 +262,7 @@ impl ApiKeysApi {
             return Err(key_not_found(&id));
         }
         audit(&state, &auth.0, "api_key.revoke", Some(&tenant), &id, serde_json::json!({})).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Deleted::Deleted)
     }
 }
@@ -354,6 +355,7 @@ impl SigningKeysApi {
             serde_json::json!({"algorithm": key.algorithm.as_str()}),
         )
         .await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Created::Created(Json(CreatedSigningKey { key: key.into(), secret })))
     }
 
@@ -417,6 +419,7 @@ impl SigningKeysApi {
             return Err(signing_key_not_found(&kid));
         }
         audit(&state, &auth.0, "signing_key.retire", Some(&tenant), &kid, serde_json::json!({})).await;
+        state.hub.tenant_changed(&tenant).await;
         let key = state.store.signing_key(&tenant, &kid).await?.ok_or_else(|| signing_key_not_found(&kid))?;
         Ok(Json(key.into()))
     }

@@ -6,7 +6,9 @@ mod audit;
 mod body;
 mod channels;
 mod keys;
+mod messages;
 mod page;
+mod raw_json;
 mod sessions;
 mod tenants;
 mod tokens;
@@ -36,6 +38,8 @@ pub enum Tag {
     SigningKeys,
     /// Client tokens: minting and revocation.
     Tokens,
+    /// Publishing messages and reading channel history.
+    Messages,
     /// The audit log of management actions.
     Audit,
 }
@@ -48,6 +52,7 @@ pub type Api = (
     keys::ApiKeysApi,
     keys::SigningKeysApi,
     tokens::TokensApi,
+    messages::MessagesApi,
     audit::AuditApi,
 );
 
@@ -63,6 +68,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             keys::ApiKeysApi,
             keys::SigningKeysApi,
             tokens::TokensApi,
+            messages::MessagesApi,
             audit::AuditApi,
         ),
         "Herald",

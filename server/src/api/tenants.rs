@@ -32,7 +32,7 @@ struct CreateTenant {
 }
 
 /// A JSON merge patch (RFC 7396): fields left out keep their value; inside `limits`, `null`
-/// removes a limit.
+/// removes a limit, and `"limits": null` removes them all.
 #[derive(Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
@@ -127,7 +127,8 @@ fn validate_origins(origins: Vec<String>) -> ApiResult<Vec<String>> {
         }
         out.push(origin);
     }
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|o| seen.insert(o.clone()));
     Ok(out)
 }
 
@@ -156,11 +157,15 @@ fn validate_limits(limits: &TenantLimits) -> ApiResult<()> {
 }
 
 /// Applies an RFC 7396 merge patch to a serialisable value and parses the result back.
-pub fn merge_patch<T: serde::Serialize + serde::de::DeserializeOwned>(
+/// A `null` patch resets the value to its default.
+pub fn merge_patch<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
     current: &T,
     patch: &serde_json::Value,
     field: &str,
 ) -> ApiResult<T> {
+    if patch.is_null() {
+        return Ok(T::default());
+    }
     fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
         if let serde_json::Value::Object(p) = patch {
             if !target.is_object() {
@@ -279,6 +284,7 @@ impl TenantsApi {
     ) -> ApiResult<Json<TenantView>> {
         auth.0.require_admin()?;
         let mut current = load_tenant(&state, &tenant).await?;
+        let raw = body.raw();
         let req = body.value;
         if let Some(name) = req.name {
             names::display_name(&name).map_err(|e| ApiError::invalid("name", e.0))?;
@@ -287,7 +293,7 @@ impl TenantsApi {
         if let Some(origins) = req.allowed_origins {
             current.allowed_origins = validate_origins(origins)?;
         }
-        if let Some(patch) = body.raw.get("limits").filter(|v| !v.is_null()) {
+        if let Some(patch) = raw.get("limits") {
             let limits: TenantLimits = merge_patch(&current.limits, patch, "limits")?;
             validate_limits(&limits)?;
             current.limits = limits;
@@ -303,7 +309,8 @@ impl TenantsApi {
             Some(TenantStatus::Active) => "tenant.resume",
             None => "tenant.update",
         };
-        audit(&state, &auth.0, action, Some(&current.id), &current.id, body.raw.clone()).await;
+        audit(&state, &auth.0, action, Some(&current.id), &current.id, raw).await;
+        state.hub.tenant_changed(&current.id).await;
         Ok(Json(current.into()))
     }
 
@@ -322,6 +329,7 @@ impl TenantsApi {
             return Err(crate::auth::tenant_not_found(&tenant));
         }
         audit(&state, &auth.0, "tenant.delete", Some(&tenant), &tenant, serde_json::json!({})).await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Deleted::Deleted)
     }
 }

@@ -174,6 +174,7 @@ impl TokensApi {
     ) -> ApiResult<Created<Revocation>> {
         auth.0.require(&tenant, Some(Scope::KeysWrite))?;
         load_tenant(&state, &tenant).await?;
+        let raw = body.raw();
         let req = body.value;
         let at = now();
         let revocation = match (req.jti, req.sub) {
@@ -224,9 +225,10 @@ impl TokensApi {
             "token.revoke",
             Some(&tenant),
             revocation.jti.as_deref().or(revocation.sub.as_deref()).unwrap_or_default(),
-            body.raw.clone(),
+            raw,
         )
         .await;
+        state.hub.tenant_changed(&tenant).await;
         Ok(Created::Created(Json(revocation)))
     }
 

@@ -1,0 +1,305 @@
+use std::sync::Arc;
+
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde::Deserialize;
+
+use super::raw_json::RawJson;
+use super::{JsonBody, Tag};
+use crate::auth::{BearerAuth, tenant_not_found};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{Scope, TenantStatus};
+use crate::names;
+use crate::realtime::channel::{PublishOutcome, StreamPosition};
+use crate::realtime::directory::TenantSnapshot;
+use crate::realtime::{HubError, publication::Publication};
+use crate::state::SharedState;
+
+pub struct MessagesApi;
+
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+struct PublishRequest {
+    /// Any JSON value; delivered to subscribers exactly as sent.
+    data: RawJson,
+    /// An event name for clients to dispatch on (at most 64 bytes).
+    #[serde(default)]
+    event: Option<String>,
+    /// Publishing again with the same key within `idempotency_window_seconds` returns the first
+    /// result and delivers nothing (at most 128 bytes).
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Object)]
+struct Published {
+    channel: String,
+    /// Position in the channel's stream; strictly increasing within an epoch.
+    position: u64,
+    /// The stream's epoch: positions are comparable only within one epoch.
+    epoch: String,
+    /// Message id.
+    id: String,
+    /// Server time of acceptance, milliseconds since the Unix epoch.
+    ts: i64,
+    /// True when the idempotency key was seen before and this is the first result.
+    duplicate: bool,
+}
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+struct BatchItem {
+    channel: String,
+    data: RawJson,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+struct BatchRequest {
+    /// 1-100 messages, published in order.
+    messages: Vec<BatchItem>,
+}
+
+#[derive(Object)]
+struct BatchResult {
+    /// Set when this message was published.
+    published: Option<Published>,
+    /// Set when this message was refused; the others are unaffected.
+    error: Option<crate::error::Problem>,
+}
+
+#[derive(Object)]
+struct BatchResponse {
+    /// One result per message, in request order.
+    results: Vec<BatchResult>,
+}
+
+#[derive(Object)]
+struct PublicationView {
+    channel: String,
+    position: u64,
+    epoch: String,
+    id: String,
+    ts: i64,
+    event: Option<String>,
+    data: RawJson,
+}
+
+impl From<&Publication> for PublicationView {
+    fn from(p: &Publication) -> Self {
+        PublicationView {
+            channel: p.channel.to_string(),
+            position: p.position,
+            epoch: p.epoch.to_string(),
+            id: p.id.clone(),
+            ts: p.timestamp_ms,
+            event: p.event.clone(),
+            data: RawJson(p.data.clone()),
+        }
+    }
+}
+
+#[derive(Object)]
+struct HistoryPage {
+    channel: String,
+    /// The stream's current epoch.
+    epoch: String,
+    /// The newest position in the stream.
+    position: u64,
+    /// False when `since` is older than the history kept or from another epoch: messages
+    /// are missing and the client should reload its state.
+    complete: bool,
+    /// Oldest first.
+    publications: Vec<PublicationView>,
+}
+
+/// The tenant's cached configuration, refusing suspended tenants.
+pub(crate) async fn live_tenant(state: &SharedState, tenant: &str) -> ApiResult<Arc<TenantSnapshot>> {
+    let snapshot = state.hub.directory.tenant(tenant).await?.ok_or_else(|| tenant_not_found(tenant))?;
+    if snapshot.tenant.status == TenantStatus::Suspended {
+        return Err(ApiError::forbidden("tenant_suspended", format!("tenant `{tenant}` is suspended")));
+    }
+    Ok(snapshot)
+}
+
+fn check_publish_fields(event: &Option<String>, key: &Option<String>, prefix: &str) -> ApiResult<()> {
+    if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 64 || e.chars().any(char::is_control)) {
+        return Err(ApiError::invalid(
+            format!("{prefix}event"),
+            "must be 1-64 bytes without control characters",
+        ));
+    }
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
+        return Err(ApiError::invalid(
+            format!("{prefix}idempotency_key"),
+            "must be 1-128 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn hub_error(e: HubError, channel: &str) -> ApiError {
+    match e {
+        HubError::ChannelNotFound => ApiError::not_found(
+            "channel_not_found",
+            format!("channel `{channel}` does not exist and its namespace does not allow implicit channels"),
+        ),
+        HubError::MessageTooLarge(limit) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("data exceeds the channel's limit of {limit} bytes"),
+        )
+        .with_limit(limit)
+        .with_field("data"),
+        HubError::RateLimited(limit) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("the tenant may publish {limit} messages per second"),
+        )
+        .with_limit(u64::from(limit)),
+        HubError::Store(e) => ApiError::internal(e),
+    }
+}
+
+fn published(channel: &str, o: PublishOutcome) -> Published {
+    Published {
+        channel: channel.to_owned(),
+        position: o.position,
+        epoch: o.epoch.to_string(),
+        id: o.id,
+        ts: o.timestamp_ms,
+        duplicate: o.duplicate,
+    }
+}
+
+#[OpenApi(tag = "Tag::Messages")]
+impl MessagesApi {
+    /// Publish a message
+    ///
+    /// Scope `publish`. Delivers `data` to every subscriber of the channel, on every transport,
+    /// and keeps it in the channel's history. Answers with the assigned position.
+    #[oai(path = "/v1/tenants/:tenant/channels/:channel/messages", method = "post", operation_id = "publish")]
+    async fn publish(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        channel: Path<String>,
+        body: JsonBody<PublishRequest>,
+    ) -> ApiResult<Json<Published>> {
+        auth.0.require(&tenant, Some(Scope::Publish))?;
+        let snapshot = live_tenant(&state, &tenant).await?;
+        names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        let req = body.value;
+        check_publish_fields(&req.event, &req.idempotency_key, "")?;
+        let outcome = state
+            .hub
+            .publish(&snapshot, &channel, req.data.0, req.event, req.idempotency_key)
+            .await
+            .map_err(|e| hub_error(e, &channel))?;
+        Ok(Json(published(&channel, outcome)))
+    }
+
+    /// Publish a batch
+    ///
+    /// Scope `publish`. Up to 100 messages to any channels of the tenant, published in order.
+    /// Each message succeeds or fails on its own; see `results`.
+    #[oai(path = "/v1/tenants/:tenant/messages", method = "post", operation_id = "publishBatch")]
+    async fn publish_batch(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        body: JsonBody<BatchRequest>,
+    ) -> ApiResult<Json<BatchResponse>> {
+        auth.0.require(&tenant, Some(Scope::Publish))?;
+        let snapshot = live_tenant(&state, &tenant).await?;
+        let messages = body.value.messages;
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(ApiError::invalid("messages", format!("send 1-{MAX_BATCH} messages"))
+                .with_limit(MAX_BATCH as u64));
+        }
+        let mut results = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            let prefix = format!("messages[{i}].");
+            let outcome = async {
+                names::channel(&m.channel).map_err(|e| ApiError::invalid(format!("{prefix}channel"), e.0))?;
+                check_publish_fields(&m.event, &m.idempotency_key, &prefix)?;
+                state
+                    .hub
+                    .publish(&snapshot, &m.channel, m.data.0, m.event, m.idempotency_key)
+                    .await
+                    .map_err(|e| hub_error(e, &m.channel))
+            }
+            .await;
+            results.push(match outcome {
+                Ok(o) => BatchResult { published: Some(published(&m.channel, o)), error: None },
+                Err(e) => BatchResult { published: None, error: Some(e.problem()) },
+            });
+        }
+        Ok(Json(BatchResponse { results }))
+    }
+
+    /// Read channel history
+    ///
+    /// Scope `history:read`. Messages after `since` (with its `epoch`), or the newest ones,
+    /// oldest first.
+    #[oai(path = "/v1/tenants/:tenant/channels/:channel/messages", method = "get", operation_id = "history")]
+    async fn history(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        channel: Path<String>,
+        /// Return messages after this position (requires `epoch`).
+        since: Query<Option<u64>>,
+        /// The epoch `since` belongs to.
+        epoch: Query<Option<String>>,
+        /// At most this many messages, 1-1000 (default 100).
+        limit: Query<Option<u32>>,
+    ) -> ApiResult<Json<HistoryPage>> {
+        auth.0.require(&tenant, Some(Scope::HistoryRead))?;
+        let snapshot = live_tenant(&state, &tenant).await?;
+        names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(
+                ApiError::bad_request("invalid_parameter", "limit must be 1..=1000").with_field("limit")
+            );
+        }
+        let since =
+            match (since.0, epoch.0) {
+                (Some(position), Some(epoch)) => Some(StreamPosition { position, epoch }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ApiError::bad_request("invalid_parameter", "`since` needs `epoch`")
+                        .with_field("epoch"));
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::bad_request("invalid_parameter", "`epoch` needs `since`")
+                        .with_field("since"));
+                }
+            };
+        let ch = state.hub.channel(&snapshot, &channel).await.map_err(|e| hub_error(e, &channel))?;
+        let slice = ch.history(since.as_ref(), limit as usize);
+        Ok(Json(HistoryPage {
+            channel: channel.0,
+            epoch: slice.epoch.to_string(),
+            position: slice.position,
+            complete: slice.complete,
+            publications: slice.publications.iter().map(|p| PublicationView::from(&**p)).collect(),
+        }))
+    }
+}

@@ -1,0 +1,335 @@
+//! One channel's stream on this node: its position counter and epoch, bounded history, the
+//! idempotency window, and its local subscribers. One mutex guards all of it, so a subscribe
+//! that resumes from history and the publishes around it are totally ordered: the resuming
+//! client gets every missed message once, then live ones, with no gap at the hand-over.
+//! Fan-out only pushes into bounded outboxes; no socket is written under the lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::outbox::{Outbox, Outgoing};
+use super::publication::Publication;
+use super::{ConnId, Stats};
+use crate::model::EffectiveChannelOptions;
+
+/// A position inside one epoch of a channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub position: u64,
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    pub position: u64,
+    pub epoch: Arc<str>,
+    pub id: String,
+    pub timestamp_ms: i64,
+    /// The idempotency key was seen before: this is the first publish's result and nothing
+    /// was delivered again.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscribeOutcome {
+    pub epoch: Arc<str>,
+    /// The newest position when the subscription started (after any replayed messages).
+    pub position: u64,
+    /// `Some(true)`: every missed message follows; `Some(false)`: the gap could not be filled
+    /// (history expired or epoch changed), reload state; `None`: no resume was asked for.
+    pub recovered: Option<bool>,
+    pub replayed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    AlreadySubscribed,
+    TooManySubscribers(u32),
+    /// The connection's outbox is closed.
+    Closed,
+    Retired,
+}
+
+pub struct HistorySlice {
+    pub publications: Vec<Arc<Publication>>,
+    pub epoch: Arc<str>,
+    pub position: u64,
+    /// Whether the slice starts right after the requested position (no gap).
+    pub complete: bool,
+}
+
+pub struct Subscriber {
+    pub outbox: Arc<Outbox>,
+    pub user: Arc<str>,
+}
+
+struct Inner {
+    epoch: Arc<str>,
+    last_position: u64,
+    history: VecDeque<Arc<Publication>>,
+    options: EffectiveChannelOptions,
+    subscribers: HashMap<ConnId, Subscriber>,
+    idempotency: HashMap<String, (PublishOutcome, Instant)>,
+    idempotency_order: VecDeque<(String, Instant)>,
+    /// Set when the hub forgets this channel; whoever still holds it must look it up again.
+    retired: bool,
+}
+
+/// The channel was forgotten by the hub between lookup and use; look it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired;
+
+pub struct Channel {
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
+    inner: Mutex<Inner>,
+}
+
+/// Idempotency keys remembered per channel at most; the oldest are forgotten first.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+
+impl Channel {
+    pub fn new(tenant: Arc<str>, name: Arc<str>, options: EffectiveChannelOptions) -> Channel {
+        Channel {
+            tenant,
+            name,
+            inner: Mutex::new(Inner {
+                // A fresh epoch per in-memory stream: positions from a previous process or an
+                // expired stream can never be mistaken for this one's.
+                epoch: Arc::from(crate::crypto::random_token("", 6).as_str()),
+                last_position: 0,
+                history: VecDeque::new(),
+                options,
+                subscribers: HashMap::new(),
+                idempotency: HashMap::new(),
+                idempotency_order: VecDeque::new(),
+                retired: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("channel lock")
+    }
+
+    pub fn options(&self) -> EffectiveChannelOptions {
+        self.lock().options.clone()
+    }
+
+    pub fn set_options(&self, options: EffectiveChannelOptions) {
+        let mut inner = self.lock();
+        inner.options = options;
+        let size = inner.options.history_size as usize;
+        while inner.history.len() > size {
+            inner.history.pop_front();
+        }
+    }
+
+    pub fn position(&self) -> StreamPosition {
+        let inner = self.lock();
+        StreamPosition { position: inner.last_position, epoch: inner.epoch.to_string() }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// Users subscribed here, one entry per connection.
+    pub fn subscribers(&self) -> Vec<(ConnId, Arc<str>)> {
+        self.lock().subscribers.iter().map(|(id, s)| (*id, s.user.clone())).collect()
+    }
+
+    /// Appends a message and hands it to every local subscriber.
+    pub fn publish(
+        &self,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+        idempotency_window: Duration,
+        stats: &Stats,
+    ) -> Result<PublishOutcome, (Retired, Box<RawValue>)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.retired {
+            return Err((Retired, data));
+        }
+        if let Some(key) = &idempotency_key {
+            Self::expire_idempotency(&mut inner, now);
+            if let Some((outcome, _)) = inner.idempotency.get(key) {
+                return Ok(PublishOutcome { duplicate: true, ..outcome.clone() });
+            }
+        }
+        inner.last_position += 1;
+        let position = inner.last_position;
+        let timestamp_ms = chrono::Utc::now().timestamp_millis();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let ttl = Duration::from_secs(u64::from(inner.options.history_ttl_seconds));
+        let publication = Arc::new(Publication::new(
+            self.name.clone(),
+            position,
+            inner.epoch.clone(),
+            id.clone(),
+            timestamp_ms,
+            event,
+            data,
+            now + ttl,
+        ));
+        let history_size = inner.options.history_size as usize;
+        if history_size > 0 {
+            inner.history.push_back(publication.clone());
+            while inner.history.len() > history_size {
+                inner.history.pop_front();
+            }
+        }
+        let outcome =
+            PublishOutcome { position, epoch: inner.epoch.clone(), id, timestamp_ms, duplicate: false };
+        if let Some(key) = idempotency_key {
+            inner.idempotency.insert(key.clone(), (outcome.clone(), now + idempotency_window));
+            inner.idempotency_order.push_back((key, now + idempotency_window));
+            while inner.idempotency_order.len() > MAX_IDEMPOTENCY_KEYS {
+                if let Some((old, _)) = inner.idempotency_order.pop_front() {
+                    inner.idempotency.remove(&old);
+                }
+            }
+        }
+        let mut delivered = 0u64;
+        let mut overflowed = Vec::new();
+        for (id, sub) in &inner.subscribers {
+            match sub.outbox.push(Outgoing::Publication(publication.clone())) {
+                Ok(()) => delivered += 1,
+                Err(_) => overflowed.push(*id),
+            }
+        }
+        for id in &overflowed {
+            inner.subscribers.remove(id);
+        }
+        stats.record_publish(delivered, overflowed.len() as u64);
+        Ok(outcome)
+    }
+
+    fn expire_idempotency(inner: &mut Inner, now: Instant) {
+        while let Some((_, expires)) = inner.idempotency_order.front() {
+            if *expires > now {
+                break;
+            }
+            let (key, _) = inner.idempotency_order.pop_front().expect("front exists");
+            if inner.idempotency.get(&key).is_some_and(|(_, e)| *e <= now) {
+                inner.idempotency.remove(&key);
+            }
+        }
+    }
+
+    fn drop_expired_history(inner: &mut Inner, now: Instant) {
+        while inner.history.front().is_some_and(|p| p.expires_at <= now) {
+            inner.history.pop_front();
+        }
+    }
+
+    /// Publications after `since` still in history, and whether they close the gap.
+    fn replay(inner: &mut Inner, since: &StreamPosition) -> (bool, Vec<Arc<Publication>>) {
+        Self::drop_expired_history(inner, Instant::now());
+        if since.epoch != *inner.epoch || since.position > inner.last_position {
+            return (false, Vec::new());
+        }
+        if since.position == inner.last_position {
+            return (true, Vec::new());
+        }
+        match inner.history.front() {
+            Some(first) if first.position <= since.position + 1 => {
+                let skip = (since.position + 1 - first.position) as usize;
+                (true, inner.history.iter().skip(skip).cloned().collect())
+            }
+            _ => (false, Vec::new()),
+        }
+    }
+
+    /// Adds a subscriber. `reply` builds the frames that confirm the subscription; they are
+    /// queued before any replayed message, and replayed messages before any live one.
+    pub fn subscribe(
+        &self,
+        conn: ConnId,
+        subscriber: Subscriber,
+        since: Option<&StreamPosition>,
+        reply: impl FnOnce(&SubscribeOutcome) -> Vec<Outgoing>,
+    ) -> Result<SubscribeOutcome, SubscribeError> {
+        let mut inner = self.lock();
+        if inner.retired {
+            return Err(SubscribeError::Retired);
+        }
+        if inner.subscribers.contains_key(&conn) {
+            return Err(SubscribeError::AlreadySubscribed);
+        }
+        if let Some(max) = inner.options.max_subscribers
+            && inner.subscribers.len() >= max as usize
+        {
+            return Err(SubscribeError::TooManySubscribers(max));
+        }
+        let (recovered, missed) = match since {
+            Some(since) => {
+                let (ok, missed) = Self::replay(&mut inner, since);
+                (Some(ok), missed)
+            }
+            None => (None, Vec::new()),
+        };
+        let outcome = SubscribeOutcome {
+            epoch: inner.epoch.clone(),
+            position: inner.last_position,
+            recovered,
+            replayed: missed.len(),
+        };
+        let frames = reply(&outcome).into_iter().chain(missed.into_iter().map(Outgoing::Publication));
+        subscriber.outbox.push_all(frames).map_err(|_| SubscribeError::Closed)?;
+        inner.subscribers.insert(conn, subscriber);
+        Ok(outcome)
+    }
+
+    /// Returns whether the connection was subscribed.
+    pub fn unsubscribe(&self, conn: ConnId) -> bool {
+        self.lock().subscribers.remove(&conn).is_some()
+    }
+
+    /// Messages after `since` (or the newest ones), oldest first, at most `limit`.
+    pub fn history(&self, since: Option<&StreamPosition>, limit: usize) -> HistorySlice {
+        let mut inner = self.lock();
+        Self::drop_expired_history(&mut inner, Instant::now());
+        let (complete, publications) = match since {
+            Some(since) => {
+                let (complete, mut missed) = Self::replay(&mut inner, since);
+                missed.truncate(limit);
+                (complete, missed)
+            }
+            None => {
+                let skip = inner.history.len().saturating_sub(limit);
+                (true, inner.history.iter().skip(skip).cloned().collect())
+            }
+        };
+        HistorySlice { publications, epoch: inner.epoch.clone(), position: inner.last_position, complete }
+    }
+
+    /// Sends a frame to every subscriber (join/leave events).
+    pub fn broadcast(&self, frame: Outgoing, except: Option<ConnId>) {
+        let inner = self.lock();
+        for (id, sub) in &inner.subscribers {
+            if Some(*id) != except {
+                let _ = sub.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Drops expired history and idempotency entries. When nothing worth keeping is left (no
+    /// subscribers, history or idempotency keys) the channel retires and returns true: the hub
+    /// forgets it, and a later use starts a new epoch.
+    pub fn sweep(&self, now: Instant) -> bool {
+        let mut inner = self.lock();
+        Self::drop_expired_history(&mut inner, now);
+        Self::expire_idempotency(&mut inner, now);
+        inner.subscribers.retain(|_, s| !s.outbox.is_closed());
+        if inner.subscribers.is_empty() && inner.history.is_empty() && inner.idempotency.is_empty() {
+            inner.retired = true;
+        }
+        inner.retired
+    }
+}

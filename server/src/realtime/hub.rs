@@ -1,0 +1,333 @@
+//! The delivery core of one node: channels (created on first use, forgotten when idle), the
+//! registry of live connections, quotas, and counters. Transports talk to the hub through
+//! [`super::Session`]; the REST API publishes through [`Hub::publish`].
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::channel::{Channel, PublishOutcome};
+use super::directory::{Directory, TenantSnapshot};
+use super::outbox::{Outbox, OutboxLimits};
+use super::{ConnId, Disconnect, Stats, Transport};
+use crate::model::EffectiveChannelOptions;
+use crate::store::StoreError;
+
+/// Node-wide realtime settings (from configuration).
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub node_id: String,
+    pub outbox: OutboxLimits,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub max_inbound_frame_bytes: usize,
+    pub max_subscriptions_per_connection: u32,
+    pub idempotency_window: Duration,
+    /// Clients told to reconnect on shutdown spread their reconnects over this window.
+    pub reconnect_spread: Duration,
+}
+
+/// A live connection as the hub knows it.
+pub struct Connection {
+    pub id: ConnId,
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+    pub jti: String,
+    pub iat: i64,
+    pub transport: Transport,
+    pub outbox: Arc<Outbox>,
+    pub connected_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug)]
+pub enum HubError {
+    ChannelNotFound,
+    MessageTooLarge(u64),
+    RateLimited(u32),
+    Store(StoreError),
+}
+
+impl From<StoreError> for HubError {
+    fn from(e: StoreError) -> Self {
+        HubError::Store(e)
+    }
+}
+
+const SHARDS: usize = 32;
+
+/// Tenant → channel name → channel. Nested so lookups borrow `&str` without allocating.
+type ChannelMap = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Channel>>>;
+
+/// Per-tenant publish rate limiter (token bucket, burst = one second's worth).
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+pub struct Hub {
+    pub settings: HubSettings,
+    pub directory: Directory,
+    pub stats: Stats,
+    shards: Vec<Mutex<ChannelMap>>,
+    connections: Mutex<HashMap<ConnId, Arc<Connection>>>,
+    tenant_connections: Mutex<HashMap<Arc<str>, u32>>,
+    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+    next_conn: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings, directory: Directory) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            settings,
+            directory,
+            stats: Stats::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            connections: Mutex::default(),
+            tenant_connections: Mutex::default(),
+            buckets: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.sweep();
+            }
+        });
+        hub
+    }
+
+    fn shard(&self, tenant: &str, channel: &str) -> &Mutex<ChannelMap> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    fn lookup(&self, tenant: &str, channel: &str) -> Option<Arc<Channel>> {
+        self.shard(tenant, channel).lock().expect("shard lock").get(tenant)?.get(channel).cloned()
+    }
+
+    /// The live channel, created (with its options resolved) on first use.
+    pub async fn channel(&self, tenant: &TenantSnapshot, name: &str) -> Result<Arc<Channel>, HubError> {
+        if let Some(channel) = self.lookup(tenant.id(), name) {
+            return Ok(channel);
+        }
+        let options = self.directory.resolve_channel(tenant, name).await?.ok_or(HubError::ChannelNotFound)?;
+        let mut shard = self.shard(tenant.id(), name).lock().expect("shard lock");
+        let channels = shard.entry(Arc::from(tenant.id())).or_default();
+        if let Some(existing) = channels.get(name) {
+            return Ok(existing.clone());
+        }
+        let channel = Arc::new(Channel::new(Arc::from(tenant.id()), Arc::from(name), options));
+        channels.insert(channel.name.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Options of a channel without creating it.
+    pub async fn channel_options(
+        &self,
+        tenant: &TenantSnapshot,
+        name: &str,
+    ) -> Result<EffectiveChannelOptions, HubError> {
+        if let Some(channel) = self.lookup(tenant.id(), name) {
+            return Ok(channel.options());
+        }
+        self.directory.resolve_channel(tenant, name).await?.ok_or(HubError::ChannelNotFound)
+    }
+
+    /// Checks the tenant's publish rate; returns the limit when exceeded.
+    fn take_publish_token(&self, tenant: &TenantSnapshot) -> Result<(), u32> {
+        let Some(rate) = tenant.tenant.limits.max_publishes_per_second else { return Ok(()) };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        let bucket = buckets
+            .entry(Arc::from(tenant.id()))
+            .or_insert(Bucket { tokens: f64::from(rate), refilled: now });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return Err(rate);
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Publishes to a channel after checking size and rate limits.
+    pub async fn publish(
+        &self,
+        tenant: &TenantSnapshot,
+        channel: &str,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, HubError> {
+        let mut data = data;
+        loop {
+            let ch = self.channel(tenant, channel).await?;
+            let options = ch.options();
+            let limit = tenant
+                .tenant
+                .limits
+                .max_message_bytes
+                .map_or(options.max_message_bytes, |t| t.min(options.max_message_bytes));
+            if data.get().len() > limit as usize {
+                return Err(HubError::MessageTooLarge(u64::from(limit)));
+            }
+            self.take_publish_token(tenant).map_err(HubError::RateLimited)?;
+            match ch.publish(
+                data,
+                event.clone(),
+                idempotency_key.clone(),
+                self.settings.idempotency_window,
+                &self.stats,
+            ) {
+                Ok(outcome) => return Ok(outcome),
+                // Forgotten between lookup and publish: look it up again.
+                Err((_, returned)) => data = returned,
+            }
+        }
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers a connection, enforcing the tenant's connection limit.
+    pub fn register(&self, conn: Arc<Connection>, tenant: &TenantSnapshot) -> Result<(), Disconnect> {
+        {
+            let mut counts = self.tenant_connections.lock().expect("registry lock");
+            let count = counts.entry(conn.tenant.clone()).or_insert(0);
+            if let Some(max) = tenant.tenant.limits.max_connections
+                && *count >= max
+            {
+                return Err(Disconnect::ConnectionLimit);
+            }
+            *count += 1;
+        }
+        self.stats.connection_opened(conn.transport);
+        self.connections.lock().expect("registry lock").insert(conn.id, conn);
+        Ok(())
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        let Some(conn) = self.connections.lock().expect("registry lock").remove(&id) else { return };
+        let mut counts = self.tenant_connections.lock().expect("registry lock");
+        if let Some(count) = counts.get_mut(&conn.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&conn.tenant);
+            }
+        }
+        self.stats.connection_closed(conn.transport);
+    }
+
+    pub fn connection_count(&self, tenant: &str) -> u32 {
+        self.tenant_connections.lock().expect("registry lock").get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Closes every connection of `tenant` for which `matches` holds; returns how many.
+    pub fn disconnect_where(
+        &self,
+        tenant: &str,
+        reason: Disconnect,
+        matches: impl Fn(&Connection) -> bool,
+    ) -> usize {
+        let conns: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .values()
+            .filter(|c| &*c.tenant == tenant && matches(c))
+            .cloned()
+            .collect();
+        for c in &conns {
+            c.outbox.close(reason.clone());
+        }
+        conns.len()
+    }
+
+    /// Reloads a tenant's configuration after a change: re-resolves the options of its live
+    /// channels and closes connections that may no longer stay (suspension, revocation,
+    /// deletion).
+    pub async fn tenant_changed(&self, tenant_id: &str) {
+        self.directory.invalidate(tenant_id);
+        let snapshot = match self.directory.tenant(tenant_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, tenant = tenant_id, "could not reload tenant configuration");
+                return;
+            }
+        };
+        let Some(snapshot) = snapshot else {
+            // Deleted: close everything and forget its channels.
+            self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
+            for shard in &self.shards {
+                shard.lock().expect("shard lock").remove(tenant_id);
+            }
+            return;
+        };
+        if snapshot.tenant.status == crate::model::TenantStatus::Suspended {
+            self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
+        }
+        self.disconnect_where(tenant_id, Disconnect::TokenRevoked, |c| {
+            snapshot.is_revoked(Some(&c.jti), &c.user, c.iat)
+        });
+        let channels: Vec<Arc<Channel>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("shard lock")
+                    .get(tenant_id)
+                    .map(|m| m.values().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        for channel in channels {
+            match self.directory.resolve_channel(&snapshot, &channel.name).await {
+                Ok(Some(options)) => channel.set_options(options),
+                Ok(None) => {} // No longer allowed: existing subscribers keep it until they leave.
+                Err(e) => tracing::warn!(error = %e, "could not re-resolve channel options"),
+            }
+        }
+    }
+
+    /// Tells every client to reconnect elsewhere, each after its own delay within the spread
+    /// window, so a restart does not become a stampede.
+    pub fn shutdown(&self) {
+        use rand::Rng;
+        let spread = self.settings.reconnect_spread.as_millis() as u64;
+        let conns: Vec<Arc<Connection>> =
+            self.connections.lock().expect("registry lock").values().cloned().collect();
+        let mut rng = rand::thread_rng();
+        for c in conns {
+            let retry_after_ms = if spread == 0 { 0 } else { rng.gen_range(0..=spread) };
+            c.outbox.close(Disconnect::ShuttingDown { retry_after_ms });
+        }
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.connections.lock().expect("registry lock").len()
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("shard lock");
+            shard.retain(|_, channels| {
+                channels.retain(|_, channel| !channel.sweep(now));
+                !channels.is_empty()
+            });
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The realtime delivery core, shared by every transport.
+//!
+//! - [`Hub`]: channels, the connection registry, quotas and counters of one node.
+//! - [`channel::Channel`]: one channel's positions, epoch, history, idempotency window and
+//!   local subscribers, under one lock.
+//! - [`Session`]: one client connection's protocol state (auth, subscriptions, commands);
+//!   transports only move bytes between a socket and a session.
+//! - [`outbox::Outbox`]: the bounded per-connection queue.
+//! - [`directory::Directory`]: cached tenant configuration; [`client_auth`]: client JWTs.
+//!
+//! Nothing in here knows HTTP: poem stays in `transport` and `api`.
+
+pub mod channel;
+pub mod client_auth;
+pub mod directory;
+mod disconnect;
+mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod publication;
+mod session;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub use disconnect::Disconnect;
+pub use hub::{Connection, Hub, HubError, HubSettings};
+pub use session::{CommandOutcome, Session};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    LongPoll,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::LongPoll];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "long_poll",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of the delivery core (monotonic unless named as a gauge).
+#[derive(Default)]
+pub struct Stats {
+    /// Gauge: open connections per transport.
+    connections: [AtomicI64; 3],
+    /// Gauge: active subscriptions.
+    subscriptions: AtomicI64,
+    /// Messages accepted for publishing (REST and clients).
+    pub published: AtomicU64,
+    /// Messages handed to subscriber queues.
+    pub delivered: AtomicU64,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub connections_websocket: i64,
+    pub connections_sse: i64,
+    pub connections_long_poll: i64,
+    pub subscriptions: i64,
+    pub published: u64,
+    pub delivered: u64,
+    pub slow_consumers: u64,
+}
+
+impl Stats {
+    fn connection_opened(&self, t: Transport) {
+        self.connections[t.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection_closed(&self, t: Transport) {
+        self.connections[t.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn subscribed(&self, delta: i64) {
+        self.subscriptions.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn record_publish(&self, delivered: u64, overflowed: u64) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if overflowed > 0 {
+            self.slow_consumers.fetch_add(overflowed, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let c = |t: Transport| self.connections[t.index()].load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_websocket: c(Transport::WebSocket),
+            connections_sse: c(Transport::Sse),
+            connections_long_poll: c(Transport::LongPoll),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
+        }
+    }
+}

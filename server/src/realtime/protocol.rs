@@ -1,0 +1,260 @@
+//! The client protocol's JSON frames (`docs/protocol.md`). Commands are parsed with borrowed,
+//! all-optional fields and checked per command, so errors name the missing or wrong field and
+//! `data` stays raw JSON that is never re-encoded.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::channel::StreamPosition;
+
+/// A resume point sent by a client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub position: u64,
+    pub epoch: String,
+}
+
+impl From<Since> for StreamPosition {
+    fn from(s: Since) -> Self {
+        StreamPosition { position: s.position, epoch: s.epoch }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    token: Option<String>,
+    channel: Option<String>,
+    since: Option<Since>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    event: Option<String>,
+    idempotency_key: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Connect { token: String },
+    Subscribe { channel: String, since: Option<Since> },
+    Unsubscribe { channel: String },
+    Publish { channel: String, data: Box<RawValue>, event: Option<String>, idempotency_key: Option<String> },
+    History { channel: String, since: Option<Since>, limit: Option<u32> },
+    Presence { channel: String },
+    Refresh { token: String },
+    Ping,
+}
+
+/// A parsed frame: the client's correlation id (any JSON scalar, echoed verbatim) and the
+/// command.
+#[derive(Debug)]
+pub struct Request {
+    pub id: Option<Box<RawValue>>,
+    pub command: Command,
+}
+
+/// A frame that could not be parsed; `id` is kept when it could be read.
+#[derive(Debug)]
+pub struct BadFrame {
+    pub id: Option<Box<RawValue>>,
+    pub message: String,
+}
+
+fn need<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("`{kind}` needs field `{field}`"))
+}
+
+pub fn parse(text: &str) -> Result<Request, BadFrame> {
+    let raw: RawCommand =
+        serde_json::from_str(text).map_err(|e| BadFrame { id: None, message: e.to_string() })?;
+    let id = match raw.id {
+        Some(id) if id.get().starts_with(['{', '[']) => {
+            return Err(BadFrame { id: None, message: "`id` must be a string or a number".into() });
+        }
+        other => other.map(|v| v.to_owned()),
+    };
+    let kind = raw.kind;
+    let command = (|| -> Result<Command, String> {
+        Ok(match kind {
+            "connect" => Command::Connect { token: need(raw.token, "token", kind)? },
+            "subscribe" => {
+                Command::Subscribe { channel: need(raw.channel, "channel", kind)?, since: raw.since }
+            }
+            "unsubscribe" => Command::Unsubscribe { channel: need(raw.channel, "channel", kind)? },
+            "publish" => Command::Publish {
+                channel: need(raw.channel, "channel", kind)?,
+                data: need(raw.data, "data", kind)?.to_owned(),
+                event: raw.event,
+                idempotency_key: raw.idempotency_key,
+            },
+            "history" => Command::History {
+                channel: need(raw.channel, "channel", kind)?,
+                since: raw.since,
+                limit: raw.limit,
+            },
+            "presence" => Command::Presence { channel: need(raw.channel, "channel", kind)? },
+            "refresh" => Command::Refresh { token: need(raw.token, "token", kind)? },
+            "ping" => Command::Ping,
+            other => return Err(format!("unknown command type `{other}`")),
+        })
+    })();
+    match command {
+        Ok(command) => Ok(Request { id, command }),
+        Err(message) => Err(BadFrame { id, message }),
+    }
+}
+
+/// Serialises a server frame.
+pub fn frame<T: Serialize>(value: &T) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(value).expect("frames serialise"))
+}
+
+#[derive(Serialize)]
+pub struct Connected<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub client: String,
+    pub user: &'a str,
+    pub node: &'a str,
+    pub ping_interval_ms: u64,
+    pub expires_at: i64,
+}
+
+#[derive(Serialize)]
+pub struct Subscribed<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub channel: &'a str,
+    pub epoch: &'a str,
+    pub position: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct Unsubscribed<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub channel: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct Published<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub channel: &'a str,
+    pub position: u64,
+    pub epoch: &'a str,
+    pub message_id: &'a str,
+    pub ts: i64,
+    pub duplicate: bool,
+}
+
+#[derive(Serialize)]
+pub struct History<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub channel: &'a str,
+    pub epoch: &'a str,
+    pub position: u64,
+    /// False when the requested position is older than the history kept (or of another epoch).
+    pub complete: bool,
+    pub publications: Vec<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+pub struct PresenceEntry<'a> {
+    pub client: String,
+    pub user: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct Presence<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub channel: &'a str,
+    pub clients: Vec<PresenceEntry<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct JoinLeave<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub channel: &'a str,
+    pub client: String,
+    pub user: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct Simple<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub code: &'a str,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_keeps_data_raw() {
+        let r = parse(r#"{"type":"publish","id":7,"channel":"c","data":{"a": [1, 2]}}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), "7");
+        match r.command {
+            Command::Publish { channel, data, .. } => {
+                assert_eq!(channel, "c");
+                assert_eq!(data.get(), r#"{"a": [1, 2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse(r#"{"type":"subscribe","id":"s1","channel":"c","since":{"position":3,"epoch":"e"}}"#)
+            .unwrap();
+        assert!(matches!(r.command, Command::Subscribe { since: Some(Since { position: 3, .. }), .. }));
+    }
+
+    #[test]
+    fn bad_frames_say_why_and_keep_the_id() {
+        let e = parse(r#"{"type":"subscribe","id":1}"#).unwrap_err();
+        assert_eq!(e.id.unwrap().get(), "1");
+        assert!(e.message.contains("channel"), "{}", e.message);
+        assert!(parse(r#"{"type":"fly"}"#).unwrap_err().message.contains("fly"));
+        assert!(parse(r#"{"type":"ping","extra":1}"#).unwrap_err().message.contains("extra"));
+        assert!(parse("not json").is_err());
+        assert!(parse(r#"{"type":"ping","id":{"x":1}}"#).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! A published message, serialised once per node: every local subscriber is handed the same
+//! `Arc<Publication>` and every WebSocket writes the same `frame` bytes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+#[derive(Debug)]
+pub struct Publication {
+    pub channel: Arc<str>,
+    /// Strictly increasing within the channel's epoch, starting at 1.
+    pub position: u64,
+    pub epoch: Arc<str>,
+    pub id: String,
+    /// Server time of acceptance, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub event: Option<String>,
+    pub data: Box<RawValue>,
+    /// The `pub` push frame, shared by all subscribers.
+    pub frame: Utf8Bytes,
+    /// When the message leaves history (monotonic clock).
+    pub expires_at: Instant,
+}
+
+/// The wire form of a publication (also used by SSE, long polling and the history API).
+#[derive(Serialize)]
+pub struct PublicationWire<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub channel: &'a str,
+    pub position: u64,
+    pub epoch: &'a str,
+    pub id: &'a str,
+    pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    pub data: &'a RawValue,
+}
+
+impl Publication {
+    pub fn new(
+        channel: Arc<str>,
+        position: u64,
+        epoch: Arc<str>,
+        id: String,
+        timestamp_ms: i64,
+        event: Option<String>,
+        data: Box<RawValue>,
+        expires_at: Instant,
+    ) -> Publication {
+        let wire = PublicationWire {
+            kind: "pub",
+            channel: &channel,
+            position,
+            epoch: &epoch,
+            id: &id,
+            ts: timestamp_ms,
+            event: event.as_deref(),
+            data: &data,
+        };
+        let frame = Utf8Bytes::from(serde_json::to_string(&wire).expect("publication serialises"));
+        Publication { channel, position, epoch, id, timestamp_ms, event, data, frame, expires_at }
+    }
+
+    /// Size counted against per-connection queue limits.
+    pub fn weight(&self) -> usize {
+        self.frame.len()
+    }
+}

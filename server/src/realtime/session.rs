@@ -1,0 +1,492 @@
+//! One client connection's protocol state, independent of the transport: authentication,
+//! capability checks, subscriptions and command handling. Replies go into the connection's
+//! outbox; the transport writes them out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::channel::{Channel, StreamPosition, SubscribeError, Subscriber};
+use super::client_auth::{self, TokenError};
+use super::directory::TenantSnapshot;
+use super::hub::{Connection, Hub, HubError};
+use super::outbox::{Outbox, Outgoing};
+use super::protocol::{self, Command, Request};
+use super::{Disconnect, Transport};
+use crate::names;
+use crate::tokens::{self, Action, ClientClaims};
+
+/// What the transport should do after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Continue,
+    Close(Disconnect),
+}
+
+/// A refused command: stable code, message, and the limit when one applies.
+pub struct CommandError {
+    pub code: &'static str,
+    pub message: String,
+    pub limit: Option<u64>,
+}
+
+impl CommandError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        CommandError { code, message: message.into(), limit: None }
+    }
+}
+
+pub struct Session {
+    pub hub: Arc<Hub>,
+    pub conn: Arc<Connection>,
+    tenant: Arc<TenantSnapshot>,
+    claims: ClientClaims,
+    subscriptions: HashMap<String, Arc<Channel>>,
+}
+
+/// Whether a browser page at `origin` may connect for `tenant`. Requests without an `Origin`
+/// header come from non-browser clients and are not restricted.
+pub fn origin_allowed(tenant: &TenantSnapshot, origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    tenant.tenant.allowed_origins.iter().any(|allowed| {
+        if allowed == "*" || *allowed == origin {
+            return true;
+        }
+        // `https://*.example.com` matches subdomains of example.com over https.
+        if let Some((scheme, host)) = allowed.split_once("://*.") {
+            return origin
+                .strip_prefix(scheme)
+                .and_then(|rest| rest.strip_prefix("://"))
+                .is_some_and(|rest| rest.ends_with(&format!(".{host}")));
+        }
+        false
+    })
+}
+
+impl Session {
+    /// Verifies the token, checks the origin and registers the connection.
+    pub async fn open(
+        hub: Arc<Hub>,
+        token: &str,
+        expected_tenant: Option<&str>,
+        transport: Transport,
+        origin: Option<&str>,
+    ) -> Result<Session, Disconnect> {
+        let verified = client_auth::verify(&hub.directory, token, expected_tenant)
+            .await
+            .map_err(TokenError::disconnect)?;
+        if !origin_allowed(&verified.tenant, origin) {
+            return Err(Disconnect::OriginNotAllowed);
+        }
+        let conn = Arc::new(Connection {
+            id: hub.next_conn_id(),
+            tenant: Arc::from(verified.tenant.id()),
+            user: Arc::from(verified.claims.sub.as_str()),
+            jti: verified.claims.jti.clone(),
+            iat: verified.claims.iat,
+            transport,
+            outbox: Arc::new(Outbox::new(hub.settings.outbox)),
+            connected_at: chrono::Utc::now(),
+        });
+        hub.register(conn.clone(), &verified.tenant)?;
+        Ok(Session {
+            hub,
+            conn,
+            tenant: verified.tenant,
+            claims: verified.claims,
+            subscriptions: HashMap::new(),
+        })
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.conn.outbox
+    }
+
+    /// Unix time at which the token expires.
+    pub fn expires_at(&self) -> i64 {
+        self.claims.exp
+    }
+
+    pub fn user(&self) -> &str {
+        &self.claims.sub
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.conn.tenant
+    }
+
+    pub fn subscription_names(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.keys().map(String::as_str)
+    }
+
+    pub fn connected_frame(&self, id: Option<&RawValue>) -> Outgoing {
+        Outgoing::Frame(protocol::frame(&protocol::Connected {
+            kind: "connected",
+            id,
+            client: self.conn.id.to_string(),
+            user: &self.claims.sub,
+            node: &self.hub.settings.node_id,
+            ping_interval_ms: self.hub.settings.ping_interval.as_millis() as u64,
+            expires_at: self.claims.exp,
+        }))
+    }
+
+    fn reply(&self, frame: tokio_tungstenite::tungstenite::Utf8Bytes) {
+        let _ = self.conn.outbox.push(Outgoing::Frame(frame));
+    }
+
+    fn reply_error(&self, id: Option<&RawValue>, channel: Option<&str>, err: &CommandError) {
+        self.reply(protocol::frame(&protocol::ErrorFrame {
+            kind: "error",
+            id,
+            code: err.code,
+            message: &err.message,
+            channel,
+            limit: err.limit,
+        }));
+    }
+
+    /// The tenant's current configuration (cached by the directory).
+    async fn tenant(&mut self) -> Result<Arc<TenantSnapshot>, CommandError> {
+        match self.hub.directory.tenant(&self.conn.tenant).await {
+            Ok(Some(t)) => {
+                self.tenant = t.clone();
+                Ok(t)
+            }
+            Ok(None) => Err(CommandError::new("tenant_not_found", "the tenant no longer exists")),
+            Err(e) => {
+                tracing::error!(error = %e, "tenant lookup failed");
+                Err(CommandError::new("internal", "temporarily unavailable"))
+            }
+        }
+    }
+
+    fn allows(&self, channel: &str, action: Action) -> bool {
+        tokens::allows(&self.claims.capabilities, channel, action)
+    }
+
+    fn hub_error(e: HubError) -> CommandError {
+        match e {
+            HubError::ChannelNotFound => CommandError::new("channel_not_found", "no such channel"),
+            HubError::MessageTooLarge(limit) => CommandError {
+                code: "message_too_large",
+                message: format!("data exceeds {limit} bytes"),
+                limit: Some(limit),
+            },
+            HubError::RateLimited(limit) => CommandError {
+                code: "rate_limited",
+                message: format!("the tenant may publish {limit} messages per second"),
+                limit: Some(u64::from(limit)),
+            },
+            HubError::Store(e) => {
+                tracing::error!(error = %e, "store error in realtime command");
+                CommandError::new("internal", "temporarily unavailable")
+            }
+        }
+    }
+
+    /// Subscribes to `channel`, optionally resuming. The confirmation, replayed messages and
+    /// live messages reach the outbox in that order.
+    pub async fn subscribe(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(), CommandError> {
+        names::channel(channel).map_err(|e| CommandError::new("invalid_channel", e.0))?;
+        if self.subscriptions.contains_key(channel) {
+            return Err(CommandError::new("already_subscribed", "already subscribed to this channel"));
+        }
+        let tenant = self.tenant().await?;
+        let max = tenant
+            .tenant
+            .limits
+            .max_subscriptions_per_connection
+            .unwrap_or(self.hub.settings.max_subscriptions_per_connection);
+        if self.subscriptions.len() >= max as usize {
+            return Err(CommandError {
+                code: "too_many_subscriptions",
+                message: format!("at most {max} subscriptions per connection"),
+                limit: Some(u64::from(max)),
+            });
+        }
+        loop {
+            let ch = self.hub.channel(&tenant, channel).await.map_err(Self::hub_error)?;
+            let options = ch.options();
+            if options.private && !self.allows(channel, Action::Subscribe) {
+                return Err(CommandError::new(
+                    "permission_denied",
+                    "the token has no subscribe capability for this channel",
+                ));
+            }
+            let subscriber = Subscriber { outbox: self.conn.outbox.clone(), user: self.conn.user.clone() };
+            let result = ch.subscribe(self.conn.id, subscriber, since.as_ref(), |outcome| {
+                vec![Outgoing::Frame(protocol::frame(&protocol::Subscribed {
+                    kind: "subscribed",
+                    id,
+                    channel,
+                    epoch: &outcome.epoch,
+                    position: outcome.position,
+                    recovered: outcome.recovered,
+                }))]
+            });
+            match result {
+                Ok(_) => {
+                    self.hub.stats.subscribed(1);
+                    if options.presence && options.join_leave {
+                        let join = protocol::frame(&protocol::JoinLeave {
+                            kind: "join",
+                            channel,
+                            client: self.conn.id.to_string(),
+                            user: &self.claims.sub,
+                        });
+                        ch.broadcast(Outgoing::Frame(join), Some(self.conn.id));
+                    }
+                    self.subscriptions.insert(channel.to_owned(), ch);
+                    return Ok(());
+                }
+                Err(SubscribeError::Retired) => continue,
+                Err(SubscribeError::AlreadySubscribed) => {
+                    return Err(CommandError::new(
+                        "already_subscribed",
+                        "already subscribed to this channel",
+                    ));
+                }
+                Err(SubscribeError::TooManySubscribers(max)) => {
+                    return Err(CommandError {
+                        code: "too_many_subscribers",
+                        message: format!("the channel allows {max} subscribers"),
+                        limit: Some(u64::from(max)),
+                    });
+                }
+                Err(SubscribeError::Closed) => {
+                    return Err(CommandError::new("closed", "the connection is closing"));
+                }
+            }
+        }
+    }
+
+    fn leave(&self, name: &str, ch: &Channel) {
+        if ch.unsubscribe(self.conn.id) {
+            self.hub.stats.subscribed(-1);
+            let options = ch.options();
+            if options.presence && options.join_leave {
+                let leave = protocol::frame(&protocol::JoinLeave {
+                    kind: "leave",
+                    channel: name,
+                    client: self.conn.id.to_string(),
+                    user: &self.claims.sub,
+                });
+                ch.broadcast(Outgoing::Frame(leave), None);
+            }
+        }
+    }
+
+    pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        match self.subscriptions.remove(channel) {
+            Some(ch) => {
+                self.leave(channel, &ch);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one parsed command; replies go to the outbox.
+    pub async fn handle(&mut self, request: Request) -> CommandOutcome {
+        let id = request.id.as_deref();
+        match request.command {
+            Command::Connect { .. } => {
+                self.reply_error(
+                    id,
+                    None,
+                    &CommandError::new("already_connected", "this connection is already authenticated"),
+                );
+            }
+            Command::Ping => {
+                self.reply(protocol::frame(&protocol::Simple { kind: "pong", id, expires_at: None }))
+            }
+            Command::Subscribe { channel, since } => {
+                if let Err(e) = self.subscribe(id, &channel, since.map(Into::into)).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Unsubscribe { channel } => {
+                if self.unsubscribe(&channel) {
+                    self.reply(protocol::frame(&protocol::Unsubscribed {
+                        kind: "unsubscribed",
+                        id,
+                        channel: &channel,
+                    }));
+                } else {
+                    self.reply_error(
+                        id,
+                        Some(&channel),
+                        &CommandError::new("not_subscribed", "not subscribed to this channel"),
+                    );
+                }
+            }
+            Command::Publish { channel, data, event, idempotency_key } => {
+                match self.publish(&channel, data, event, idempotency_key).await {
+                    Ok(o) => self.reply(protocol::frame(&protocol::Published {
+                        kind: "published",
+                        id,
+                        channel: &channel,
+                        position: o.position,
+                        epoch: &o.epoch,
+                        message_id: &o.id,
+                        ts: o.timestamp_ms,
+                        duplicate: o.duplicate,
+                    })),
+                    Err(e) => self.reply_error(id, Some(&channel), &e),
+                }
+            }
+            Command::History { channel, since, limit } => {
+                if let Err(e) = self.history(id, &channel, since.map(Into::into), limit).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Presence { channel } => {
+                if let Err(e) = self.presence(id, &channel).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Refresh { token } => return self.refresh(id, &token).await,
+        }
+        CommandOutcome::Continue
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &str,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<super::channel::PublishOutcome, CommandError> {
+        names::channel(channel).map_err(|e| CommandError::new("invalid_channel", e.0))?;
+        if event.as_ref().is_some_and(|e| e.len() > 64 || e.chars().any(char::is_control)) {
+            return Err(CommandError::new(
+                "bad_request",
+                "`event` must be at most 64 bytes without control characters",
+            ));
+        }
+        if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128) {
+            return Err(CommandError::new("bad_request", "`idempotency_key` must be 1-128 bytes"));
+        }
+        let tenant = self.tenant().await?;
+        let options = self.hub.channel_options(&tenant, channel).await.map_err(Self::hub_error)?;
+        if !options.client_publish {
+            return Err(CommandError::new("publish_not_allowed", "clients may not publish to this channel"));
+        }
+        if !self.allows(channel, Action::Publish) {
+            return Err(CommandError::new(
+                "permission_denied",
+                "the token has no publish capability for this channel",
+            ));
+        }
+        self.hub.publish(&tenant, channel, data, event, idempotency_key).await.map_err(Self::hub_error)
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<u32>,
+    ) -> Result<(), CommandError> {
+        names::channel(channel).map_err(|e| CommandError::new("invalid_channel", e.0))?;
+        let tenant = self.tenant().await?;
+        let ch = self.hub.channel(&tenant, channel).await.map_err(Self::hub_error)?;
+        if ch.options().private && !self.allows(channel, Action::History) {
+            return Err(CommandError::new(
+                "permission_denied",
+                "the token has no history capability for this channel",
+            ));
+        }
+        let limit = limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let slice = ch.history(since.as_ref(), limit);
+        let raws: Vec<Box<RawValue>> = slice
+            .publications
+            .iter()
+            .map(|p| RawValue::from_string(p.frame.as_str().to_owned()).expect("frames are JSON"))
+            .collect();
+        self.reply(protocol::frame(&protocol::History {
+            kind: "history",
+            id,
+            channel,
+            epoch: &slice.epoch,
+            position: slice.position,
+            complete: slice.complete,
+            publications: raws.iter().map(|r| r.as_ref()).collect(),
+        }));
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<&RawValue>, channel: &str) -> Result<(), CommandError> {
+        names::channel(channel).map_err(|e| CommandError::new("invalid_channel", e.0))?;
+        let tenant = self.tenant().await?;
+        let ch = self.hub.channel(&tenant, channel).await.map_err(Self::hub_error)?;
+        let options = ch.options();
+        if !options.presence {
+            return Err(CommandError::new("presence_disabled", "presence is not enabled on this channel"));
+        }
+        if options.private && !self.allows(channel, Action::Presence) {
+            return Err(CommandError::new(
+                "permission_denied",
+                "the token has no presence capability for this channel",
+            ));
+        }
+        let subscribers = ch.subscribers();
+        self.reply(protocol::frame(&protocol::Presence {
+            kind: "presence",
+            id,
+            channel,
+            clients: subscribers
+                .iter()
+                .map(|(conn, user)| protocol::PresenceEntry { client: conn.to_string(), user })
+                .collect(),
+        }));
+        Ok(())
+    }
+
+    /// Replaces the token with a fresher one for the same user and tenant.
+    async fn refresh(&mut self, id: Option<&RawValue>, token: &str) -> CommandOutcome {
+        match client_auth::verify(&self.hub.directory, token, Some(&self.conn.tenant)).await {
+            Ok(v) if v.claims.sub == self.claims.sub => {
+                self.claims = v.claims;
+                self.tenant = v.tenant;
+                self.reply(protocol::frame(&protocol::Simple {
+                    kind: "refreshed",
+                    id,
+                    expires_at: Some(self.claims.exp),
+                }));
+                CommandOutcome::Continue
+            }
+            Ok(_) => {
+                self.reply_error(
+                    id,
+                    None,
+                    &CommandError::new("token_mismatch", "the new token is for another user"),
+                );
+                CommandOutcome::Continue
+            }
+            Err(e @ (TokenError::Revoked | TokenError::TenantSuspended)) => {
+                CommandOutcome::Close(e.disconnect())
+            }
+            Err(e) => {
+                self.reply_error(id, None, &CommandError::new(e.code(), "the new token was refused"));
+                CommandOutcome::Continue
+            }
+        }
+    }
+
+    /// Leaves every channel and unregisters. Call once when the transport ends.
+    pub fn close(mut self) {
+        for (name, ch) in std::mem::take(&mut self.subscriptions) {
+            self.leave(&name, &ch);
+        }
+        self.hub.unregister(self.conn.id);
+    }
+}

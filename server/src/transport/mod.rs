@@ -1,0 +1,4 @@
+//! Transports: thin adapters that move bytes between a socket and a realtime
+//! [`Session`](crate::realtime::Session). Protocol meaning lives in the session, not here.
+
+pub mod ws;

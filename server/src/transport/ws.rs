@@ -1,0 +1,268 @@
+//! WebSocket at `/v1/ws`. The upgrade is done here rather than through poem's extractor so that
+//! frames go out as shared `Utf8Bytes` (one serialisation per publication per node) and so the
+//! socket buffers can be sized for many idle connections.
+//!
+//! One task per connection drives everything: reading commands, writing batches from the
+//! outbox (many queued frames, one flush), server pings, and token expiry, with a single timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::web::{Data, Query};
+use poem::{IntoResponse, Request, Response, handler};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::error::ApiError;
+use crate::realtime::outbox::Outgoing;
+use crate::realtime::protocol::{self, Command};
+use crate::realtime::{CommandOutcome, Disconnect, Hub, Session, Transport};
+use crate::state::SharedState;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    /// Client JWT. Without it, the first frame must be `{"type": "connect", "token": …}`.
+    token: Option<String>,
+    /// When given, the token must be for this tenant.
+    tenant: Option<String>,
+}
+
+/// How long a write may block on a peer that does not read before it counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn socket_config(hub: &Hub) -> WebSocketConfig {
+    // Small read buffer: most connections are idle, and a large default buffer per socket
+    // dominates memory at scale. Writes are batched per wake-up and flushed once.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(hub.settings.outbox.max_bytes.saturating_mul(2).max(1 << 20))
+        .max_message_size(Some(hub.settings.max_inbound_frame_bytes))
+        .max_frame_size(Some(hub.settings.max_inbound_frame_bytes))
+}
+
+#[handler]
+pub async fn websocket(req: &Request, state: Data<&SharedState>, Query(query): Query<WsQuery>) -> Response {
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
+        return ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_upgrade_required",
+            "this endpoint speaks WebSocket (version 13) only",
+        )
+        .into_response();
+    };
+    let on_upgrade = match req.take_upgrade() {
+        Ok(u) => u,
+        Err(_) => {
+            return ApiError::bad_request("websocket_upgrade_required", "connection cannot be upgraded")
+                .into_response();
+        }
+    };
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    let hub = state.hub.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let config = socket_config(&hub);
+        let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+        serve(ws, hub, query, origin).await;
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+        )
+        .finish()
+}
+
+type Socket = WebSocketStream<poem::Upgraded>;
+
+async fn close(ws: &mut Socket, reason: &Disconnect) {
+    let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: Utf8Bytes::from(reason.reason()) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
+}
+
+/// Waits for the `connect` frame of a connection that did not pass its token in the URL.
+async fn await_connect(
+    ws: &mut Socket,
+    hub: &Hub,
+) -> Result<(String, Option<Box<serde_json::value::RawValue>>), Disconnect> {
+    let deadline = Instant::now() + hub.settings.auth_timeout;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.map_err(|_| Disconnect::AuthTimeout)?;
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                return match protocol::parse(text.as_str()) {
+                    Ok(protocol::Request { id, command: Command::Connect { token } }) => Ok((token, id)),
+                    _ => Err(Disconnect::BadRequest),
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Err(WsError::Capacity(_))) => return Err(Disconnect::MessageTooBig),
+            _ => return Err(Disconnect::BadRequest),
+        }
+    }
+}
+
+async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<String>) {
+    let (token, connect_id) = match query.token {
+        Some(token) => (token, None),
+        None => match await_connect(&mut ws, &hub).await {
+            Ok(pair) => pair,
+            Err(reason) => return close(&mut ws, &reason).await,
+        },
+    };
+    let session = match Session::open(
+        hub.clone(),
+        &token,
+        query.tenant.as_deref(),
+        Transport::WebSocket,
+        origin.as_deref(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(reason) => return close(&mut ws, &reason).await,
+    };
+    drop(token);
+    let _ = session.outbox().push(session.connected_frame(connect_id.as_deref()));
+    let span = tracing::debug_span!("ws", conn = %session.conn.id, tenant = %session.tenant_id());
+    let reason = tracing::Instrument::instrument(drive(&mut ws, &hub, session), span).await;
+    if let Some(reason) = reason {
+        close(&mut ws, &reason).await;
+    }
+}
+
+/// Runs the connection until it ends; returns the close to send, if one can still be sent.
+async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disconnect> {
+    let ping_interval = hub.settings.ping_interval;
+    let pong_timeout = hub.settings.pong_timeout;
+    let outbox = session.outbox().clone();
+    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut last_heard = Instant::now();
+    let mut next_ping = Instant::now() + ping_interval;
+    let reason = loop {
+        let expires = expiry_instant(session.expires_at());
+        let wake = next_ping.min(expires);
+        tokio::select! {
+            biased;
+            _ = outbox.ready() => {
+                match outbox.drain(&mut batch) {
+                    Ok(()) => {
+                        let written = tokio::time::timeout(WRITE_TIMEOUT, write_batch(ws, &mut batch)).await;
+                        if batch.capacity() > 256 {
+                            batch = Vec::new();
+                        }
+                        match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break None,
+                            Err(_) => break Some(Disconnect::SlowConsumer),
+                        }
+                    }
+                    Err(reason) => break Some(reason),
+                }
+            }
+            msg = ws.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => match protocol::parse(text.as_str()) {
+                        Ok(request) => {
+                            if let CommandOutcome::Close(reason) = session.handle(request).await {
+                                break Some(reason);
+                            }
+                        }
+                        Err(bad) => {
+                            let frame = protocol::frame(&protocol::ErrorFrame {
+                                kind: "error",
+                                id: bad.id.as_deref(),
+                                code: "bad_request",
+                                message: &bad.message,
+                                channel: None,
+                                limit: None,
+                            });
+                            let _ = outbox.push(Outgoing::Frame(frame));
+                        }
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        let frame = protocol::frame(&protocol::ErrorFrame {
+                            kind: "error",
+                            id: None,
+                            code: "bad_request",
+                            message: "binary frames are not supported; send JSON text frames",
+                            channel: None,
+                            limit: None,
+                        });
+                        let _ = outbox.push(Outgoing::Frame(frame));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        // tungstenite queues the pong; make sure it goes out.
+                        if ws.flush().await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => break Some(Disconnect::Normal),
+                    Some(Err(WsError::Capacity(_))) => break Some(Disconnect::MessageTooBig),
+                    Some(Err(_)) | None => break None,
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                if token_expired(session.expires_at()) {
+                    break Some(Disconnect::TokenExpired);
+                }
+                if now >= next_ping {
+                    if now.duration_since(last_heard) > ping_interval + pong_timeout {
+                        break Some(Disconnect::PingTimeout);
+                    }
+                    let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await;
+                    if !matches!(ping, Ok(Ok(()))) {
+                        break None;
+                    }
+                    next_ping = now + ping_interval;
+                }
+            }
+        }
+    };
+    session.close();
+    reason
+}
+
+/// Writes every queued frame, then flushes once.
+async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
+    for item in batch.drain(..) {
+        let text = match item {
+            Outgoing::Publication(p) => p.frame.clone(),
+            Outgoing::Frame(f) => f,
+        };
+        ws.feed(Message::Text(text)).await?;
+    }
+    ws.flush().await
+}
+
+fn token_expired(exp: i64) -> bool {
+    chrono::Utc::now().timestamp() >= exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64
+}
+
+/// The monotonic instant at which a Unix expiry time is reached (plus the verification leeway).
+fn expiry_instant(exp: i64) -> Instant {
+    let now_unix = chrono::Utc::now().timestamp();
+    let remaining = (exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64 - now_unix).max(0) as u64;
+    Instant::now() + Duration::from_secs(remaining.min(365 * 86_400))
+}
