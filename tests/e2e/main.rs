@@ -11,6 +11,7 @@ mod errors;
 mod isolation;
 mod jwt;
 mod keys;
+mod openapi_client;
 mod persistence;
 mod publish;
 mod tenants;

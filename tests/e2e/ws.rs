@@ -552,3 +552,63 @@ async fn raw_peer_that_ignores_pings(h: &Herald, token: &str) -> (u16, bool) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_when_to_reconnect() {
+    let mut h = Herald::start(Start {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        env: vec![("HERALD_RECONNECT_SPREAD_MS".into(), "3000".into())],
+        ..Default::default()
+    })
+    .await;
+    let t = realtime_tenant(&h, "acme").await;
+    let token = t.token("u", all_caps()).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut ws = h.ws(&token).await;
+        ws.subscribe("news").await;
+        clients.push(ws);
+    }
+    t.publish("news", json!("before shutdown")).await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &h.pid().to_string()]).status();
+    let mut delays = Vec::new();
+    for ws in &mut clients {
+        // Messages queued before the shutdown are still delivered, then the close.
+        assert_eq!(ws.recv().await["data"], "before shutdown");
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, 4200, "{closed:?}");
+        let delay: u64 = closed
+            .reason
+            .strip_prefix("shutting_down retry_after_ms=")
+            .expect("reason names the delay")
+            .parse()
+            .unwrap();
+        assert!(delay <= 3000);
+        delays.push(delay);
+    }
+    delays.sort();
+    delays.dedup();
+    assert!(delays.len() > 1, "reconnects are spread, not simultaneous: {delays:?}");
+    let started = std::time::Instant::now();
+    h.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(10), "the node exits once its clients are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_data_is_refused() {
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+    let body = format!("{{\"data\": {deep}}}");
+    let p = t
+        .key
+        .post_bytes("/v1/tenants/acme/channels/news/messages", "application/json", body.into_bytes())
+        .await
+        .problem(422, "invalid_value");
+    assert_eq!(p["field"], "data");
+    let ok = format!("{{\"data\": {}1{}}}", "[".repeat(64), "]".repeat(64));
+    t.key
+        .post_bytes("/v1/tenants/acme/channels/news/messages", "application/json", ok.into_bytes())
+        .await
+        .expect(200);
+}

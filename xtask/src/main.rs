@@ -109,6 +109,14 @@ fn test(args: &[String]) -> Result {
     }
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
+    match python_generator::ensure()? {
+        Some(python) => {
+            tests.env("HERALD_TEST_OPENAPI_PYTHON", python);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_OPENAPI_PYTHON");
+        }
+    }
     match postgres::ensure()? {
         Some(url) => {
             println!("xtask: PostgreSQL tests use {}", redact(&url));
@@ -132,12 +140,45 @@ fn redact(url: &str) -> String {
 }
 
 /// Notice for a service that is missing outside CI, or the error that fails a CI run.
-fn missing(service: &str, install: &str) -> Result<Option<String>> {
+fn missing<T>(service: &str, install: &str) -> Result<Option<T>> {
     if is_ci() {
         return Err(format!("CI=true and {service} is not available: {install}"));
     }
     eprintln!("xtask: skipping {service} tests: {install}");
     Ok(None)
+}
+
+/// A Python environment under `.cache/` with openapi-python-client from PyPI, for the test that
+/// proves the committed OpenAPI spec generates a working client.
+mod python_generator {
+    use super::*;
+
+    /// Pinned so that a new generator release cannot change what the test proves overnight.
+    const PACKAGE: &str = "openapi-python-client==0.29.1";
+
+    pub fn ensure() -> Result<Option<PathBuf>> {
+        let venv = root().join(".cache/openapi-python");
+        let python = venv.join("bin/python");
+        let generator = venv.join("bin/openapi-python-client");
+        if generator.exists() {
+            return Ok(Some(python));
+        }
+        if !have("python3") {
+            return missing("generated-client", "install Python 3 (python3 with venv and pip)");
+        }
+        eprintln!("xtask: installing {PACKAGE} into .cache/openapi-python");
+        let created = status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+        let installed = created.and_then(|()| {
+            status(Command::new(venv.join("bin/pip")).args(["install", "--quiet", PACKAGE]), "pip install")
+        });
+        match installed {
+            Ok(()) => Ok(Some(python)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&venv);
+                missing("generated-client", &format!("{e}; needs python3-venv and access to PyPI"))
+            }
+        }
+    }
 }
 
 mod postgres {

@@ -163,6 +163,10 @@ fn hub_error(e: HubError, channel: &str) -> ApiError {
         )
         .with_limit(limit)
         .with_field("data"),
+        HubError::TooDeep => ApiError::invalid(
+            "data",
+            format!("is nested deeper than {} levels", crate::realtime::MAX_DATA_DEPTH),
+        ),
         HubError::RateLimited(limit) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

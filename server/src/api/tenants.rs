@@ -32,13 +32,15 @@ struct CreateTenant {
 }
 
 /// A JSON merge patch (RFC 7396): fields left out keep their value; inside `limits`, `null`
-/// removes a limit, and `"limits": null` removes them all.
+/// removes a limit, and `"limits": null` removes them all. `status: suspended` closes the
+/// tenant's connections and refuses its API keys; `active` resumes it.
 #[derive(Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct UpdateTenant {
     name: Option<String>,
-    /// `suspended` closes the tenant's connections and refuses its API keys; `active` resumes.
+    // No field doc here: it would wrap the enum reference in `allOf`, which some client
+    // generators cannot handle. The struct doc explains `status`.
     status: Option<TenantStatus>,
     allowed_origins: Option<Vec<String>>,
     limits: Option<TenantLimits>,

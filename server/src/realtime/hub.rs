@@ -44,9 +44,41 @@ pub struct Connection {
     pub connected_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Deepest nesting of arrays and objects accepted in message data. Herald itself never parses
+/// the data into a tree, but clients do, and many parsers recurse.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Nesting depth of a JSON text, found by a linear scan that skips strings.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 #[derive(Debug)]
 pub enum HubError {
     ChannelNotFound,
+    /// Data nested deeper than [`MAX_DATA_DEPTH`].
+    TooDeep,
     MessageTooLarge(u64),
     RateLimited(u32),
     Store(StoreError),
@@ -182,6 +214,9 @@ impl Hub {
                 .map_or(options.max_message_bytes, |t| t.min(options.max_message_bytes));
             if data.get().len() > limit as usize {
                 return Err(HubError::MessageTooLarge(u64::from(limit)));
+            }
+            if json_depth(data.get()) > MAX_DATA_DEPTH {
+                return Err(HubError::TooDeep);
             }
             self.take_publish_token(tenant).map_err(HubError::RateLimited)?;
             match ch.publish(
@@ -329,5 +364,18 @@ impl Hub {
                 !channels.is_empty()
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#"["[[[[", "\\\"[["]"#), 1);
+        assert_eq!(json_depth(&format!("{}{}", "[".repeat(100), "]".repeat(100))), 100);
     }
 }

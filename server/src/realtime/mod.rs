@@ -23,7 +23,7 @@ mod session;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 pub use disconnect::Disconnect;
-pub use hub::{Connection, Hub, HubError, HubSettings};
+pub use hub::{Connection, Hub, HubError, HubSettings, MAX_DATA_DEPTH};
 pub use session::{CommandOutcome, Session};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -170,6 +170,10 @@ impl Session {
     fn hub_error(e: HubError) -> CommandError {
         match e {
             HubError::ChannelNotFound => CommandError::new("channel_not_found", "no such channel"),
+            HubError::TooDeep => CommandError::new(
+                "bad_request",
+                format!("data is nested deeper than {} levels", super::hub::MAX_DATA_DEPTH),
+            ),
             HubError::MessageTooLarge(limit) => CommandError {
                 code: "message_too_large",
                 message: format!("data exceeds {limit} bytes"),
