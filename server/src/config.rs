@@ -56,6 +56,10 @@ pub const KEYS: &[&str] = &[
     "idempotency_window_seconds",
     "shutdown_grace_seconds",
     "reconnect_spread_ms",
+    "sse_heartbeat_seconds",
+    "sse_retry_ms",
+    "long_poll_max_timeout_seconds",
+    "long_poll_session_idle_seconds",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -158,6 +162,10 @@ pub struct Config {
     pub idempotency_window: Duration,
     pub shutdown_grace: Duration,
     pub reconnect_spread: Duration,
+    pub sse_heartbeat: Duration,
+    pub sse_retry_ms: u64,
+    pub long_poll_max_timeout: Duration,
+    pub long_poll_session_idle: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -184,6 +192,10 @@ impl std::fmt::Debug for Config {
             .field("idempotency_window", &self.idempotency_window)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("reconnect_spread", &self.reconnect_spread)
+            .field("sse_heartbeat", &self.sse_heartbeat)
+            .field("sse_retry_ms", &self.sse_retry_ms)
+            .field("long_poll_max_timeout", &self.long_poll_max_timeout)
+            .field("long_poll_session_idle", &self.long_poll_session_idle)
             .finish()
     }
 }
@@ -355,6 +367,10 @@ impl Config {
             idempotency_window: l.seconds("idempotency_window_seconds", 300, 1..=86_400)?,
             shutdown_grace: l.seconds("shutdown_grace_seconds", 10, 0..=3600)?,
             reconnect_spread: Duration::from_millis(l.number("reconnect_spread_ms", 5000, 0..=600_000)?),
+            sse_heartbeat: l.seconds("sse_heartbeat_seconds", 15, 1..=3600)?,
+            sse_retry_ms: l.number("sse_retry_ms", 2000, 0..=600_000)?,
+            long_poll_max_timeout: l.seconds("long_poll_max_timeout_seconds", 60, 1..=3600)?,
+            long_poll_session_idle: l.seconds("long_poll_session_idle_seconds", 60, 1..=86_400)?,
         };
         Ok(config)
     }

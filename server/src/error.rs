@@ -158,6 +158,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (409, "Conflict with the current state, e.g. a duplicate"),
     (413, "Request body or message too large; `limit` holds the limit"),
     (422, "A value is not acceptable; `field` names it"),
+    (429, "Rate limit reached; `limit` holds the limit"),
     (500, "Internal error"),
 ];
 

@@ -1,10 +1,11 @@
 //! Wires the HTTP surface together and runs it on a bound listener until shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use poem::endpoint::make_sync;
 use poem::listener::TcpAcceptor;
-use poem::middleware::{AddData, Tracing};
+use poem::middleware::AddData;
 use poem::web::Json;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
 
@@ -93,12 +94,30 @@ pub fn app(state: SharedState) -> impl Endpoint {
         )
         .nest("/docs", docs)
         .at("/v1/ws", get(crate::transport::ws::websocket))
+        .at("/v1/sse", get(crate::transport::sse::sse).options(crate::transport::http::preflight))
+        .at("/v1/poll", get(crate::transport::longpoll::poll).options(crate::transport::http::preflight))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
         .with(AddData::new(state))
-        .with(Tracing)
         .catch_all_error(any_error_to_problem)
+        .around(log_request)
+}
+
+/// Logs each request without its query string, which may hold a client token.
+async fn log_request<E: Endpoint>(next: Arc<E>, req: poem::Request) -> poem::Result<poem::Response> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.get_response(req).await;
+    let status = resp.status().as_u16();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, elapsed_ms, "request");
+    }
+    Ok(resp)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves. Then the node reports not ready,
@@ -112,10 +131,22 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
     let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let signalled_at = Arc::new(std::sync::Mutex::new(None));
+    let mark = signalled_at.clone();
     let signal = async move {
         shutdown.await;
+        *mark.lock().expect("shutdown lock") = Some(tokio::time::Instant::now());
         let _ = signalled_tx.send(true);
     };
+    let sweeper = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(state) = sweeper.upgrade() else { return };
+            state.long_polls.sweep();
+        }
+    });
     let hub_state = state.clone();
     tokio::spawn(async move {
         if signalled_rx.changed().await.is_ok() {
@@ -128,7 +159,9 @@ pub async fn serve(
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), signal, Some(grace))
         .await?;
-    let deadline = tokio::time::Instant::now() + grace;
+    // One grace period in all, counted from the signal.
+    let started = signalled_at.lock().expect("shutdown lock").unwrap_or_else(tokio::time::Instant::now);
+    let deadline = started + grace;
     while hub.live_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -26,6 +26,11 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Set once shutdown starts; `/readyz` then reports the node as not ready.
     pub draining: AtomicBool,
+    /// HMAC key for SSE and long-poll cursors, derived from the master key so that a cursor
+    /// from one node is accepted by every node.
+    pub cursor_key: [u8; 32],
+    /// Long-poll sessions between polls.
+    pub long_polls: crate::transport::longpoll::LongPolls,
 }
 
 /// How long cached tenant configuration is trusted before it is reloaded, bounding how long a
@@ -148,6 +153,8 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     let directory = Directory::new(store.clone(), master.clone(), DIRECTORY_TTL);
     let hub = Hub::new(hub_settings(&config), directory);
     let state = Arc::new(AppState {
+        cursor_key: master.derive("cursor"),
+        long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),
         config,
         store,
         master,

@@ -159,7 +159,7 @@ fn hub_error(e: HubError, channel: &str) -> ApiError {
         HubError::MessageTooLarge(limit) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
-            format!("data exceeds the channel's limit of {limit} bytes"),
+            format!("data exceeds the limit of {limit} bytes (channel or tenant)"),
         )
         .with_limit(limit)
         .with_field("data"),

@@ -64,6 +64,7 @@ pub struct HistorySlice {
 pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     pub user: Arc<str>,
+    pub info: Option<Arc<RawValue>>,
 }
 
 struct Inner {
@@ -137,9 +138,9 @@ impl Channel {
         self.lock().subscribers.len()
     }
 
-    /// Users subscribed here, one entry per connection.
-    pub fn subscribers(&self) -> Vec<(ConnId, Arc<str>)> {
-        self.lock().subscribers.iter().map(|(id, s)| (*id, s.user.clone())).collect()
+    /// Users subscribed here, one entry per connection, with their token's `info`.
+    pub fn subscribers(&self) -> Vec<(ConnId, Arc<str>, Option<Arc<RawValue>>)> {
+        self.lock().subscribers.iter().map(|(id, s)| (*id, s.user.clone(), s.info.clone())).collect()
     }
 
     /// Appends a message and hands it to every local subscriber.

@@ -37,8 +37,10 @@ pub struct Connection {
     pub id: ConnId,
     pub tenant: Arc<str>,
     pub user: Arc<str>,
-    pub jti: String,
-    pub iat: i64,
+    /// `jti` and `iat` of the token in use; a `refresh` replaces them.
+    pub token: Mutex<(String, i64)>,
+    /// The token's `info` claim, shown in presence.
+    pub info: Option<Arc<serde_json::value::RawValue>>,
     pub transport: Transport,
     pub outbox: Arc<Outbox>,
     pub connected_at: chrono::DateTime<chrono::Utc>,
@@ -315,7 +317,8 @@ impl Hub {
             self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
         }
         self.disconnect_where(tenant_id, Disconnect::TokenRevoked, |c| {
-            snapshot.is_revoked(Some(&c.jti), &c.user, c.iat)
+            let (jti, iat) = &*c.token.lock().expect("token lock");
+            snapshot.is_revoked(Some(jti), &c.user, *iat)
         });
         let channels: Vec<Arc<Channel>> = self
             .shards

@@ -24,7 +24,21 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 pub use disconnect::Disconnect;
 pub use hub::{Connection, Hub, HubError, HubSettings, MAX_DATA_DEPTH};
-pub use session::{CommandOutcome, Session};
+pub use session::{CommandError, CommandOutcome, Session, origin_allowed};
+
+/// Checks the optional fields of a publish (REST or client); returns the field and why.
+pub fn validate_publish_fields(
+    event: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<(), (&'static str, &'static str)> {
+    if event.is_some_and(|e| e.is_empty() || e.len() > 64 || e.chars().any(char::is_control)) {
+        return Err(("event", "must be 1-64 bytes without control characters"));
+    }
+    if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
+        return Err(("idempotency_key", "must be 1-128 bytes without control characters"));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);

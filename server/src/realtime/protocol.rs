@@ -74,7 +74,7 @@ pub fn parse(text: &str) -> Result<Request, BadFrame> {
     let raw: RawCommand =
         serde_json::from_str(text).map_err(|e| BadFrame { id: None, message: e.to_string() })?;
     let id = match raw.id {
-        Some(id) if id.get().starts_with(['{', '[']) => {
+        Some(id) if !id.get().starts_with(|c: char| c == '"' || c == '-' || c.is_ascii_digit()) => {
             return Err(BadFrame { id: None, message: "`id` must be a string or a number".into() });
         }
         other => other.map(|v| v.to_owned()),
@@ -182,6 +182,8 @@ pub struct History<'a> {
 pub struct PresenceEntry<'a> {
     pub client: String,
     pub user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -249,6 +251,7 @@ mod tests {
 
     #[test]
     fn bad_frames_say_why_and_keep_the_id() {
+        assert!(parse(r#"{"type":"ping","id":true}"#).is_err());
         let e = parse(r#"{"type":"subscribe","id":1}"#).unwrap_err();
         assert_eq!(e.id.unwrap().get(), "1");
         assert!(e.message.contains("channel"), "{}", e.message);

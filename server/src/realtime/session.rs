@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::channel::{Channel, StreamPosition, SubscribeError, Subscriber};
+use super::channel::{Channel, StreamPosition, SubscribeError, SubscribeOutcome, Subscriber};
 use super::client_auth::{self, TokenError};
 use super::directory::TenantSnapshot;
 use super::hub::{Connection, Hub, HubError};
@@ -25,6 +25,7 @@ pub enum CommandOutcome {
 }
 
 /// A refused command: stable code, message, and the limit when one applies.
+#[derive(Debug)]
 pub struct CommandError {
     pub code: &'static str,
     pub message: String,
@@ -84,8 +85,13 @@ impl Session {
             id: hub.next_conn_id(),
             tenant: Arc::from(verified.tenant.id()),
             user: Arc::from(verified.claims.sub.as_str()),
-            jti: verified.claims.jti.clone(),
-            iat: verified.claims.iat,
+            token: std::sync::Mutex::new((verified.claims.jti.clone(), verified.claims.iat)),
+            info: verified
+                .claims
+                .info
+                .as_ref()
+                .and_then(|i| serde_json::value::to_raw_value(i).ok())
+                .map(Arc::from),
             transport,
             outbox: Arc::new(Outbox::new(hub.settings.outbox)),
             connected_at: chrono::Utc::now(),
@@ -119,6 +125,11 @@ impl Session {
 
     pub fn subscription_names(&self) -> impl Iterator<Item = &str> {
         self.subscriptions.keys().map(String::as_str)
+    }
+
+    /// The channel object of a current subscription.
+    pub fn subscribed_channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.subscriptions.get(name)
     }
 
     pub fn connected_frame(&self, id: Option<&RawValue>) -> Outgoing {
@@ -198,7 +209,7 @@ impl Session {
         id: Option<&RawValue>,
         channel: &str,
         since: Option<StreamPosition>,
-    ) -> Result<(), CommandError> {
+    ) -> Result<SubscribeOutcome, CommandError> {
         names::channel(channel).map_err(|e| CommandError::new("invalid_channel", e.0))?;
         if self.subscriptions.contains_key(channel) {
             return Err(CommandError::new("already_subscribed", "already subscribed to this channel"));
@@ -225,7 +236,11 @@ impl Session {
                     "the token has no subscribe capability for this channel",
                 ));
             }
-            let subscriber = Subscriber { outbox: self.conn.outbox.clone(), user: self.conn.user.clone() };
+            let subscriber = Subscriber {
+                outbox: self.conn.outbox.clone(),
+                user: self.conn.user.clone(),
+                info: self.conn.info.clone(),
+            };
             let result = ch.subscribe(self.conn.id, subscriber, since.as_ref(), |outcome| {
                 vec![Outgoing::Frame(protocol::frame(&protocol::Subscribed {
                     kind: "subscribed",
@@ -237,7 +252,7 @@ impl Session {
                 }))]
             });
             match result {
-                Ok(_) => {
+                Ok(outcome) => {
                     self.hub.stats.subscribed(1);
                     if options.presence && options.join_leave {
                         let join = protocol::frame(&protocol::JoinLeave {
@@ -249,7 +264,7 @@ impl Session {
                         ch.broadcast(Outgoing::Frame(join), Some(self.conn.id));
                     }
                     self.subscriptions.insert(channel.to_owned(), ch);
-                    return Ok(());
+                    return Ok(outcome);
                 }
                 Err(SubscribeError::Retired) => continue,
                 Err(SubscribeError::AlreadySubscribed) => {
@@ -272,9 +287,12 @@ impl Session {
         }
     }
 
+    /// Ends one subscription. The channel may already have dropped this subscriber (slow
+    /// consumer); the session still owns the count and the leave event.
     fn leave(&self, name: &str, ch: &Channel) {
-        if ch.unsubscribe(self.conn.id) {
-            self.hub.stats.subscribed(-1);
+        ch.unsubscribe(self.conn.id);
+        self.hub.stats.subscribed(-1);
+        {
             let options = ch.options();
             if options.presence && options.join_leave {
                 let leave = protocol::frame(&protocol::JoinLeave {
@@ -449,7 +467,11 @@ impl Session {
             channel,
             clients: subscribers
                 .iter()
-                .map(|(conn, user)| protocol::PresenceEntry { client: conn.to_string(), user })
+                .map(|(conn, user, info)| protocol::PresenceEntry {
+                    client: conn.to_string(),
+                    user,
+                    info: info.as_deref(),
+                })
                 .collect(),
         }));
         Ok(())
@@ -459,6 +481,7 @@ impl Session {
     async fn refresh(&mut self, id: Option<&RawValue>, token: &str) -> CommandOutcome {
         match client_auth::verify(&self.hub.directory, token, Some(&self.conn.tenant)).await {
             Ok(v) if v.claims.sub == self.claims.sub => {
+                *self.conn.token.lock().expect("token lock") = (v.claims.jti.clone(), v.claims.iat);
                 self.claims = v.claims;
                 self.tenant = v.tenant;
                 self.reply(protocol::frame(&protocol::Simple {

@@ -256,12 +256,12 @@ async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), W
     ws.flush().await
 }
 
-fn token_expired(exp: i64) -> bool {
+pub(crate) fn token_expired(exp: i64) -> bool {
     chrono::Utc::now().timestamp() >= exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64
 }
 
 /// The monotonic instant at which a Unix expiry time is reached (plus the verification leeway).
-fn expiry_instant(exp: i64) -> Instant {
+pub(crate) fn expiry_instant(exp: i64) -> Instant {
     let now_unix = chrono::Utc::now().timestamp();
     let remaining = (exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64 - now_unix).max(0) as u64;
     Instant::now() + Duration::from_secs(remaining.min(365 * 86_400))

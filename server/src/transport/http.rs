@@ -1,0 +1,156 @@
+//! What the HTTP transports (SSE, long polling) share: reading the token, the channel list and
+//! the origin from a request, CORS, and turning refusals into problem responses.
+
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{IntoResponse, Request, Response};
+
+use crate::error::ApiError;
+use crate::realtime::{CommandError, Disconnect};
+
+/// Channels one SSE stream or poll may name at most (the connection's subscription limit
+/// applies too).
+pub const MAX_CHANNELS: usize = 64;
+
+/// The client token from `?token=` or `Authorization: Bearer`.
+pub fn token(req: &Request, query_token: Option<String>) -> Result<String, ApiError> {
+    if let Some(t) = query_token.filter(|t| !t.is_empty()) {
+        return Ok(t);
+    }
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_credentials",
+                "pass the client token as `token` or `Authorization: Bearer`",
+            )
+            .with_field("token")
+        })
+}
+
+/// `a,b,c` → the channel names, validated, without duplicates.
+pub fn channels(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let names: Vec<String> =
+        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if names.is_empty() {
+        return Err(ApiError::bad_request("invalid_parameter", "name at least one channel: channels=a,b")
+            .with_field("channels"));
+    }
+    if names.len() > MAX_CHANNELS {
+        return Err(ApiError::bad_request("invalid_parameter", format!("at most {MAX_CHANNELS} channels"))
+            .with_field("channels")
+            .with_limit(MAX_CHANNELS as u64));
+    }
+    for (i, name) in names.iter().enumerate() {
+        crate::names::channel(name)
+            .map_err(|e| ApiError::invalid("channels", format!("`{name}`: {}", e.0)))?;
+        if names[..i].contains(name) {
+            return Err(ApiError::invalid("channels", format!("`{name}` is named twice")));
+        }
+    }
+    Ok(names)
+}
+
+pub fn origin(req: &Request) -> Option<String> {
+    req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned)
+}
+
+/// A refused connection as an HTTP problem.
+pub fn refused(reason: Disconnect) -> ApiError {
+    let code = match &reason {
+        Disconnect::AuthFailed(code) => code,
+        _ => "",
+    };
+    match reason {
+        Disconnect::AuthFailed(_) => {
+            ApiError::unauthorized(code_static(code), "the client token was refused")
+        }
+        Disconnect::TokenExpired => ApiError::unauthorized("token_expired", "the client token has expired"),
+        Disconnect::TokenRevoked => {
+            ApiError::unauthorized("token_revoked", "the client token has been revoked")
+        }
+        Disconnect::TenantSuspended => ApiError::forbidden("tenant_suspended", "the tenant is suspended"),
+        Disconnect::OriginNotAllowed => {
+            ApiError::forbidden("origin_not_allowed", "this origin is not in the tenant's allowed origins")
+                .with_field("Origin")
+        }
+        Disconnect::ConnectionLimit => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "connection_limit",
+            "the tenant has reached its connection limit",
+        ),
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly"),
+    }
+}
+
+fn code_static(code: &str) -> &'static str {
+    use crate::realtime::client_auth::TokenError as T;
+    [
+        T::Malformed,
+        T::AlgorithmNotAllowed,
+        T::UnknownTenant,
+        T::WrongTenant,
+        T::UnknownKey,
+        T::AlgorithmMismatch,
+        T::BadSignature,
+        T::NotYetValid,
+    ]
+    .into_iter()
+    .map(T::code)
+    .find(|c| *c == code)
+    .unwrap_or("invalid_token")
+}
+
+/// A refused subscription as an HTTP problem.
+pub fn subscribe_refused(channel: &str, e: CommandError) -> ApiError {
+    let status = match e.code {
+        "permission_denied" => StatusCode::FORBIDDEN,
+        "channel_not_found" => StatusCode::NOT_FOUND,
+        "too_many_subscriptions" | "too_many_subscribers" | "invalid_channel" => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        "internal" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut err = ApiError::new(status, e.code, format!("`{channel}`: {}", e.message)).with_field("channels");
+    err.limit = e.limit;
+    err
+}
+
+/// Adds CORS headers for a browser request from `origin` (already checked against the tenant).
+pub fn allow_origin(mut resp: Response, origin: Option<&str>) -> Response {
+    if let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        let headers = resp.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// Errors of these endpoints also carry CORS headers, so browser code can read them.
+pub fn error_response(err: ApiError, origin: Option<&str>) -> Response {
+    allow_origin(err.into_response(), origin)
+}
+
+/// Answers a CORS preflight. The tenant is not known before the real request (which carries
+/// the token), so the preflight allows any origin; the real request is checked.
+#[poem::handler]
+pub fn preflight(req: &Request) -> Response {
+    let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
+    if let Some(origin) = origin(req).and_then(|o| HeaderValue::from_str(&o).ok()) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Last-Event-ID"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}

@@ -1,0 +1,382 @@
+//! HTTP long polling at `GET /v1/poll?channels=a,b&cursor=C&timeout=S`.
+//!
+//! A poll returns at once when messages after the cursor exist, otherwise holds until one
+//! arrives or the timeout passes; the body always carries `messages` and the `cursor` to send
+//! next. Between polls the client is a *session* (named inside the cursor): it stays subscribed
+//! (so it counts as a connection and appears in presence) and its queue collects what arrives,
+//! until it has been idle for `long_poll_session_idle_seconds`. Positions in the cursor are
+//! authoritative: a retried poll (the previous answer was lost) is served again from history,
+//! and a newer poll of the same session makes an older, still-waiting one return at once and
+//! empty, so concurrent polls neither lose nor duplicate messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use poem::http::StatusCode;
+use poem::web::{Data, Query};
+use poem::{Request, Response, handler};
+use rand::RngCore;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::cursor::{Cursor, SESSION_LEN};
+use super::http;
+use crate::error::ApiError;
+use crate::realtime::channel::StreamPosition;
+use crate::realtime::outbox::Outgoing;
+use crate::realtime::publication::Publication;
+use crate::realtime::{Disconnect, Session, Transport};
+use crate::state::SharedState;
+
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+/// Messages read from history per channel when a poll catches up; the queue itself is bounded
+/// by the client queue limits.
+pub const MAX_MESSAGES: usize = 1000;
+
+type SessionId = [u8; SESSION_LEN];
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    channels: Option<String>,
+    cursor: Option<String>,
+    /// Seconds to hold when nothing is new (default 30, at most `long_poll_max_timeout_seconds`).
+    timeout: Option<u64>,
+    token: Option<String>,
+    tenant: Option<String>,
+}
+
+struct Inner {
+    session: Option<Session>,
+    /// Per channel: the newest position handed out from this session's queue.
+    delivered: Vec<StreamPosition>,
+}
+
+struct LongPollSession {
+    id: SessionId,
+    tenant: String,
+    user: String,
+    channels: Vec<String>,
+    inner: tokio::sync::Mutex<Inner>,
+    /// Bumped by every poll; a waiting poll that sees a newer one returns at once.
+    generation: AtomicU64,
+    superseded: tokio::sync::Notify,
+    last_active: Mutex<Instant>,
+}
+
+/// Long-poll sessions of this node.
+pub struct LongPolls {
+    sessions: Mutex<HashMap<SessionId, Arc<LongPollSession>>>,
+    idle: Duration,
+}
+
+impl LongPolls {
+    pub fn new(idle: Duration) -> LongPolls {
+        LongPolls { sessions: Mutex::default(), idle }
+    }
+
+    /// Ends sessions idle for longer than the idle timeout. Called periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.sessions.lock().expect("long-poll lock").retain(|_, s| {
+            let idle = now.duration_since(*s.last_active.lock().expect("long-poll lock")) > self.idle;
+            if idle && let Ok(mut inner) = s.inner.try_lock() {
+                expired.extend(inner.session.take());
+                return false;
+            }
+            true
+        });
+        for session in expired {
+            session.close();
+        }
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self) {
+        let sessions: Vec<_> =
+            self.sessions.lock().expect("long-poll lock").drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            if let Ok(mut inner) = s.inner.try_lock()
+                && let Some(session) = inner.session.take()
+            {
+                session.close();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("long-poll lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[handler]
+pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<PollQuery>) -> Response {
+    let origin = http::origin(req);
+    match run(req, &state, query, origin.as_deref()).await {
+        Ok(resp) => http::allow_origin(resp, origin.as_deref()),
+        Err(err) => http::error_response(err, origin.as_deref()),
+    }
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "cursor is not one this endpoint issued for these channels")
+        .with_field("cursor")
+}
+
+async fn run(
+    req: &Request,
+    state: &SharedState,
+    query: PollQuery,
+    origin: Option<&str>,
+) -> Result<Response, ApiError> {
+    let token = http::token(req, query.token)?;
+    let channels = http::channels(query.channels.as_deref())?;
+    let max = state.config.long_poll_max_timeout.as_secs();
+    let timeout = query.timeout.unwrap_or(DEFAULT_TIMEOUT_SECONDS.min(max));
+    if timeout > max {
+        return Err(ApiError::bad_request("invalid_parameter", format!("timeout must be 0..={max} seconds"))
+            .with_field("timeout")
+            .with_limit(max));
+    }
+    // Every poll proves its token again, so expiry and revocation apply between polls too.
+    let verified =
+        crate::realtime::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
+            .await
+            .map_err(|e| http::refused(e.disconnect()))?;
+    if !crate::realtime::origin_allowed(&verified.tenant, origin) {
+        return Err(http::refused(Disconnect::OriginNotAllowed));
+    }
+    let tenant = verified.tenant.id().to_owned();
+    let cursor = match &query.cursor {
+        Some(text) if !text.is_empty() => {
+            let c =
+                Cursor::decode(text, &state.cursor_key, &tenant, &channels).map_err(|_| invalid_cursor())?;
+            if c.session.is_none() {
+                return Err(invalid_cursor());
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+
+    let lp = session_for(
+        state,
+        &token,
+        &tenant,
+        &verified.claims.sub,
+        &channels,
+        cursor.as_ref(),
+        origin,
+        &query.tenant,
+    )
+    .await?;
+    let generation = lp.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    lp.superseded.notify_waiters();
+    let mut inner = lp.inner.lock().await;
+    *lp.last_active.lock().expect("long-poll lock") = Instant::now();
+
+    let mut unrecovered: Vec<&str> = Vec::new();
+    let mut messages: Vec<Arc<Publication>> = Vec::new();
+    let mut retry_after_ms = None;
+
+    // A retried or concurrent poll asks from an older position than this session handed out:
+    // serve that stretch from history.
+    if let Some(cursor) = &cursor {
+        for (i, asked) in cursor.positions.iter().enumerate() {
+            let delivered = &inner.delivered[i];
+            if asked.epoch == delivered.epoch && asked.position >= delivered.position {
+                continue;
+            }
+            let Some(channel) =
+                inner.session.as_ref().and_then(|s| s.subscribed_channel(&channels[i]).cloned())
+            else {
+                continue;
+            };
+            let slice = channel.history(Some(asked), MAX_MESSAGES);
+            if !slice.complete {
+                unrecovered.push(&channels[i]);
+                continue;
+            }
+            messages.extend(slice.publications.into_iter().filter(|p| p.position <= delivered.position));
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let outbox = inner.session.as_ref().expect("a live session").outbox().clone();
+    let mut batch = Vec::new();
+    loop {
+        match outbox.drain(&mut batch) {
+            Ok(()) => {}
+            Err(reason) => {
+                // The queue overflowed while the client was away, or the session was ended.
+                if let Disconnect::ShuttingDown { retry_after_ms: ms } = reason {
+                    retry_after_ms = Some(ms);
+                } else if matches!(reason, Disconnect::SlowConsumer) {
+                    // Nothing is lost: the next poll restarts the session from the cursor.
+                    drop_session(state, &lp, &mut inner);
+                    break;
+                } else {
+                    drop_session(state, &lp, &mut inner);
+                    return Err(http::refused(reason));
+                }
+            }
+        }
+        for item in batch.drain(..) {
+            if let Outgoing::Publication(p) = item
+                && let Some(i) = channels.iter().position(|c| **c == *p.channel)
+            {
+                inner.delivered[i] = StreamPosition { position: p.position, epoch: p.epoch.to_string() };
+                messages.push(p);
+            }
+        }
+        if !messages.is_empty()
+            || !unrecovered.is_empty()
+            || retry_after_ms.is_some()
+            || Instant::now() >= deadline
+        {
+            break;
+        }
+        if lp.generation.load(Ordering::SeqCst) != generation {
+            break;
+        }
+        let superseded = lp.superseded.notified();
+        tokio::select! {
+            _ = outbox.ready() => {}
+            _ = superseded => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+
+    // The cursor to send next: where this answer ends on every channel.
+    let mut positions = inner.delivered.clone();
+    if let Some(cursor) = &cursor {
+        for (i, asked) in cursor.positions.iter().enumerate() {
+            if unrecovered.contains(&channels[i].as_str()) {
+                continue;
+            }
+            let last_here = messages.iter().filter(|p| *p.channel == *channels[i]).map(|p| p.position).max();
+            positions[i] = match last_here {
+                Some(position) => StreamPosition { position, epoch: inner.delivered[i].epoch.clone() },
+                None if asked.epoch == inner.delivered[i].epoch
+                    && asked.position < inner.delivered[i].position =>
+                {
+                    asked.clone()
+                }
+                None => inner.delivered[i].clone(),
+            };
+        }
+    }
+    let next = Cursor { session: Some(lp.id), positions }.encode(&state.cursor_key, &tenant, &channels);
+    *lp.last_active.lock().expect("long-poll lock") = Instant::now();
+    drop(inner);
+
+    let mut body = BytesMut::with_capacity(64 + messages.iter().map(|p| p.frame.len() + 1).sum::<usize>());
+    body.put_slice(b"{\"messages\":[");
+    for (i, p) in messages.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(p.frame.as_bytes());
+    }
+    body.put_slice(b"],\"cursor\":\"");
+    body.put_slice(next.as_bytes());
+    body.put_slice(b"\"");
+    if !unrecovered.is_empty() {
+        body.put_slice(b",\"unrecovered\":");
+        body.put_slice(serde_json::to_string(&unrecovered).expect("strings serialise").as_bytes());
+    }
+    if let Some(ms) = retry_after_ms {
+        body.put_slice(format!(",\"retry_after_ms\":{ms}").as_bytes());
+    }
+    body.put_u8(b'}');
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .content_type("application/json")
+        .header("cache-control", "no-store")
+        .body(body.freeze()))
+}
+
+fn drop_session(state: &SharedState, lp: &Arc<LongPollSession>, inner: &mut Inner) {
+    if let Some(session) = inner.session.take() {
+        session.close();
+    }
+    state.long_polls.sessions.lock().expect("long-poll lock").retain(|_, s| !Arc::ptr_eq(s, lp));
+}
+
+/// The session named by the cursor, or a new one subscribed from the cursor's positions.
+#[allow(clippy::too_many_arguments)]
+async fn session_for(
+    state: &SharedState,
+    token: &str,
+    tenant: &str,
+    user: &str,
+    channels: &[String],
+    cursor: Option<&Cursor>,
+    origin: Option<&str>,
+    tenant_param: &Option<String>,
+) -> Result<Arc<LongPollSession>, ApiError> {
+    if let Some(id) = cursor.and_then(|c| c.session) {
+        let existing = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
+        if let Some(lp) = existing {
+            let alive = lp.inner.lock().await.session.is_some();
+            if alive && lp.tenant == tenant && lp.user == user && lp.channels == channels {
+                return Ok(lp);
+            }
+        }
+    }
+    let mut session =
+        Session::open(state.hub.clone(), token, tenant_param.as_deref(), Transport::LongPoll, origin)
+            .await
+            .map_err(http::refused)?;
+    let mut delivered = Vec::with_capacity(channels.len());
+    for (i, channel) in channels.iter().enumerate() {
+        let since = cursor.map(|c| c.positions[i].clone());
+        match session.subscribe(None, channel, since.clone()).await {
+            // Replayed messages land in the queue and advance `delivered` as they are handed out.
+            Ok(outcome) => delivered.push(match (since, outcome.recovered) {
+                (Some(since), Some(true)) => since,
+                _ => StreamPosition { position: outcome.position, epoch: outcome.epoch.to_string() },
+            }),
+            Err(e) => {
+                session.close();
+                return Err(http::subscribe_refused(channel, e));
+            }
+        }
+    }
+    // Subscription confirmations are not part of a poll answer.
+    let mut discard = Vec::new();
+    let _ = session.outbox().drain(&mut discard);
+    let replayed: Vec<Outgoing> =
+        discard.into_iter().filter(|o| matches!(o, Outgoing::Publication(_))).collect();
+    let _ = session.outbox().push_all(replayed);
+    let mut id = [0u8; SESSION_LEN];
+    match cursor.and_then(|c| c.session) {
+        Some(existing) => id = existing,
+        None => rand::rngs::OsRng.fill_bytes(&mut id),
+    }
+    let lp = Arc::new(LongPollSession {
+        id,
+        tenant: tenant.to_owned(),
+        user: user.to_owned(),
+        channels: channels.to_vec(),
+        inner: tokio::sync::Mutex::new(Inner { session: Some(session), delivered }),
+        generation: AtomicU64::new(0),
+        superseded: tokio::sync::Notify::new(),
+        last_active: Mutex::new(Instant::now()),
+    });
+    let replaced = state.long_polls.sessions.lock().expect("long-poll lock").insert(id, lp.clone());
+    if let Some(old) = replaced
+        && let Ok(mut inner) = old.inner.try_lock()
+        && let Some(s) = inner.session.take()
+    {
+        s.close();
+    }
+    Ok(lp)
+}
