@@ -14,6 +14,7 @@ mod keys;
 mod openapi_client;
 mod persistence;
 mod publish;
+mod sse_poll;
 mod tenants;
 mod tokens;
 mod ws;

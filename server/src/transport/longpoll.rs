@@ -63,6 +63,8 @@ struct LongPollSession {
     /// Bumped by every poll; a waiting poll that sees a newer one returns at once.
     generation: AtomicU64,
     superseded: tokio::sync::Notify,
+    /// Cleared when the session ends; read without waiting for a poll in progress.
+    alive: std::sync::atomic::AtomicBool,
     last_active: Mutex<Instant>,
 }
 
@@ -84,6 +86,7 @@ impl LongPolls {
         self.sessions.lock().expect("long-poll lock").retain(|_, s| {
             let idle = now.duration_since(*s.last_active.lock().expect("long-poll lock")) > self.idle;
             if idle && let Ok(mut inner) = s.inner.try_lock() {
+                s.alive.store(false, Ordering::SeqCst);
                 expired.extend(inner.session.take());
                 return false;
             }
@@ -99,6 +102,7 @@ impl LongPolls {
         let sessions: Vec<_> =
             self.sessions.lock().expect("long-poll lock").drain().map(|(_, s)| s).collect();
         for s in sessions {
+            s.alive.store(false, Ordering::SeqCst);
             if let Ok(mut inner) = s.inner.try_lock()
                 && let Some(session) = inner.session.take()
             {
@@ -304,6 +308,7 @@ async fn run(
 }
 
 fn drop_session(state: &SharedState, lp: &Arc<LongPollSession>, inner: &mut Inner) {
+    lp.alive.store(false, Ordering::SeqCst);
     if let Some(session) = inner.session.take() {
         session.close();
     }
@@ -325,7 +330,9 @@ async fn session_for(
     if let Some(id) = cursor.and_then(|c| c.session) {
         let existing = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
         if let Some(lp) = existing {
-            let alive = lp.inner.lock().await.session.is_some();
+            // Not `inner.lock()`: a poll in progress holds it, and this poll must get past
+            // here to supersede that one.
+            let alive = lp.alive.load(Ordering::SeqCst);
             if alive && lp.tenant == tenant && lp.user == user && lp.channels == channels {
                 return Ok(lp);
             }
@@ -369,9 +376,13 @@ async fn session_for(
         inner: tokio::sync::Mutex::new(Inner { session: Some(session), delivered }),
         generation: AtomicU64::new(0),
         superseded: tokio::sync::Notify::new(),
+        alive: std::sync::atomic::AtomicBool::new(true),
         last_active: Mutex::new(Instant::now()),
     });
     let replaced = state.long_polls.sessions.lock().expect("long-poll lock").insert(id, lp.clone());
+    if let Some(old) = &replaced {
+        old.alive.store(false, Ordering::SeqCst);
+    }
     if let Some(old) = replaced
         && let Ok(mut inner) = old.inner.try_lock()
         && let Some(s) = inner.session.take()
