@@ -5,6 +5,7 @@
 pub mod support;
 
 mod auth;
+mod browser;
 mod channels;
 mod cli;
 mod errors;

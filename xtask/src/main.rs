@@ -109,6 +109,14 @@ fn test(args: &[String]) -> Result {
     }
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
+    match browser::ensure()? {
+        Some(chromium) => {
+            tests.env("HERALD_TEST_CHROMIUM", chromium);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_CHROMIUM");
+        }
+    }
     match python_generator::ensure()? {
         Some(python) => {
             tests.env("HERALD_TEST_OPENAPI_PYTHON", python);
@@ -146,6 +154,55 @@ fn missing<T>(service: &str, install: &str) -> Result<Option<T>> {
     }
     eprintln!("xtask: skipping {service} tests: {install}");
     Ok(None)
+}
+
+/// Chromium from the distribution and playwright-core from npm (tests/browser), for the tests
+/// that drive a real browser.
+mod browser {
+    use super::*;
+
+    fn chromium() -> Option<String> {
+        ["chromium", "chromium-browser"]
+            .into_iter()
+            .find_map(|name| output(Command::new("sh").args(["-c", &format!("command -v {name}")])))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+    }
+
+    pub fn ensure() -> Result<Option<String>> {
+        let chromium = match chromium() {
+            Some(path) => path,
+            None if is_root() && have("apt-get") => {
+                eprintln!("xtask: installing Chromium (apt-get install chromium)");
+                let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+                status(
+                    Command::new("apt-get")
+                        .args(["install", "-y", "-qq", "chromium"])
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                    "apt-get install chromium",
+                )?;
+                match chromium() {
+                    Some(path) => path,
+                    None => return missing("browser", "Chromium did not install; apt-get install chromium"),
+                }
+            }
+            None => return missing("browser", "install Chromium (apt-get install chromium)"),
+        };
+        let dir = root().join("tests/browser");
+        if !dir.join("node_modules/playwright-core").exists() {
+            if !have("npm") {
+                return missing("browser", "install Node.js 20+ with npm");
+            }
+            eprintln!("xtask: installing playwright-core into tests/browser (npm ci)");
+            if let Err(e) = status(
+                Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir),
+                "npm ci",
+            ) {
+                return missing("browser", &format!("{e}; needs access to the npm registry"));
+            }
+        }
+        Ok(Some(chromium))
+    }
 }
 
 /// A Python environment under `.cache/` with openapi-python-client from PyPI, for the test that
