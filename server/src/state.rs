@@ -111,11 +111,24 @@ fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result
     file.sync_all()
 }
 
+/// The directory of a file-backed SQLite URL (`sqlite://path/db?mode=rwc`), so it can be created.
+fn sqlite_parent_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_owned())
+}
+
 /// Connects, migrates, and settles the secret key and the admin credential. `serving` is false
 /// for `herald migrate`, which must not generate an admin token it would not print.
 pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    if let Some(dir) = sqlite_parent_dir(&config.database_url) {
+        std::fs::create_dir_all(&dir).map_err(|source| BootError::DataDir { path: dir.display().to_string(), source })?;
+    }
     let master = load_master_key(&config)?;
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await?;
