@@ -60,6 +60,7 @@ pub const KEYS: &[&str] = &[
     "sse_retry_ms",
     "long_poll_max_timeout_seconds",
     "long_poll_session_idle_seconds",
+    "admin_dir",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -166,6 +167,8 @@ pub struct Config {
     pub sse_retry_ms: u64,
     pub long_poll_max_timeout: Duration,
     pub long_poll_session_idle: Duration,
+    /// Where the built admin dashboard (index.html, WASM, CSS) is served from at `/admin`.
+    pub admin_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Config {
@@ -196,6 +199,7 @@ impl std::fmt::Debug for Config {
             .field("sse_retry_ms", &self.sse_retry_ms)
             .field("long_poll_max_timeout", &self.long_poll_max_timeout)
             .field("long_poll_session_idle", &self.long_poll_session_idle)
+            .field("admin_dir", &self.admin_dir)
             .finish()
     }
 }
@@ -214,6 +218,7 @@ pub fn redact_url(url: &str) -> String {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_ADMIN_DIR: &str = "admin-ui/dist";
 
 /// Layers, lowest precedence first.
 struct Layers<'a>([(Source, &'a Layer); 3]);
@@ -371,6 +376,7 @@ impl Config {
             sse_retry_ms: l.number("sse_retry_ms", 2000, 0..=600_000)?,
             long_poll_max_timeout: l.seconds("long_poll_max_timeout_seconds", 60, 1..=3600)?,
             long_poll_session_idle: l.seconds("long_poll_session_idle_seconds", 60, 1..=86_400)?,
+            admin_dir: PathBuf::from(l.get("admin_dir").map_or(DEFAULT_ADMIN_DIR, |(d, _)| d)),
         };
         Ok(config)
     }

@@ -127,7 +127,8 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| BootError::DataDir { path: config.data_dir.display().to_string(), source })?;
     if let Some(dir) = sqlite_parent_dir(&config.database_url) {
-        std::fs::create_dir_all(&dir).map_err(|source| BootError::DataDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| BootError::DataDir { path: dir.display().to_string(), source })?;
     }
     let master = load_master_key(&config)?;
     let store = Store::connect(&config.database_url).await?;

@@ -77,7 +77,11 @@ async fn browser_event_source_resumes_after_a_dropped_connection() {
     assert!(recovered.iter().all(|v| v["data"]["recovered"] == true), "{recovered:?}");
     // Exactly the missed messages, in order within each channel (replay goes channel by channel).
     let of = |channel: &str| -> Vec<u64> {
-        missed.iter().filter(|e| e["data"]["channel"] == channel).map(|e| e["data"]["data"]["n"].as_u64().unwrap()).collect()
+        missed
+            .iter()
+            .filter(|e| e["data"]["channel"] == channel)
+            .map(|e| e["data"]["data"]["n"].as_u64().unwrap())
+            .collect()
     };
     assert_eq!(of("alpha"), vec![5, 7]);
     assert_eq!(of("beta"), vec![4, 6]);

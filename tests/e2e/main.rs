@@ -16,6 +16,7 @@ mod openapi_client;
 mod persistence;
 mod publish;
 mod sse_poll;
+mod stats;
 mod tenants;
 mod tokens;
 mod ws;

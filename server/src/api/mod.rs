@@ -10,6 +10,7 @@ mod messages;
 mod page;
 mod raw_json;
 mod sessions;
+mod stats;
 mod tenants;
 mod tokens;
 
@@ -42,6 +43,8 @@ pub enum Tag {
     Messages,
     /// The audit log of management actions.
     Audit,
+    /// Live statistics of the delivery core.
+    Stats,
 }
 
 pub type Api = (
@@ -54,6 +57,7 @@ pub type Api = (
     tokens::TokensApi,
     messages::MessagesApi,
     audit::AuditApi,
+    stats::StatsApi,
 );
 
 /// The API description without server URLs, so the committed spec does not depend on where a
@@ -70,6 +74,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             tokens::TokensApi,
             messages::MessagesApi,
             audit::AuditApi,
+            stats::StatsApi,
         ),
         "Herald",
         env!("CARGO_PKG_VERSION"),

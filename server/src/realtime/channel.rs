@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::outbox::{Outbox, Outgoing};
 use super::publication::Publication;
-use super::{ConnId, Stats};
+use super::{ConnId, Counters, Stats};
 use crate::model::EffectiveChannelOptions;
 
 /// A position inside one epoch of a channel's stream.
@@ -86,6 +86,8 @@ pub struct Retired;
 pub struct Channel {
     pub tenant: Arc<str>,
     pub name: Arc<str>,
+    /// The tenant's counters on this node.
+    pub counters: Arc<Counters>,
     inner: Mutex<Inner>,
 }
 
@@ -93,10 +95,16 @@ pub struct Channel {
 pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 
 impl Channel {
-    pub fn new(tenant: Arc<str>, name: Arc<str>, options: EffectiveChannelOptions) -> Channel {
+    pub fn new(
+        tenant: Arc<str>,
+        name: Arc<str>,
+        options: EffectiveChannelOptions,
+        counters: Arc<Counters>,
+    ) -> Channel {
         Channel {
             tenant,
             name,
+            counters,
             inner: Mutex::new(Inner {
                 // A fresh epoch per in-memory stream: positions from a previous process or an
                 // expired stream can never be mistaken for this one's.
@@ -207,7 +215,7 @@ impl Channel {
         for id in &overflowed {
             inner.subscribers.remove(id);
         }
-        stats.record_publish(delivered, overflowed.len() as u64);
+        stats.record_publish(&self.counters, delivered, overflowed.len() as u64);
         Ok(outcome)
     }
 

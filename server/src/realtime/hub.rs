@@ -43,6 +43,8 @@ pub struct Connection {
     pub info: Option<Arc<serde_json::value::RawValue>>,
     pub transport: Transport,
     pub outbox: Arc<Outbox>,
+    /// The tenant's counters on this node.
+    pub counters: Arc<super::Counters>,
     pub connected_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -112,6 +114,8 @@ pub struct Hub {
     tenant_connections: Mutex<HashMap<Arc<str>, u32>>,
     buckets: Mutex<HashMap<Arc<str>, Bucket>>,
     next_conn: AtomicU64,
+    /// The latest statistics sample (refreshed every second).
+    sample: Mutex<Arc<super::StatsSample>>,
 }
 
 impl Hub {
@@ -125,6 +129,7 @@ impl Hub {
             tenant_connections: Mutex::default(),
             buckets: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            sample: Mutex::default(),
         });
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
@@ -134,6 +139,8 @@ impl Hub {
                 tick.tick().await;
                 let Some(hub) = weak.upgrade() else { return };
                 hub.sweep();
+                let next = hub.sample().next(&hub.stats);
+                *hub.sample.lock().expect("sample lock") = Arc::new(next);
             }
         });
         hub
@@ -161,7 +168,12 @@ impl Hub {
         if let Some(existing) = channels.get(name) {
             return Ok(existing.clone());
         }
-        let channel = Arc::new(Channel::new(Arc::from(tenant.id()), Arc::from(name), options));
+        let channel = Arc::new(Channel::new(
+            Arc::from(tenant.id()),
+            Arc::from(name),
+            options,
+            self.stats.tenant(tenant.id()),
+        ));
         channels.insert(channel.name.clone(), channel.clone());
         Ok(channel)
     }
@@ -235,6 +247,11 @@ impl Hub {
         }
     }
 
+    /// The latest statistics sample (at most a second old).
+    pub fn sample(&self) -> Arc<super::StatsSample> {
+        self.sample.lock().expect("sample lock").clone()
+    }
+
     pub fn next_conn_id(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
@@ -251,7 +268,7 @@ impl Hub {
             }
             *count += 1;
         }
-        self.stats.connection_opened(conn.transport);
+        self.stats.connection_opened(&conn.counters, conn.transport);
         self.connections.lock().expect("registry lock").insert(conn.id, conn);
         Ok(())
     }
@@ -265,7 +282,7 @@ impl Hub {
                 counts.remove(&conn.tenant);
             }
         }
-        self.stats.connection_closed(conn.transport);
+        self.stats.connection_closed(&conn.counters, conn.transport);
     }
 
     pub fn connection_count(&self, tenant: &str) -> u32 {

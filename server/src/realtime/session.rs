@@ -94,6 +94,7 @@ impl Session {
                 .map(Arc::from),
             transport,
             outbox: Arc::new(Outbox::new(hub.settings.outbox)),
+            counters: hub.stats.tenant(verified.tenant.id()),
             connected_at: chrono::Utc::now(),
         });
         hub.register(conn.clone(), &verified.tenant)?;
@@ -253,7 +254,7 @@ impl Session {
             });
             match result {
                 Ok(outcome) => {
-                    self.hub.stats.subscribed(1);
+                    self.hub.stats.subscribed(&self.conn.counters, 1);
                     if options.presence && options.join_leave {
                         let join = protocol::frame(&protocol::JoinLeave {
                             kind: "join",
@@ -291,7 +292,7 @@ impl Session {
     /// consumer); the session still owns the count and the leave event.
     fn leave(&self, name: &str, ch: &Channel) {
         ch.unsubscribe(self.conn.id);
-        self.hub.stats.subscribed(-1);
+        self.hub.stats.subscribed(&self.conn.counters, -1);
         {
             let options = ch.options();
             if options.presence && options.join_leave {

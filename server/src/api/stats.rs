@@ -1,0 +1,180 @@
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::auth::ApiKey;
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{Object, OpenApi, SecurityScheme};
+
+use super::Tag;
+use crate::auth::{BearerAuth, Principal};
+use crate::error::ApiResult;
+use crate::model::Scope;
+use crate::realtime::{Rated, StatsSample};
+use crate::state::SharedState;
+
+pub struct StatsApi;
+
+/// The same credentials as `Authorization: Bearer`, passed as `?token=` for EventSource, which
+/// cannot set headers.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_in = "query", key_name = "token", checker = "check_query_token")]
+pub struct QueryToken(Principal);
+
+async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Principal> {
+    let state = req.data::<SharedState>().expect("state is attached to every request");
+    crate::auth::authenticate(state, &key.key).await.map_err(Into::into)
+}
+
+#[derive(SecurityScheme)]
+pub enum StatsAuth {
+    Bearer(BearerAuth),
+    Query(QueryToken),
+}
+
+impl StatsAuth {
+    fn principal(&self) -> &Principal {
+        match self {
+            StatsAuth::Bearer(b) => &b.0,
+            StatsAuth::Query(q) => &q.0,
+        }
+    }
+}
+
+#[derive(Object, Clone)]
+struct Connections {
+    websocket: i64,
+    sse: i64,
+    long_poll: i64,
+}
+
+#[derive(Object, Clone)]
+struct Figures {
+    /// Open connections by transport.
+    connections: Connections,
+    /// Active channel subscriptions.
+    subscriptions: i64,
+    /// Messages accepted for publishing, per second over the last sample.
+    published_per_second: f64,
+    /// Messages handed to subscriber connections, per second over the last sample.
+    delivered_per_second: f64,
+    published_total: u64,
+    delivered_total: u64,
+    /// Connections closed as slow consumers since start.
+    slow_consumers_total: u64,
+}
+
+impl From<&Rated> for Figures {
+    fn from(r: &Rated) -> Self {
+        let c = &r.counters;
+        Figures {
+            connections: Connections {
+                websocket: c.connections_websocket,
+                sse: c.connections_sse,
+                long_poll: c.connections_long_poll,
+            },
+            subscriptions: c.subscriptions,
+            published_per_second: r.published_per_second,
+            delivered_per_second: r.delivered_per_second,
+            published_total: c.published,
+            delivered_total: c.delivered,
+            slow_consumers_total: c.slow_consumers,
+        }
+    }
+}
+
+#[derive(Object, Clone)]
+struct NodeStats {
+    node: String,
+    #[oai(flatten)]
+    figures: Figures,
+}
+
+#[derive(Object, Clone)]
+struct TenantStats {
+    tenant: String,
+    #[oai(flatten)]
+    figures: Figures,
+}
+
+#[derive(Object, Clone)]
+struct StatsReport {
+    /// Sample time, milliseconds since the Unix epoch.
+    ts: i64,
+    /// Per node (the operator's view; empty for tenant keys).
+    nodes: Vec<NodeStats>,
+    /// Per tenant; a tenant key sees only its own.
+    tenants: Vec<TenantStats>,
+}
+
+/// What `who` may see of a sample.
+fn report(state: &SharedState, sample: &StatsSample, who: &Principal) -> StatsReport {
+    let tenants = sample
+        .tenants
+        .iter()
+        .filter(|(id, _)| match who {
+            Principal::Admin { .. } => true,
+            Principal::TenantKey { tenant, .. } => **id == **tenant,
+        })
+        .map(|(id, r)| TenantStats { tenant: id.to_string(), figures: r.into() })
+        .collect();
+    let nodes = if who.is_admin() {
+        vec![NodeStats { node: state.hub.settings.node_id.clone(), figures: (&sample.node).into() }]
+    } else {
+        Vec::new()
+    };
+    StatsReport { ts: sample.ts, nodes, tenants }
+}
+
+fn check(who: &Principal) -> ApiResult<()> {
+    match who {
+        Principal::Admin { .. } => Ok(()),
+        Principal::TenantKey { tenant, .. } => who.require(tenant, Some(Scope::StatsRead)),
+    }
+}
+
+#[OpenApi(tag = "Tag::Stats")]
+impl StatsApi {
+    /// Current statistics
+    ///
+    /// The admin sees every node and tenant; a tenant key with `stats:read` sees its tenant.
+    /// Rates are over the last second.
+    #[oai(path = "/v1/stats", method = "get", operation_id = "stats")]
+    async fn stats(&self, state: Data<&SharedState>, auth: StatsAuth) -> ApiResult<Json<StatsReport>> {
+        check(auth.principal())?;
+        Ok(Json(report(&state, &state.hub.sample(), auth.principal())))
+    }
+
+    /// Live statistics
+    ///
+    /// Server-Sent Events: one `StatsReport` per second. EventSource clients pass the admin
+    /// session token (or a `stats:read` key) as `?token=`.
+    #[oai(path = "/v1/stats/stream", method = "get", operation_id = "statsStream")]
+    async fn stream(
+        &self,
+        state: Data<&SharedState>,
+        auth: StatsAuth,
+    ) -> ApiResult<EventStream<BoxStream<'static, StatsReport>>> {
+        check(auth.principal())?;
+        let who = auth.principal().clone();
+        let state = (*state).clone();
+        let ticks = tokio_stream_interval(Duration::from_secs(1));
+        let stream = ticks.map(move |_| report(&state, &state.hub.sample(), &who)).boxed();
+        Ok(EventStream::new(stream).keep_alive(Duration::from_secs(15)))
+    }
+}
+
+/// A stream that yields once right away and then every `period`.
+fn tokio_stream_interval(period: Duration) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold(None::<tokio::time::Interval>, move |interval| async move {
+        let mut interval = interval.unwrap_or_else(|| {
+            let mut i = tokio::time::interval(period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        interval.tick().await;
+        Some(((), Some(interval)))
+    })
+}
