@@ -46,6 +46,14 @@ fn operations() -> Vec<(Method, &'static str, Option<Value>, Option<&'static str
         (M::GET, "/revocations/tokens", None, Some("keys:write")),
         (M::GET, "/revocations/users", None, Some("keys:write")),
         (M::GET, "/audit-log", None, Some("keys:write")),
+        (M::POST, "/channels/news/messages", Some(json!({"data": 1})), Some("publish")),
+        (M::GET, "/channels/news/messages", None, Some("history:read")),
+        (M::POST, "/messages", Some(json!({"messages": [{"channel": "news", "data": 1}]})), Some("publish")),
+        (M::GET, "/channels/news/presence", None, Some("presence:read")),
+        (M::GET, "/occupancy", None, Some("presence:read")),
+        (M::GET, "/users/u1", None, Some("presence:read")),
+        (M::POST, "/users/u1/messages", Some(json!({"data": 1})), Some("publish")),
+        (M::POST, "/users/u1/disconnect", None, Some("keys:write")),
     ]
 }
 

@@ -19,4 +19,5 @@ mod sse_poll;
 mod stats;
 mod tenants;
 mod tokens;
+mod users;
 mod ws;

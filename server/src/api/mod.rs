@@ -13,6 +13,7 @@ mod sessions;
 mod stats;
 mod tenants;
 mod tokens;
+mod users;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -45,6 +46,8 @@ pub enum Tag {
     Audit,
     /// Live statistics of the delivery core.
     Stats,
+    /// Users and presence: who is online, user-targeted messages, disconnects.
+    Users,
 }
 
 pub type Api = (
@@ -58,6 +61,7 @@ pub type Api = (
     messages::MessagesApi,
     audit::AuditApi,
     stats::StatsApi,
+    users::UsersApi,
 );
 
 /// The API description without server URLs, so the committed spec does not depend on where a
@@ -75,6 +79,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             messages::MessagesApi,
             audit::AuditApi,
             stats::StatsApi,
+            users::UsersApi,
         ),
         "Herald",
         env!("CARGO_PKG_VERSION"),

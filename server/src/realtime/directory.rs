@@ -1,7 +1,8 @@
 //! A node's cached view of tenant configuration: the tenant record, namespace options, active
 //! signing keys and revocations, loaded together on first use and dropped when the management
-//! API changes them (or after a short TTL, so changes made on other nodes arrive too). The
-//! realtime hot path reads only this cache, never the database.
+//! API changes them (or after a short TTL, so changes made on other nodes arrive too).
+//! Publishing and subscribing read only this cache; the database is read when a tenant is
+//! (re)loaded and when a channel becomes live on the node (for its explicit options).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -371,6 +371,50 @@ impl Hub {
         }
     }
 
+    /// Live connections of one user of a tenant on this node.
+    pub fn connections_of(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>> {
+        let mut conns: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .values()
+            .filter(|c| &*c.tenant == tenant && &*c.user == user)
+            .cloned()
+            .collect();
+        conns.sort_by_key(|c| c.id);
+        conns
+    }
+
+    /// Sends a frame to every connection of a user; returns how many took it.
+    pub fn deliver_to_user(&self, tenant: &str, user: &str, frame: super::outbox::Outgoing) -> usize {
+        let delivered =
+            self.connections_of(tenant, user).iter().filter(|c| c.outbox.push(frame.clone()).is_ok()).count();
+        let counters = self.stats.tenant(tenant);
+        self.stats.record_user_delivery(&counters, delivered as u64);
+        delivered
+    }
+
+    /// Subscribers of a live channel on this node, or `None` if it is not live here.
+    pub fn channel_presence(
+        &self,
+        tenant: &str,
+        channel: &str,
+    ) -> Option<Vec<(ConnId, Arc<str>, Option<Arc<serde_json::value::RawValue>>)>> {
+        self.lookup(tenant, channel).map(|c| c.subscribers())
+    }
+
+    /// Live channels of a tenant on this node with their subscriber counts.
+    pub fn occupancy(&self, tenant: &str) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            if let Some(channels) = shard.lock().expect("shard lock").get(tenant) {
+                out.extend(channels.values().map(|c| (c.name.clone(), c.subscriber_count())));
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
     pub fn live_connections(&self) -> usize {
         self.connections.lock().expect("registry lock").len()
     }

@@ -161,6 +161,14 @@ impl Stats {
         }
     }
 
+    /// A user-targeted message handed to `delivered` connections.
+    fn record_user_delivery(&self, tenant: &Counters, delivered: u64) {
+        for c in [&self.node, tenant] {
+            c.published.fetch_add(1, Ordering::Relaxed);
+            c.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         self.node.snapshot()
     }

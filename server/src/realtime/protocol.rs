@@ -196,6 +196,18 @@ pub struct Presence<'a> {
     pub clients: Vec<PresenceEntry<'a>>,
 }
 
+/// A message sent to every connection of one user (not through a channel, not in history).
+#[derive(Serialize)]
+pub struct UserMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    pub data: &'a RawValue,
+}
+
 #[derive(Serialize)]
 pub struct JoinLeave<'a> {
     #[serde(rename = "type")]

@@ -25,7 +25,7 @@ pub struct Publication {
     pub expires_at: Instant,
 }
 
-/// The wire form of a publication (also used by SSE, long polling and the history API).
+/// The wire form of a publication: the `pub` frame of WebSocket, SSE and long polling.
 #[derive(Serialize)]
 pub struct PublicationWire<'a> {
     #[serde(rename = "type")]

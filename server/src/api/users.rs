@@ -1,0 +1,249 @@
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde::Deserialize;
+
+use super::raw_json::RawJson;
+use super::{JsonBody, Tag, audit};
+use crate::auth::BearerAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::model::Scope;
+use crate::realtime::outbox::Outgoing;
+use crate::realtime::{Disconnect, protocol};
+use crate::state::SharedState;
+
+pub struct UsersApi;
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+struct UserMessageRequest {
+    /// Any JSON value.
+    data: RawJson,
+    #[serde(default)]
+    event: Option<String>,
+}
+
+#[derive(Object)]
+struct UserMessageResult {
+    /// Message id.
+    id: String,
+    /// Connections the message was handed to.
+    delivered: u64,
+}
+
+#[derive(Object)]
+struct ConnectionView {
+    client: String,
+    /// `websocket`, `sse` or `long_poll`.
+    transport: String,
+    node: String,
+    connected_at: DateTime<Utc>,
+}
+
+#[derive(Object)]
+struct UserPresence {
+    user: String,
+    online: bool,
+    connections: Vec<ConnectionView>,
+}
+
+#[derive(Object)]
+struct Disconnected {
+    /// Connections closed (with code 4006).
+    disconnected: u64,
+}
+
+#[derive(Object)]
+struct PresenceEntry {
+    client: String,
+    user: String,
+    /// The `info` claim of the client's token.
+    info: Option<RawJson>,
+}
+
+#[derive(Object)]
+struct ChannelPresence {
+    channel: String,
+    clients: Vec<PresenceEntry>,
+}
+
+#[derive(Object)]
+struct ChannelOccupancy {
+    channel: String,
+    subscribers: u64,
+}
+
+#[derive(Object)]
+struct Occupancy {
+    /// Live channels, busiest first (at most 1000).
+    channels: Vec<ChannelOccupancy>,
+}
+
+fn check_user(user: &str) -> ApiResult<()> {
+    if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+        return Err(ApiError::invalid("user", "must be 1-256 bytes without control characters"));
+    }
+    Ok(())
+}
+
+#[OpenApi(tag = "Tag::Users")]
+impl UsersApi {
+    /// Send to a user
+    ///
+    /// Scope `publish`. Hands a `message` frame to every live connection of the user on every
+    /// transport. Not stored: a user who is offline does not receive it later.
+    #[oai(path = "/v1/tenants/:tenant/users/:user/messages", method = "post", operation_id = "sendToUser")]
+    async fn send(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        user: Path<String>,
+        body: JsonBody<UserMessageRequest>,
+    ) -> ApiResult<Json<UserMessageResult>> {
+        auth.0.require(&tenant, Some(Scope::Publish))?;
+        let snapshot = super::messages::live_tenant(&state, &tenant).await?;
+        check_user(&user)?;
+        let req = body.value;
+        crate::realtime::validate_publish_fields(req.event.as_deref(), None)
+            .map_err(|(field, why)| ApiError::invalid(field, why))?;
+        let limit = snapshot.tenant.limits.max_message_bytes.unwrap_or(crate::model::MAX_MESSAGE_BYTES);
+        if req.data.0.get().len() > limit as usize {
+            return Err(ApiError::new(
+                poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                format!("data exceeds the limit of {limit} bytes"),
+            )
+            .with_limit(u64::from(limit))
+            .with_field("data"));
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let frame = protocol::frame(&protocol::UserMessage {
+            kind: "message",
+            id: &id,
+            ts: Utc::now().timestamp_millis(),
+            event: req.event.as_deref(),
+            data: &req.data.0,
+        });
+        let delivered = state.hub.deliver_to_user(&tenant, &user, Outgoing::Frame(frame)) as u64;
+        Ok(Json(UserMessageResult { id, delivered }))
+    }
+
+    /// Is a user online
+    ///
+    /// Scope `presence:read`. The user's live connections on this node.
+    #[oai(path = "/v1/tenants/:tenant/users/:user", method = "get", operation_id = "getUserPresence")]
+    async fn presence(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        user: Path<String>,
+    ) -> ApiResult<Json<UserPresence>> {
+        auth.0.require(&tenant, Some(Scope::PresenceRead))?;
+        super::load_tenant(&state, &tenant).await?;
+        check_user(&user)?;
+        let connections: Vec<ConnectionView> = state
+            .hub
+            .connections_of(&tenant, &user)
+            .iter()
+            .map(|c| ConnectionView {
+                client: c.id.to_string(),
+                transport: c.transport.as_str().to_owned(),
+                node: state.hub.settings.node_id.clone(),
+                connected_at: c.connected_at,
+            })
+            .collect();
+        Ok(Json(UserPresence { user: user.0, online: !connections.is_empty(), connections }))
+    }
+
+    /// Disconnect a user
+    ///
+    /// Scope `keys:write`. Closes every connection of the user with code 4006 (do not
+    /// reconnect). Their tokens stay valid; revoke them to keep the user out.
+    #[oai(
+        path = "/v1/tenants/:tenant/users/:user/disconnect",
+        method = "post",
+        operation_id = "disconnectUser"
+    )]
+    async fn disconnect(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        user: Path<String>,
+    ) -> ApiResult<Json<Disconnected>> {
+        auth.0.require(&tenant, Some(Scope::KeysWrite))?;
+        super::load_tenant(&state, &tenant).await?;
+        check_user(&user)?;
+        let n = state.hub.disconnect_where(&tenant, Disconnect::Kicked, |c| *c.user == *user.0) as u64;
+        audit(
+            &state,
+            &auth.0,
+            "user.disconnect",
+            Some(&tenant),
+            &user,
+            serde_json::json!({"connections": n}),
+        )
+        .await;
+        Ok(Json(Disconnected { disconnected: n }))
+    }
+
+    /// Channel presence
+    ///
+    /// Scope `presence:read`. Who is subscribed to the channel on this node.
+    #[oai(
+        path = "/v1/tenants/:tenant/channels/:channel/presence",
+        method = "get",
+        operation_id = "getChannelPresence"
+    )]
+    async fn channel_presence(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+        channel: Path<String>,
+    ) -> ApiResult<Json<ChannelPresence>> {
+        auth.0.require(&tenant, Some(Scope::PresenceRead))?;
+        super::load_tenant(&state, &tenant).await?;
+        crate::names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        let clients = state
+            .hub
+            .channel_presence(&tenant, &channel)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(conn, user, info)| PresenceEntry {
+                client: conn.to_string(),
+                user: user.to_string(),
+                info: info.map(|i| RawJson((*i).to_owned())),
+            })
+            .collect();
+        Ok(Json(ChannelPresence { channel: channel.0, clients }))
+    }
+
+    /// Channel occupancy
+    ///
+    /// Scope `presence:read`. Live channels of the tenant on this node with their subscriber
+    /// counts.
+    #[oai(path = "/v1/tenants/:tenant/occupancy", method = "get", operation_id = "getOccupancy")]
+    async fn occupancy(
+        &self,
+        state: Data<&SharedState>,
+        auth: BearerAuth,
+        tenant: Path<String>,
+    ) -> ApiResult<Json<Occupancy>> {
+        auth.0.require(&tenant, Some(Scope::PresenceRead))?;
+        super::load_tenant(&state, &tenant).await?;
+        let channels = state
+            .hub
+            .occupancy(&tenant)
+            .into_iter()
+            .take(1000)
+            .map(|(name, n)| ChannelOccupancy { channel: name.to_string(), subscribers: n as u64 })
+            .collect();
+        Ok(Json(Occupancy { channels }))
+    }
+}
