@@ -61,6 +61,9 @@ pub struct HistorySlice {
     pub complete: bool,
 }
 
+/// A subscribed connection as presence shows it: connection, user, token `info`.
+pub type Present = (ConnId, Arc<str>, Option<Arc<RawValue>>);
+
 pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     pub user: Arc<str>,
@@ -147,7 +150,7 @@ impl Channel {
     }
 
     /// Users subscribed here, one entry per connection, with their token's `info`.
-    pub fn subscribers(&self) -> Vec<(ConnId, Arc<str>, Option<Arc<RawValue>>)> {
+    pub fn subscribers(&self) -> Vec<Present> {
         self.lock().subscribers.iter().map(|(id, s)| (*id, s.user.clone(), s.info.clone())).collect()
     }
 

@@ -395,11 +395,7 @@ impl Hub {
     }
 
     /// Subscribers of a live channel on this node, or `None` if it is not live here.
-    pub fn channel_presence(
-        &self,
-        tenant: &str,
-        channel: &str,
-    ) -> Option<Vec<(ConnId, Arc<str>, Option<Arc<serde_json::value::RawValue>>)>> {
+    pub fn channel_presence(&self, tenant: &str, channel: &str) -> Option<Vec<super::channel::Present>> {
         self.lookup(tenant, channel).map(|c| c.subscribers())
     }
 
