@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod channels;
 mod cli;
+mod dashboard;
 mod errors;
 mod isolation;
 mod jwt;

@@ -1,11 +1,13 @@
 //! Developer commands, run as `cargo xtask <command>`:
 //!
-//! - `run [ARGS…]`: start Herald on the embedded default (SQLite in `./data`, in-process
-//!   fan-out); extra arguments go to `herald serve`.
-//! - `test`: every check and test: formatting, clippy, unit tests, and the end-to-end tests on
-//!   SQLite and PostgreSQL. Brings up what the tests need (starts an installed PostgreSQL,
-//!   installs it when it can). Under `CI=true` a missing service fails the run; elsewhere the
-//!   tests that need it are skipped with a one-line notice.
+//! - `run [ARGS…]`: build the admin dashboard (`admin-ui/dist`, served at `/admin`), then start
+//!   Herald on the embedded default (SQLite in `./data`, in-process fan-out); extra arguments go
+//!   to `herald serve`.
+//! - `test`: every check and test: formatting, clippy, unit tests, the admin dashboard build,
+//!   and the end-to-end tests on SQLite and PostgreSQL. Brings up what the tests need (starts an
+//!   installed PostgreSQL, installs it when it can). Under `CI=true` a missing service fails the
+//!   run; elsewhere the tests that need it are skipped with a one-line notice.
+//! - `dashboard`: only build the admin dashboard.
 //! - `openapi`: rewrite `openapi/herald.json` from the code.
 //!
 //! Only the standard library is used, so this builds in seconds on a fresh machine.
@@ -23,8 +25,9 @@ fn main() -> ExitCode {
         "run" => run(&rest),
         "test" => test(&rest),
         "openapi" => openapi(),
+        "dashboard" => dashboard::build().map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask <run [ARGS…] | test [--no-lint] | openapi>");
+            eprintln!("usage: cargo xtask <run [ARGS…] | test [--no-lint] | openapi | dashboard>");
             return ExitCode::from(2);
         }
     };
@@ -75,6 +78,7 @@ fn is_root() -> bool {
 }
 
 fn run(args: &[String]) -> Result {
+    dashboard::build()?;
     let mut cmd = cargo();
     cmd.args(["run", "--release", "-p", "herald-server", "--bin", "herald", "--", "serve"]);
     if !args.iter().any(|a| a == "--data-dir") {
@@ -102,13 +106,42 @@ fn test(args: &[String]) -> Result {
     let lint = !args.iter().any(|a| a == "--no-lint");
     if lint {
         status(cargo().args(["fmt", "--all", "--", "--check"]), "cargo fmt --check (run `cargo fmt --all`)")?;
+    }
+    // Before the tests: the browser test drives the built dashboard.
+    let dashboard = dashboard::build()?;
+    if lint {
+        // admin-ui builds for wasm32 only; it is linted for that target.
         status(
-            cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "admin-ui",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
             "cargo clippy",
         )?;
+        if dashboard.is_some() {
+            status(
+                cargo().args([
+                    "clippy",
+                    "-p",
+                    "admin-ui",
+                    "--target",
+                    dashboard::TARGET,
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+                "cargo clippy (admin-ui)",
+            )?;
+        }
     }
     let mut tests = cargo();
-    tests.args(["test", "--workspace"]);
+    tests.args(["test", "--workspace", "--exclude", "admin-ui"]);
     match browser::ensure()? {
         Some(chromium) => {
             tests.env("HERALD_TEST_CHROMIUM", chromium);
@@ -154,6 +187,133 @@ fn missing<T>(service: &str, install: &str) -> Result<Option<T>> {
     }
     eprintln!("xtask: skipping {service} tests: {install}");
     Ok(None)
+}
+
+/// The admin dashboard: the `admin-ui` crate compiled to WebAssembly, bound with the
+/// `wasm-bindgen` CLI of exactly the version in Cargo.lock (installed into `.cache/tools`), and
+/// laid out in `admin-ui/dist` with its hand-written CSS and `index.html`.
+mod dashboard {
+    use super::*;
+
+    pub const TARGET: &str = "wasm32-unknown-unknown";
+
+    fn has_target() -> bool {
+        output(Command::new("rustup").args(["target", "list", "--installed"]))
+            .is_some_and(|out| out.lines().any(|l| l.trim() == TARGET))
+    }
+
+    /// The `wasm-bindgen` version locked in Cargo.lock (the CLI must match it exactly).
+    fn locked_wasm_bindgen() -> Result<String> {
+        let lock =
+            std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+        let mut lines = lock.lines();
+        while let Some(line) = lines.next() {
+            if line.trim() == "name = \"wasm-bindgen\"" {
+                if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = ")) {
+                    return Ok(v.trim_matches('"').to_owned());
+                }
+            }
+        }
+        Err("Cargo.lock has no wasm-bindgen entry (is admin-ui a workspace member?)".into())
+    }
+
+    /// The `wasm-bindgen` CLI of `version`, installed under `.cache/tools` when missing.
+    fn wasm_bindgen(version: &str) -> Result<Option<PathBuf>> {
+        let tools = root().join(".cache/tools");
+        let bin = tools.join("bin/wasm-bindgen");
+        let installed = output(Command::new(&bin).arg("--version"))
+            .is_some_and(|out| out.split_whitespace().nth(1) == Some(version));
+        if installed {
+            return Ok(Some(bin));
+        }
+        eprintln!(
+            "xtask: installing wasm-bindgen-cli {version} into .cache/tools (takes a few minutes once)"
+        );
+        let install = cargo()
+            .args(["install", "wasm-bindgen-cli", "--version", version, "--force", "--root"])
+            .arg(&tools)
+            .status();
+        match install {
+            Ok(s) if s.success() => Ok(Some(bin)),
+            _ => missing(
+                "admin dashboard",
+                &format!(
+                    "could not install wasm-bindgen-cli {version}: cargo install wasm-bindgen-cli --version {version}"
+                ),
+            ),
+        }
+    }
+
+    fn target_dir() -> PathBuf {
+        match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root().join(dir),
+            None => root().join("target"),
+        }
+    }
+
+    /// A short content hash, for cache-busting URLs (FNV-1a).
+    fn version_of(files: &[&Path]) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for file in files {
+            for byte in std::fs::read(file).unwrap_or_default() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{:012x}", hash & 0xffff_ffff_ffff)
+    }
+
+    /// Builds `admin-ui/dist`. `Ok(None)` when a tool is missing outside CI (with a notice).
+    pub fn build() -> Result<Option<PathBuf>> {
+        if !has_target() {
+            if !have("rustup") {
+                return missing(
+                    "admin dashboard",
+                    &format!("install the {TARGET} target for your Rust toolchain"),
+                );
+            }
+            eprintln!("xtask: installing the {TARGET} Rust target (rustup target add {TARGET})");
+            if let Err(e) =
+                status(Command::new("rustup").args(["target", "add", TARGET]), "rustup target add")
+            {
+                return missing("admin dashboard", &format!("{e}; run `rustup target add {TARGET}`"));
+            }
+        }
+        let Some(bindgen) = wasm_bindgen(&locked_wasm_bindgen()?)? else { return Ok(None) };
+        status(
+            cargo().args(["build", "-p", "admin-ui", "--target", TARGET, "--release"]),
+            "cargo build -p admin-ui (the admin dashboard)",
+        )?;
+        let wasm = target_dir().join(TARGET).join("release/admin_ui.wasm");
+        let src = root().join("admin-ui/static");
+        let dist = root().join("admin-ui/dist");
+        if dist.exists() {
+            std::fs::remove_dir_all(&dist).map_err(|e| format!("clearing {}: {e}", dist.display()))?;
+        }
+        let pkg = dist.join("pkg");
+        status(
+            Command::new(&bindgen)
+                .args(["--target", "web", "--no-typescript", "--out-name", "admin_ui", "--out-dir"])
+                .arg(&pkg)
+                .arg(&wasm),
+            "wasm-bindgen",
+        )?;
+        let copy = |name: &str| {
+            std::fs::copy(src.join(name), dist.join(name))
+                .map(|_| ())
+                .map_err(|e| format!("copying {name}: {e}"))
+        };
+        copy("style.css")?;
+        copy("favicon.svg")?;
+        let version =
+            version_of(&[&pkg.join("admin_ui_bg.wasm"), &pkg.join("admin_ui.js"), &dist.join("style.css")]);
+        let index =
+            std::fs::read_to_string(src.join("index.html")).map_err(|e| format!("index.html: {e}"))?;
+        std::fs::write(dist.join("index.html"), index.replace("{{VERSION}}", &version))
+            .map_err(|e| format!("writing index.html: {e}"))?;
+        println!("xtask: admin dashboard built in admin-ui/dist (served at /admin)");
+        Ok(Some(dist))
+    }
 }
 
 /// Chromium from the distribution and playwright-core from npm (tests/browser), for the tests

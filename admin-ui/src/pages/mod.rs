@@ -1,0 +1,13 @@
+//! One module per page; `shell` is the frame around them (sidebar, header).
+
+pub mod audit;
+pub mod channels;
+pub mod keys;
+pub mod live;
+pub mod login;
+pub mod overview;
+pub mod presence;
+pub mod shell;
+pub mod tenant;
+pub mod tenants;
+pub mod tokens;

@@ -1,0 +1,440 @@
+//! Results: the figures each scenario measures, the human table, and the JSON document.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus_online: String,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub nofile_limit: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Option<Latency> {
+        (!h.is_empty()).then(|| Latency {
+            samples: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        })
+    }
+}
+
+/// Idle connections: one measurement step.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleStep {
+    /// Connections asked for at this step (cumulative).
+    pub connections: u64,
+    /// Connections open and subscribed when measured.
+    pub open: u64,
+    pub failed: u64,
+    pub connect_seconds: f64,
+    pub rss_kib: Option<u64>,
+    /// RSS growth since before the first connection, per open connection.
+    pub kib_per_connection: Option<f64>,
+    /// RSS growth since the previous step, per connection added.
+    pub marginal_kib_per_connection: Option<f64>,
+    /// Server CPU while idle, % of one core.
+    pub idle_cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    pub server: String,
+    pub transport: String,
+    pub channels: usize,
+    pub rss_before_kib: Option<u64>,
+    pub steps: Vec<IdleStep>,
+    /// Least-squares slope of RSS over open connections (including the zero point).
+    pub slope_kib_per_connection: Option<f64>,
+    /// RSS before + slope × 100,000, in MiB.
+    pub extrapolated_100k_mib: Option<f64>,
+    pub first_error: Option<String>,
+}
+
+/// Fan-out (`fanout`) and mixed publishing (`channels`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutResult {
+    pub server: String,
+    pub transport: String,
+    pub channels: usize,
+    pub subscribers_per_channel: u64,
+    pub subscribers_open: u64,
+    pub connect_failed: u64,
+    pub rate_per_s: f64,
+    /// Messages published back to back at each tick.
+    pub burst: u64,
+    pub duration_s: f64,
+    pub payload_bytes: usize,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub publish_first_error: Option<String>,
+    /// Publishes that started later than scheduled by more than 10 ms (publisher could not
+    /// keep the rate).
+    pub publish_late: u64,
+    /// HTTP publish round trip.
+    pub publish_latency: Option<Latency>,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    /// Deliveries over the time from the first publish until everything arrived (or the
+    /// drain timeout).
+    pub deliveries_per_s: f64,
+    pub drain_seconds: f64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub closed_connections: u64,
+    pub unexpected_frames: u64,
+    pub first_error: Option<String>,
+    /// Publish (timestamp taken before the HTTP request) → frame parsed by the client.
+    pub latency: Option<Latency>,
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_percent: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    /// CPU of the load side (this process and its workers), % of one core.
+    pub load_cpu_percent: Option<f64>,
+    /// CPU used by everything else on the machine meanwhile, % of one core (should be near 0).
+    pub other_cpu_percent: Option<f64>,
+}
+
+/// One scenario's results for Herald and/or the baseline, with Herald ÷ baseline ratios.
+#[derive(Debug, Serialize)]
+pub struct ScenarioOutput {
+    pub scenario: String,
+    pub herald: Option<serde_json::Value>,
+    pub baseline: Option<serde_json::Value>,
+    pub ratios: BTreeMap<String, f64>,
+    /// With `--repeat`: every run, Herald's then the baseline's; `herald` and `baseline` above
+    /// are the median runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<[Vec<serde_json::Value>; 2]>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Output {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub command: Vec<String>,
+    pub machine: Machine,
+    pub pinned: Option<Pinning>,
+    pub scenarios: Vec<ScenarioOutput>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Pinning {
+    pub server_cpu: usize,
+    pub load_cpu: usize,
+}
+
+impl Output {
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")?;
+        Ok(())
+    }
+}
+
+fn ratio(h: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (h, b) {
+        (Some(h), Some(b)) if b.abs() > f64::EPSILON => Some(h / b),
+        _ => None,
+    }
+}
+
+/// A table row: label, Herald's value, the baseline's value, and for numeric figures the
+/// ratio key under which it goes into the JSON.
+struct Row {
+    label: String,
+    values: [Option<String>; 2],
+    numbers: [Option<f64>; 2],
+    ratio_key: Option<&'static str>,
+}
+
+struct Table {
+    title: String,
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn new(title: String) -> Table {
+        Table { title, rows: Vec::new() }
+    }
+
+    fn text(&mut self, label: &str, h: Option<String>, b: Option<String>) {
+        self.rows.push(Row { label: label.into(), values: [h, b], numbers: [None, None], ratio_key: None });
+    }
+
+    fn num(&mut self, label: &str, key: &'static str, h: Option<f64>, b: Option<f64>, decimals: usize) {
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.decimals$}"));
+        self.rows.push(Row {
+            label: label.into(),
+            values: [fmt(h), fmt(b)],
+            numbers: [h, b],
+            ratio_key: Some(key),
+        });
+    }
+
+    fn print(&self, has: [bool; 2]) -> BTreeMap<String, f64> {
+        let mut ratios = BTreeMap::new();
+        let both = has[0] && has[1];
+        println!("\n{}", self.title);
+        let width = self.rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(0).max(8);
+        let mut header = format!("  {:width$}", "");
+        for (i, name) in ["herald", "baseline"].iter().enumerate() {
+            if has[i] {
+                header.push_str(&format!("  {name:>14}"));
+            }
+        }
+        if both {
+            header.push_str(&format!("  {:>15}", "herald/baseline"));
+        }
+        println!("{header}");
+        for row in &self.rows {
+            let mut line = format!("  {:width$}", row.label);
+            for (present, value) in has.iter().zip(&row.values) {
+                if *present {
+                    line.push_str(&format!("  {:>14}", value.as_deref().unwrap_or("-")));
+                }
+            }
+            if both && let Some(key) = row.ratio_key {
+                if let Some(r) = ratio(row.numbers[0], row.numbers[1]) {
+                    line.push_str(&format!("  {r:>15.2}"));
+                    ratios.insert(key.to_owned(), r);
+                }
+            }
+            println!("{}", line.trim_end());
+        }
+        ratios
+    }
+}
+
+/// Prints the idle scenario and returns its JSON output.
+pub fn idle(herald: Option<&IdleResult>, baseline: Option<&IdleResult>) -> ScenarioOutput {
+    let first = herald.or(baseline).expect("at least one result");
+    for r in [herald, baseline].into_iter().flatten() {
+        println!(
+            "\nidle {} connections on {} ({} channel(s)), RSS before: {}",
+            r.transport,
+            r.server,
+            r.channels,
+            r.rss_before_kib.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        );
+        println!(
+            "  {:>11}  {:>8}  {:>6}  {:>10}  {:>10}  {:>11}  {:>14}  {:>9}",
+            "connections", "open", "failed", "connect s", "RSS MiB", "KiB/conn", "marginal KiB", "idle CPU%"
+        );
+        for s in &r.steps {
+            let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
+            println!(
+                "  {:>11}  {:>8}  {:>6}  {:>10.1}  {:>10}  {:>11}  {:>14}  {:>9}",
+                s.connections,
+                s.open,
+                s.failed,
+                s.connect_seconds,
+                f(s.rss_kib.map(|k| k as f64 / 1024.0), 1),
+                f(s.kib_per_connection, 2),
+                f(s.marginal_kib_per_connection, 2),
+                f(s.idle_cpu_percent, 2),
+            );
+        }
+        if let Some(e) = &r.first_error {
+            println!("  first error: {e}");
+        }
+    }
+    let mut t =
+        Table::new(format!("idle summary ({} connections)", first.steps.last().map_or(0, |s| s.connections)));
+    let last = |r: Option<&IdleResult>| r.and_then(|r| r.steps.last().cloned());
+    let (hl, bl) = (last(herald), last(baseline));
+    t.num(
+        "slope, KiB per connection",
+        "kib_per_connection_slope",
+        herald.and_then(|r| r.slope_kib_per_connection),
+        baseline.and_then(|r| r.slope_kib_per_connection),
+        2,
+    );
+    t.num(
+        "KiB per connection at the last step",
+        "kib_per_connection_last",
+        hl.as_ref().and_then(|s| s.kib_per_connection),
+        bl.as_ref().and_then(|s| s.kib_per_connection),
+        2,
+    );
+    t.num(
+        "idle CPU % at the last step",
+        "idle_cpu_percent_last",
+        hl.as_ref().and_then(|s| s.idle_cpu_percent),
+        bl.as_ref().and_then(|s| s.idle_cpu_percent),
+        2,
+    );
+    t.num(
+        "RSS at 100k connections (MiB, extrapolated)",
+        "extrapolated_100k_mib",
+        herald.and_then(|r| r.extrapolated_100k_mib),
+        baseline.and_then(|r| r.extrapolated_100k_mib),
+        0,
+    );
+    let ratios = t.print([herald.is_some(), baseline.is_some()]);
+    ScenarioOutput {
+        scenario: "idle".into(),
+        herald: herald.map(|r| serde_json::to_value(r).expect("serialises")),
+        baseline: baseline.map(|r| serde_json::to_value(r).expect("serialises")),
+        ratios,
+        runs: None,
+    }
+}
+
+/// Prints a fan-out or channels scenario and returns its JSON output.
+pub fn fanout(
+    scenario: &str,
+    herald: Option<&FanoutResult>,
+    baseline: Option<&FanoutResult>,
+) -> ScenarioOutput {
+    let first = herald.or(baseline).expect("at least one result");
+    let burst = if first.burst > 1 { format!(" in bursts of {}", first.burst) } else { String::new() };
+    let title = format!(
+        "{scenario}: {} channel(s) × {} subscribers, {} msg/s{burst} for {} s, {}-byte data ({})",
+        first.channels,
+        first.subscribers_per_channel,
+        first.rate_per_s,
+        first.duration_s,
+        first.payload_bytes,
+        first.transport,
+    );
+    let mut t = Table::new(title);
+    let get = |f: &dyn Fn(&FanoutResult) -> Option<f64>| [herald.and_then(f), baseline.and_then(f)];
+    let s = |f: &dyn Fn(&FanoutResult) -> String| [herald.map(f), baseline.map(f)];
+    let [h, b] = s(&|r| format!("{}/{}", r.subscribers_open, r.channels as u64 * r.subscribers_per_channel));
+    t.text("subscribers open", h, b);
+    let [h, b] = s(&|r| format!("{}/{}/{}", r.published, r.publish_errors, r.publish_late));
+    t.text("published ok/errors/late", h, b);
+    let [h, b] = get(&|r| r.publish_latency.as_ref().map(|l| l.p99_us as f64 / 1000.0));
+    t.num("publish HTTP p99 (ms)", "publish_http_p99", h, b, 2);
+    let [h, b] = s(&|r| format!("{}/{}", r.deliveries, r.expected_deliveries));
+    t.text("deliveries/expected", h, b);
+    let [h, b] = get(&|r| Some(r.deliveries_per_s));
+    t.num("deliveries/s", "deliveries_per_s", h, b, 0);
+    let [h, b] =
+        s(&|r| format!("{}/{}/{}/{}", r.missing, r.duplicates, r.out_of_order, r.closed_connections));
+    t.text("missing/dup/out-of-order/closed", h, b);
+    for (label, key, q) in [
+        ("latency p50 (ms)", "latency_p50", 0),
+        ("latency p99 (ms)", "latency_p99", 1),
+        ("latency p99.9 (ms)", "latency_p999", 2),
+        ("latency max (ms)", "latency_max", 3),
+    ] {
+        let [h, b] = get(&|r| {
+            r.latency.as_ref().map(|l| [l.p50_us, l.p99_us, l.p999_us, l.max_us][q] as f64 / 1000.0)
+        });
+        t.num(label, key, h, b, 2);
+    }
+    let [h, b] = get(&|r| r.server_cpu_percent);
+    t.num("server CPU (% of a core)", "server_cpu_percent", h, b, 1);
+    let [h, b] = get(&|r| r.server_cpu_us_per_delivery);
+    t.num("server CPU per delivery (µs)", "server_cpu_per_delivery", h, b, 2);
+    let [h, b] = get(&|r| r.server_cpu_us_per_delivery.map(|us| 1e6 / us));
+    t.num("→ deliveries/s one core could do", "deliveries_per_core_second", h, b, 0);
+    let [h, b] = get(&|r| Some(r.server_rss_after_kib? as f64 / 1024.0));
+    t.num("server RSS after (MiB)", "server_rss_after", h, b, 1);
+    let [h, b] = get(&|r| r.load_cpu_percent);
+    t.num("load CPU (% of a core)", "load_cpu_percent", h, b, 1);
+    let [h, b] = get(&|r| r.other_cpu_percent);
+    t.text("other CPU on the machine (%)", h.map(|v| format!("{v:.1}")), b.map(|v| format!("{v:.1}")));
+    let ratios = t.print([herald.is_some(), baseline.is_some()]);
+    for r in [herald, baseline].into_iter().flatten() {
+        if let Some(e) = r.first_error.as_ref().or(r.publish_first_error.as_ref()) {
+            println!("  {} first error: {e}", r.server);
+        }
+    }
+    ScenarioOutput {
+        scenario: scenario.into(),
+        herald: herald.map(|r| serde_json::to_value(r).expect("serialises")),
+        baseline: baseline.map(|r| serde_json::to_value(r).expect("serialises")),
+        ratios,
+        runs: None,
+    }
+}
+
+/// Other processes' CPU (% of a core) above which a run counts as disturbed.
+pub const DISTURBED_PERCENT: f64 = 10.0;
+
+/// The run with the median server CPU per delivery (the lower middle one for an even count),
+/// among the undisturbed runs when there is any.
+pub fn median_run(runs: Vec<FanoutResult>) -> Option<FanoutResult> {
+    let (clean, disturbed): (Vec<_>, Vec<_>) =
+        runs.into_iter().partition(|r| r.other_cpu_percent.is_none_or(|p| p < DISTURBED_PERCENT));
+    let mut runs = if clean.is_empty() { disturbed } else { clean };
+    runs.sort_by(|a, b| {
+        let key = |r: &FanoutResult| r.server_cpu_us_per_delivery.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    let middle = runs.len().saturating_sub(1) / 2;
+    (!runs.is_empty()).then(|| runs.swap_remove(middle))
+}
+
+/// One line per run: the figures that vary most between runs.
+pub fn print_runs(runs: &[Vec<FanoutResult>; 2]) {
+    println!(
+        "\n  every run (server CPU µs/delivery, latency p50/p99 ms, other CPU %; runs with other CPU \
+         ≥ {DISTURBED_PERCENT}% are left out of the median when others are not):"
+    );
+    for list in runs {
+        for (i, r) in list.iter().enumerate() {
+            let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            let lat = |q: fn(&Latency) -> u64| r.latency.as_ref().map(|l| q(l) as f64 / 1000.0);
+            println!(
+                "  {:>9} #{}  {:>6}  {:>7} / {:>7}  {:>5}",
+                r.server,
+                i + 1,
+                f(r.server_cpu_us_per_delivery),
+                f(lat(|l| l.p50_us)),
+                f(lat(|l| l.p99_us)),
+                r.other_cpu_percent.map_or("-".to_owned(), |v| format!("{v:.0}")),
+            );
+        }
+    }
+}
+
+/// Least-squares slope of y over x.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_line() {
+        let s = slope(&[(0.0, 10.0), (1000.0, 5010.0), (2000.0, 10010.0)]).unwrap();
+        assert!((s - 5.0).abs() < 1e-9);
+        assert!(slope(&[(1.0, 1.0)]).is_none());
+    }
+}

@@ -1,0 +1,356 @@
+//! The scenarios, each run the same way against Herald and against the baseline server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::pool::{LoadLayout, Merged, Pool};
+use crate::report::{FanoutResult, IdleResult, IdleStep, Latency, slope};
+use crate::sys::Sample;
+use crate::target::Server;
+use crate::worker::{latency_histogram, now_us};
+
+pub struct IdleParams {
+    /// Cumulative connection counts to measure at.
+    pub steps: Vec<u64>,
+    pub channels: usize,
+    /// Pause after connecting before measuring RSS.
+    pub settle: Duration,
+    /// Window over which idle CPU is measured.
+    pub idle: Duration,
+}
+
+/// Opens idle subscribed connections step by step and measures the server's RSS and CPU.
+pub async fn idle(server: &Server, layout: &LoadLayout, p: &IdleParams) -> anyhow::Result<IdleResult> {
+    let channels: Vec<String> = (0..p.channels.max(1)).map(|i| format!("idle-{i}")).collect();
+    let mut steps = p.steps.clone();
+    steps.sort_unstable();
+    steps.dedup();
+    let max = steps.last().copied().unwrap_or(0);
+    let mut pool = Pool::start(layout, max).await?;
+    tokio::time::sleep(p.settle).await;
+    let before = Sample::take(server.pid);
+    let mut points: Vec<(f64, f64)> = before.rss_kib.map(|r| (0.0, r as f64)).into_iter().collect();
+    let (mut asked, mut prev_open, mut prev_rss) = (0u64, 0u64, before.rss_kib);
+    let mut results = Vec::new();
+    for target in steps {
+        let reply = pool.connect(&server.ws_url, target - asked, &channels).await?;
+        asked = target;
+        tokio::time::sleep(p.settle).await;
+        let s0 = Sample::take(server.pid);
+        tokio::time::sleep(p.idle).await;
+        let s1 = Sample::take(server.pid);
+        let open = reply.open_now;
+        let per = |rss: Option<u64>, base: Option<u64>, n: u64| match (rss, base) {
+            (Some(r), Some(b)) if n > 0 => Some((r as f64 - b as f64) / n as f64),
+            _ => None,
+        };
+        if let Some(rss) = s1.rss_kib {
+            points.push((open as f64, rss as f64));
+        }
+        results.push(IdleStep {
+            connections: target,
+            open,
+            failed: pool.failed,
+            connect_seconds: reply.seconds,
+            rss_kib: s1.rss_kib,
+            kib_per_connection: per(s1.rss_kib, before.rss_kib, open),
+            marginal_kib_per_connection: per(s1.rss_kib, prev_rss, open.saturating_sub(prev_open)),
+            idle_cpu_percent: s0.cpu_percent_until(&s1),
+        });
+        prev_open = open;
+        prev_rss = s1.rss_kib;
+    }
+    let merged = pool.report(&HashMap::new(), false).await?;
+    let first_error = pool.first_connect_error.clone().or(merged.first_error);
+    pool.quit().await;
+    let slope = slope(&points);
+    Ok(IdleResult {
+        server: server.kind.name().into(),
+        transport: layout.transport.as_str().into(),
+        channels: channels.len(),
+        rss_before_kib: before.rss_kib,
+        steps: results,
+        slope_kib_per_connection: slope,
+        extrapolated_100k_mib: match (before.rss_kib, slope) {
+            (Some(b), Some(s)) => Some((b as f64 + s * 100_000.0) / 1024.0),
+            _ => None,
+        },
+        first_error,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PublishParams {
+    /// Messages per second over all channels.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Size of each message's `data` JSON in bytes (at least the timestamp).
+    pub payload: usize,
+    /// Publishing before measuring, at the same rate.
+    pub warmup: Duration,
+    /// How long to wait after the last publish for deliveries to arrive.
+    pub drain_timeout: Duration,
+    /// Publish requests in flight at most.
+    pub max_in_flight: usize,
+    /// Messages published back to back at each tick (the tick rate is `rate / burst`).
+    pub burst: u64,
+}
+
+/// What one publishing run did.
+struct PublishRun {
+    ok: u64,
+    errors: u64,
+    late: u64,
+    first_error: Option<String>,
+    /// Channel → highest position the server answered.
+    finals: HashMap<String, u64>,
+    http_latency: Histogram<u64>,
+}
+
+#[derive(Deserialize)]
+struct PublishReply {
+    position: u64,
+}
+
+/// Publishes through the REST API over keep-alive HTTP connections.
+struct Publisher {
+    http: reqwest::Client,
+    auth: Option<String>,
+    urls: Vec<String>,
+    channels: Vec<String>,
+}
+
+impl Publisher {
+    fn new(server: &Server, channels: &[String], max_in_flight: usize) -> anyhow::Result<Publisher> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_in_flight)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Publisher {
+            http,
+            auth: server.publish_auth.clone(),
+            urls: channels.iter().map(|c| server.publish_url(c)).collect(),
+            channels: channels.to_vec(),
+        })
+    }
+
+    /// Publishes `rate × duration` messages on schedule (`burst` at a time), spread
+    /// pseudo-randomly over the channels; each message's `data` carries its send time in µs
+    /// (`t`) and padding (`p`).
+    async fn run(&self, p: &PublishParams, duration: Duration) -> PublishRun {
+        let (rate, payload, max_in_flight, burst) = (p.rate, p.payload, p.max_in_flight, p.burst.max(1));
+        let total = (rate * duration.as_secs_f64()).round() as u64;
+        // `{"t":1700000000000000,"p":""}` is 29 bytes.
+        let pad: Arc<str> = Arc::from("x".repeat(payload.saturating_sub(29)));
+        let gate = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let run = Arc::new(Mutex::new(PublishRun {
+            ok: 0,
+            errors: 0,
+            late: 0,
+            first_error: None,
+            finals: HashMap::new(),
+            http_latency: latency_histogram(),
+        }));
+        let start = Instant::now();
+        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64((i / burst * burst) as f64 / rate);
+            tokio::time::sleep_until(due).await;
+            let permit = gate.clone().acquire_owned().await.expect("semaphore open");
+            if Instant::now() > due + Duration::from_millis(10) {
+                run.lock().expect("publish lock").late += 1;
+            }
+            let index = if self.channels.len() == 1 {
+                0
+            } else {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % self.channels.len() as u64) as usize
+            };
+            let mut req = self.http.post(&self.urls[index]).header("content-type", "application/json");
+            if let Some(auth) = &self.auth {
+                req = req.bearer_auth(auth);
+            }
+            let (pad, run, channel) = (pad.clone(), run.clone(), self.channels[index].clone());
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let body = format!(r#"{{"data":{{"t":{},"p":"{pad}"}}}}"#, now_us());
+                let result = async {
+                    let resp = req.body(body).send().await.map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+                    if !status.is_success() {
+                        return Err(format!("{status} {}", String::from_utf8_lossy(&bytes)));
+                    }
+                    serde_json::from_slice::<PublishReply>(&bytes).map_err(|e| e.to_string())
+                }
+                .await;
+                let elapsed = sent.elapsed().as_micros() as u64;
+                let mut run = run.lock().expect("publish lock");
+                match result {
+                    Ok(reply) => {
+                        run.ok += 1;
+                        let _ = run.http_latency.record(elapsed.max(1));
+                        let last = run.finals.entry(channel).or_insert(0);
+                        *last = (*last).max(reply.position);
+                    }
+                    Err(e) => {
+                        run.errors += 1;
+                        if run.first_error.is_none() {
+                            run.first_error = Some(e);
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+        let _all = gate.acquire_many(max_in_flight.max(1) as u32).await.expect("semaphore open");
+        let mut run = run.lock().expect("publish lock");
+        std::mem::replace(
+            &mut *run,
+            PublishRun {
+                ok: 0,
+                errors: 0,
+                late: 0,
+                first_error: None,
+                finals: HashMap::new(),
+                http_latency: latency_histogram(),
+            },
+        )
+    }
+}
+
+/// Waits until every open connection has every published message, or the timeout; returns
+/// the merged report (with latencies) and when the wait ended.
+async fn drain(
+    pool: &mut Pool,
+    finals: &HashMap<String, u64>,
+    timeout: Duration,
+) -> anyhow::Result<(Merged, Instant)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let progress = pool.report(finals, false).await?;
+        let now = Instant::now();
+        if progress.counters.pending == 0 || now >= deadline {
+            return Ok((pool.report(finals, true).await?, now));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn load_cpu(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| crate::sys::cpu_seconds(*p)).sum()
+}
+
+/// `subscribers_per_channel` subscribers on each of `channels`; publishes at `rate` through
+/// the REST API; measures deliveries, latency, ordering and the server's CPU per delivery.
+pub async fn fanout(
+    server: &Server,
+    layout: &LoadLayout,
+    channels: &[String],
+    subscribers_per_channel: u64,
+    p: &PublishParams,
+) -> anyhow::Result<FanoutResult> {
+    let total = channels.len() as u64 * subscribers_per_channel;
+    let mut pool = Pool::start(layout, total).await?;
+    let connected = pool.connect(&server.ws_url, total, channels).await?;
+    let publisher = Publisher::new(server, channels, p.max_in_flight)?;
+    let mut finals: HashMap<String, u64> = HashMap::new();
+    let merge = |finals: &mut HashMap<String, u64>, run: &PublishRun| {
+        for (c, pos) in &run.finals {
+            let e = finals.entry(c.clone()).or_insert(0);
+            *e = (*e).max(*pos);
+        }
+    };
+    if !p.warmup.is_zero() {
+        let warm = publisher.run(p, p.warmup).await;
+        merge(&mut finals, &warm);
+        drain(&mut pool, &finals, p.drain_timeout).await?;
+    }
+    pool.reset().await?;
+    let mut load_pids = vec![std::process::id()];
+    load_pids.extend(pool.pids());
+    let before = Sample::take(server.pid);
+    let load_before = load_cpu(&load_pids);
+    let other_before = crate::sys::system_busy_seconds();
+    let run = publisher.run(p, p.duration).await;
+    merge(&mut finals, &run);
+    let (merged, drained_at) = drain(&mut pool, &finals, p.drain_timeout).await?;
+    let after = Sample::take(server.pid);
+    let load_after = load_cpu(&load_pids);
+    let other_after = crate::sys::system_busy_seconds();
+    pool.quit().await;
+
+    let elapsed = drained_at.duration_since(before.at.into()).as_secs_f64();
+    let c = merged.counters;
+    let server_cpu = before.cpu_until(&after);
+    let first_error = pool_error(&connected.first_error, &merged);
+    Ok(FanoutResult {
+        server: server.kind.name().into(),
+        transport: layout.transport.as_str().into(),
+        channels: channels.len(),
+        subscribers_per_channel,
+        subscribers_open: merged.open,
+        connect_failed: connected.failed,
+        rate_per_s: p.rate,
+        burst: p.burst.max(1),
+        duration_s: p.duration.as_secs_f64(),
+        payload_bytes: p.payload.max(29),
+        published: run.ok,
+        publish_errors: run.errors,
+        publish_first_error: run.first_error.clone(),
+        publish_late: run.late,
+        publish_latency: Latency::of(&run.http_latency),
+        expected_deliveries: run.ok * subscribers_per_channel,
+        deliveries: c.received,
+        deliveries_per_s: if elapsed > 0.0 { c.received as f64 / elapsed } else { 0.0 },
+        drain_seconds: (elapsed - p.duration.as_secs_f64()).max(0.0),
+        missing: c.missing(),
+        duplicates: c.duplicates,
+        out_of_order: c.out_of_order,
+        closed_connections: c.closed,
+        unexpected_frames: c.unexpected,
+        first_error,
+        latency: Latency::of(&merged.latency),
+        server_cpu_seconds: server_cpu,
+        server_cpu_percent: before.cpu_percent_until(&after),
+        server_cpu_us_per_delivery: server_cpu
+            .and_then(|s| (c.received > 0).then(|| s * 1e6 / c.received as f64)),
+        server_rss_before_kib: before.rss_kib,
+        server_rss_after_kib: after.rss_kib,
+        load_cpu_percent: match (load_before, load_after) {
+            (Some(b), Some(a)) if elapsed > 0.0 => Some(100.0 * (a - b) / elapsed),
+            _ => None,
+        },
+        other_cpu_percent: other_cpu_percent(
+            (other_before, other_after),
+            server_cpu,
+            load_before.zip(load_after).map(|(b, a)| a - b),
+            elapsed,
+        ),
+    })
+}
+
+/// CPU the rest of the machine used meanwhile (all CPU time minus the server's and the load
+/// side's), % of one core: a check that nothing else disturbed the run.
+fn other_cpu_percent(
+    system: (Option<f64>, Option<f64>),
+    server: Option<f64>,
+    load: Option<f64>,
+    elapsed: f64,
+) -> Option<f64> {
+    let busy = system.1? - system.0?;
+    (elapsed > 0.0).then(|| (100.0 * (busy - server.unwrap_or(0.0) - load.unwrap_or(0.0)) / elapsed).max(0.0))
+}
+
+fn pool_error(connect: &Option<String>, merged: &Merged) -> Option<String> {
+    connect.clone().or_else(|| merged.first_error.clone())
+}
