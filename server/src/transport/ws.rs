@@ -37,10 +37,11 @@ pub struct WsQuery {
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn socket_config(hub: &Hub) -> WebSocketConfig {
-    // Small read buffer: most connections are idle, and a large default buffer per socket
-    // dominates memory at scale. Writes are batched per wake-up and flushed once.
+    // Small read buffer: most connections are idle, client frames are small commands, and a
+    // large default buffer per socket dominates memory at scale (tungstenite grows it for a
+    // larger frame). Writes are batched per wake-up and flushed once.
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(hub.settings.outbox.max_bytes.saturating_mul(2).max(1 << 20))
         .max_message_size(Some(hub.settings.max_inbound_frame_bytes))
@@ -122,9 +123,11 @@ async fn await_connect(
 }
 
 async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<String>) {
+    // The cold paths (handshake, authentication, commands) are boxed so that the future every
+    // idle connection keeps alive holds only the event loop, not their largest states.
     let (token, connect_id) = match query.token {
         Some(token) => (token, None),
-        None => match await_connect(&mut ws, &hub).await {
+        None => match Box::pin(await_connect(&mut ws, &hub)).await {
             Ok(pair) => pair,
             Err(reason) => return close(&mut ws, &reason).await,
         },
@@ -146,7 +149,7 @@ async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<Str
     let span = tracing::debug_span!("ws", conn = %session.conn.id, tenant = %session.tenant_id());
     let reason = tracing::Instrument::instrument(drive(&mut ws, &hub, session), span).await;
     if let Some(reason) = reason {
-        close(&mut ws, &reason).await;
+        Box::pin(close(&mut ws, &reason)).await;
     }
 }
 
@@ -158,9 +161,20 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut last_heard = Instant::now();
     let mut next_ping = Instant::now() + ping_interval;
+    // One timer per connection, moved only when the next ping or the token expiry changes.
+    let mut token_exp = session.expires_at();
+    let mut expires = expiry_instant(token_exp);
+    let timer = tokio::time::sleep_until(next_ping.min(expires));
+    tokio::pin!(timer);
     let reason = loop {
-        let expires = expiry_instant(session.expires_at());
+        if session.expires_at() != token_exp {
+            token_exp = session.expires_at();
+            expires = expiry_instant(token_exp);
+        }
         let wake = next_ping.min(expires);
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             biased;
             _ = outbox.ready() => {
@@ -184,7 +198,7 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                 match msg {
                     Some(Ok(Message::Text(text))) => match protocol::parse(text.as_str()) {
                         Ok(request) => {
-                            if let CommandOutcome::Close(reason) = session.handle(request).await {
+                            if let CommandOutcome::Close(reason) = Box::pin(session.handle(request)).await {
                                 break Some(reason);
                             }
                         }
@@ -222,11 +236,13 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                     Some(Err(_)) | None => break None,
                 }
             }
-            _ = tokio::time::sleep_until(wake) => {
+            _ = &mut timer => {
                 let now = Instant::now();
                 if token_expired(session.expires_at()) {
                     break Some(Disconnect::TokenExpired);
                 }
+                // Never leave an elapsed deadline in place (it would fire again at once).
+                expires = expiry_instant(token_exp).max(now + Duration::from_millis(100));
                 if now >= next_ping {
                     if now.duration_since(last_heard) > ping_interval + pong_timeout {
                         break Some(Disconnect::PingTimeout);
