@@ -183,7 +183,8 @@ struct CommonArgs {
     /// Client transport (SSE and long polling come later).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
-    /// Pin spawned servers to --server-cpu and this tool and its workers to --load-cpu.
+    /// Pin spawned servers to --server-cpu (taskset) and this tool and its workers to --load-cpu
+    /// (sched_setaffinity, inherited by the workers).
     #[arg(long)]
     pin: bool,
     #[arg(long, value_name = "CPU", default_value_t = 0)]

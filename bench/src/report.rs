@@ -113,6 +113,9 @@ pub struct FanoutResult {
     pub server_rss_after_kib: Option<u64>,
     /// CPU of the load side (this process and its workers), % of one core.
     pub load_cpu_percent: Option<f64>,
+    /// CPU of the kernel's softirq threads meanwhile, % of one core: network work deferred
+    /// under load, charged to neither side.
+    pub softirq_cpu_percent: Option<f64>,
     /// CPU used by everything else on the machine meanwhile, % of one core (should be near 0).
     pub other_cpu_percent: Option<f64>,
 }
@@ -357,6 +360,8 @@ pub fn fanout(
     t.num("server RSS after (MiB)", "server_rss_after", h, b, 1);
     let [h, b] = get(&|r| r.load_cpu_percent);
     t.num("load CPU (% of a core)", "load_cpu_percent", h, b, 1);
+    let [h, b] = get(&|r| r.softirq_cpu_percent);
+    t.text("kernel softirq threads CPU (%)", h.map(|v| format!("{v:.1}")), b.map(|v| format!("{v:.1}")));
     let [h, b] = get(&|r| r.other_cpu_percent);
     t.text("other CPU on the machine (%)", h.map(|v| format!("{v:.1}")), b.map(|v| format!("{v:.1}")));
     let ratios = t.print([herald.is_some(), baseline.is_some()]);

@@ -280,6 +280,8 @@ pub async fn fanout(
     load_pids.extend(pool.pids());
     let before = Sample::take(server.pid);
     let load_before = load_cpu(&load_pids);
+    let softirq_pids = crate::sys::ksoftirqd_pids();
+    let softirq_before = load_cpu(&softirq_pids);
     let other_before = crate::sys::system_busy_seconds();
     let run = publisher.run(p, p.duration).await;
     merge(&mut finals, &run);
@@ -287,6 +289,8 @@ pub async fn fanout(
     let after = Sample::take(server.pid);
     let load_after = load_cpu(&load_pids);
     let other_after = crate::sys::system_busy_seconds();
+    let softirq_after = load_cpu(&softirq_pids);
+    let softirq = softirq_before.zip(softirq_after).map(|(b, a)| a - b);
     pool.quit().await;
 
     let elapsed = drained_at.duration_since(before.at.into()).as_secs_f64();
@@ -330,25 +334,27 @@ pub async fn fanout(
             (Some(b), Some(a)) if elapsed > 0.0 => Some(100.0 * (a - b) / elapsed),
             _ => None,
         },
+        softirq_cpu_percent: softirq.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
         other_cpu_percent: other_cpu_percent(
             (other_before, other_after),
-            server_cpu,
+            server_cpu.unwrap_or(0.0) + softirq.unwrap_or(0.0),
             load_before.zip(load_after).map(|(b, a)| a - b),
             elapsed,
         ),
     })
 }
 
-/// CPU the rest of the machine used meanwhile (all CPU time minus the server's and the load
-/// side's), % of one core: a check that nothing else disturbed the run.
+/// CPU the rest of the machine used meanwhile (all CPU time minus the server's, the load
+/// side's and the kernel softirq threads'), % of one core: a check that nothing else
+/// disturbed the run.
 fn other_cpu_percent(
     system: (Option<f64>, Option<f64>),
-    server: Option<f64>,
+    ours: f64,
     load: Option<f64>,
     elapsed: f64,
 ) -> Option<f64> {
     let busy = system.1? - system.0?;
-    (elapsed > 0.0).then(|| (100.0 * (busy - server.unwrap_or(0.0) - load.unwrap_or(0.0)) / elapsed).max(0.0))
+    (elapsed > 0.0).then(|| (100.0 * (busy - ours - load.unwrap_or(0.0)) / elapsed).max(0.0))
 }
 
 fn pool_error(connect: &Option<String>, merged: &Merged) -> Option<String> {

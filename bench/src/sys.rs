@@ -61,6 +61,17 @@ pub fn system_busy_seconds() -> Option<f64> {
     Some(busy as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// Pids of the kernel's softirq threads (`ksoftirqd/N`): loopback TCP work that the kernel
+/// defers under load runs there, charged to neither the server nor the clients.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
 /// A point-in-time sample of a process: wall clock, CPU seconds and RSS.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
