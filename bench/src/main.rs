@@ -180,7 +180,7 @@ struct HeraldArgs {
 /// Options every scenario shares.
 #[derive(Args, Clone)]
 struct CommonArgs {
-    /// Client transport (SSE and long polling come later).
+    /// Client transport: ws, sse or long-poll (long-poll: idle sessions only).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
     /// Pin spawned servers to --server-cpu (taskset) and this tool and its workers to --load-cpu

@@ -27,19 +27,25 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// How clients connect. Only WebSocket exists today; SSE and long polling will add variants
-/// here and a `connect_*` function each.
+/// How clients connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// WebSocket at `/v1/ws`.
     Ws,
+    /// Server-Sent Events at `/v1/sse` (one stream per client, kept open).
+    Sse,
+    /// Long polling at `/v1/poll`: each client polls once (`timeout=0`) and closes its socket;
+    /// what stays on the server is the session between polls.
+    LongPoll,
 }
 
 impl Transport {
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "long_poll",
         }
     }
 }
@@ -342,15 +348,39 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
             let channel = spec.channels[(index % spec.channels.len() as u64) as usize].clone();
+            let (source, port) = (source_addr(index, spec.per_source), source_port(index, spec.per_source));
+            if spec.transport != Transport::Ws {
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    open_http(spec.transport, &spec.url, server, source, port, &channel),
+                )
+                .await
+                .unwrap_or_else(|_| Err("timed out connecting and subscribing".into()));
+                drop(permit);
+                match opened {
+                    Ok((stream, rest, position)) => {
+                        {
+                            let mut s = lock(&state);
+                            let conn = &mut s.conns[slot];
+                            conn.last = position;
+                            conn.subscribed = true;
+                            conn.open = true;
+                        }
+                        let _ = done.send(Ok(()));
+                        drop(done);
+                        if let Some(stream) = stream {
+                            read_loop_sse(stream, rest, &state, slot).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                    }
+                }
+                return;
+            }
             let opened = tokio::time::timeout(
                 Duration::from_secs(60),
-                open(
-                    &spec.url,
-                    server,
-                    source_addr(index, spec.per_source),
-                    source_port(index, spec.per_source),
-                    &channel,
-                ),
+                open(&spec.url, server, source, port, &channel),
             )
             .await
             .unwrap_or_else(|_| Err("timed out connecting and subscribing".into()));
@@ -481,6 +511,112 @@ async fn open(
             }
             _ => continue,
         }
+    }
+}
+
+/// The `token` query parameter of the WebSocket URL the tool was given.
+fn token_of(url: &str) -> Result<String, String> {
+    url.split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_owned)
+        .ok_or_else(|| "the connection URL has no token".to_owned())
+}
+
+/// Opens an SSE stream (kept, with what was read past the `subscribed` event) or makes one
+/// long poll (nothing kept); returns the channel position at subscription.
+async fn open_http(
+    transport: Transport,
+    url: &str,
+    server: SocketAddr,
+    source: Ipv4Addr,
+    port: Option<u16>,
+    channel: &str,
+) -> Result<(Option<TcpStream>, Vec<u8>, u64), String> {
+    use tokio::io::AsyncReadExt;
+    let bound = |port: u16| -> std::io::Result<TcpSocket> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(source.into(), port))?;
+        Ok(socket)
+    };
+    let socket = match port.map(bound) {
+        Some(Ok(socket)) => socket,
+        _ => bound(0).map_err(|e| format!("bind {source}: {e}"))?,
+    };
+    let mut stream = socket.connect(server).await.map_err(|e| format!("connect from {source}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let token = token_of(url)?;
+    let path = match transport {
+        Transport::Sse => format!("/v1/sse?channels={channel}&token={token}"),
+        _ => format!("/v1/poll?channels={channel}&token={token}&timeout=0"),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {e}"))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            if transport == Transport::LongPoll && buf.starts_with(b"HTTP/1.1 200") {
+                return Ok((None, Vec::new(), 0));
+            }
+            return Err(format!("connection ended: {}", String::from_utf8_lossy(&buf[..buf.len().min(200)])));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !buf.starts_with(b"HTTP/1.1 200") && buf.len() >= 12 {
+            return Err(format!("refused: {}", String::from_utf8_lossy(&buf[..buf.len().min(300)])));
+        }
+        if transport == Transport::Sse {
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(at) = text.find("\"type\":\"subscribed\"") {
+                let end = text[at..].find("\n\n").map(|e| at + e + 2);
+                if let Some(end) = end {
+                    let position = text[at..end]
+                        .split("\"position\":")
+                        .nth(1)
+                        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                    let rest = buf[end..].to_vec();
+                    return Ok((Some(stream), rest, position));
+                }
+            }
+        }
+    }
+}
+
+/// Reads an SSE stream until it ends, recording every `pub` event.
+async fn read_loop_sse(mut stream: TcpStream, mut buf: Vec<u8>, state: &Shared, slot: usize) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = vec![0u8; 16 * 1024];
+    let end = loop {
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..pos + 2).collect();
+            let now = now_us();
+            for line in event.split(|b| *b == b'\n') {
+                if let Some(data) = line.strip_prefix(b"data: ") {
+                    match serde_json::from_slice::<Incoming>(data) {
+                        Ok(frame) if frame.kind == "pub" => {
+                            let sent = frame.data.and_then(|d| d.t);
+                            lock(state).on_pub(slot, frame.position, sent, now);
+                        }
+                        Ok(_) => {}
+                        Err(_) => lock(state).counters.unexpected += 1,
+                    }
+                }
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => break "connection ended".to_owned(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let mut s = lock(state);
+    s.conns[slot].open = false;
+    s.counters.closed += 1;
+    if s.first_error.is_none() {
+        s.first_error = Some(end);
     }
 }
 
