@@ -180,7 +180,8 @@ struct HeraldArgs {
 /// Options every scenario shares.
 #[derive(Args, Clone)]
 struct CommonArgs {
-    /// Client transport: ws, sse or long-poll (long-poll: idle sessions only).
+    /// Client transport: ws, sse, long-poll (a polling loop) or long-poll-session (one poll,
+    /// then only the server-side session stays; for idle).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
     /// Pin spawned servers to --server-cpu (taskset) and this tool and its workers to --load-cpu

@@ -35,9 +35,12 @@ pub enum Transport {
     Ws,
     /// Server-Sent Events at `/v1/sse` (one stream per client, kept open).
     Sse,
-    /// Long polling at `/v1/poll`: each client polls once (`timeout=0`) and closes its socket;
-    /// what stays on the server is the session between polls.
+    /// Long polling at `/v1/poll`: each client polls in a loop on a keep-alive connection,
+    /// holding each poll up to 30 s, always with the cursor of the previous answer.
     LongPoll,
+    /// One long poll per client (`timeout=0`), then the socket is closed: what stays on the
+    /// server is the session between polls (for `idle`).
+    LongPollSession,
 }
 
 impl Transport {
@@ -46,6 +49,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::LongPoll => "long_poll",
+            Transport::LongPollSession => "long_poll_session",
         }
     }
 }
@@ -368,8 +372,13 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
                         }
                         let _ = done.send(Ok(()));
                         drop(done);
-                        if let Some(stream) = stream {
-                            read_loop_sse(stream, rest, &state, slot).await;
+                        match (spec.transport, stream) {
+                            (Transport::Sse, Some(stream)) => read_loop_sse(stream, rest, &state, slot).await,
+                            (Transport::LongPoll, Some(stream)) => {
+                                let cursor = String::from_utf8_lossy(&rest).into_owned();
+                                poll_loop(stream, &spec.url, &channel, cursor, &state, slot).await
+                            }
+                            _ => {}
                         }
                     }
                     Err(e) => {
@@ -550,6 +559,10 @@ async fn open_http(
         Transport::Sse => format!("/v1/sse?channels={channel}&token={token}"),
         _ => format!("/v1/poll?channels={channel}&token={token}&timeout=0"),
     };
+    if transport == Transport::LongPoll {
+        let (cursor, _) = poll_once(&mut stream, &path, server).await?;
+        return Ok((Some(stream), cursor.into_bytes(), 0));
+    }
     let request = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
@@ -557,7 +570,7 @@ async fn open_http(
     loop {
         let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
-            if transport == Transport::LongPoll && buf.starts_with(b"HTTP/1.1 200") {
+            if transport == Transport::LongPollSession && buf.starts_with(b"HTTP/1.1 200") {
                 return Ok((None, Vec::new(), 0));
             }
             return Err(format!("connection ended: {}", String::from_utf8_lossy(&buf[..buf.len().min(200)])));
@@ -582,6 +595,94 @@ async fn open_http(
                 }
             }
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct PollAnswer<'a> {
+    #[serde(borrow)]
+    messages: Vec<Incoming<'a>>,
+    cursor: String,
+}
+
+/// One poll on a keep-alive connection; returns the next cursor and the raw body.
+async fn poll_once(
+    stream: &mut TcpStream,
+    path: &str,
+    server: SocketAddr,
+) -> Result<(String, Vec<u8>), String> {
+    use tokio::io::AsyncReadExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send poll: {e}"))?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    let (head_end, length) = loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                return Err(format!("poll refused: {}", String::from_utf8_lossy(&buf[..buf.len().min(300)])));
+            }
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("poll answer without content-length")?;
+            break (end + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + length].to_vec();
+    let answer: PollAnswer = serde_json::from_slice(&body).map_err(|e| format!("bad poll answer: {e}"))?;
+    Ok((answer.cursor, body))
+}
+
+/// Polls until the connection fails, recording every message, always from the last cursor.
+async fn poll_loop(
+    mut stream: TcpStream,
+    url: &str,
+    channel: &str,
+    mut cursor: String,
+    state: &Shared,
+    slot: usize,
+) {
+    let end = loop {
+        let Ok(token) = token_of(url) else { break "no token".to_owned() };
+        let server = match stream.peer_addr() {
+            Ok(a) => a,
+            Err(e) => break e.to_string(),
+        };
+        let path = format!("/v1/poll?channels={channel}&token={token}&cursor={cursor}&timeout=30");
+        match poll_once(&mut stream, &path, server).await {
+            Ok((next, body)) => {
+                let now = now_us();
+                if let Ok(answer) = serde_json::from_slice::<PollAnswer>(&body) {
+                    let mut s = lock(state);
+                    for frame in answer.messages {
+                        let sent = frame.data.and_then(|d| d.t);
+                        s.on_pub(slot, frame.position, sent, now);
+                    }
+                }
+                cursor = next;
+            }
+            Err(e) => break e,
+        }
+    };
+    let mut s = lock(state);
+    s.conns[slot].open = false;
+    s.counters.closed += 1;
+    if s.first_error.is_none() {
+        s.first_error = Some(end);
     }
 }
 
