@@ -42,7 +42,9 @@ fn socket_config(hub: &Hub) -> WebSocketConfig {
     // larger frame). Writes are batched per wake-up and flushed once.
     WebSocketConfig::default()
         .read_buffer_size(512)
-        .write_buffer_size(0)
+        // Frames fed in one batch are gathered up to 8 KiB before a write, so a burst leaves in
+        // few `send` calls instead of one per frame; the explicit flush ends every batch.
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(hub.settings.outbox.max_bytes.saturating_mul(2).max(1 << 20))
         .max_message_size(Some(hub.settings.max_inbound_frame_bytes))
         .max_frame_size(Some(hub.settings.max_inbound_frame_bytes))
