@@ -185,10 +185,18 @@ pub async fn serve(
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
             let Some(state) = sweeper.upgrade() else { return };
             state.long_polls.sweep();
+            ticks += 1;
+            // Revocations of tokens that have expired anyway are dropped once a minute.
+            if ticks % 60 == 0
+                && let Err(e) = state.store.prune_revoked_tokens(crate::store::now()).await
+            {
+                tracing::warn!(error = %e, "could not prune expired token revocations");
+            }
         }
     });
     let hub_state = state.clone();

@@ -40,8 +40,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root. `cargo run` sets CARGO_MANIFEST_DIR for the running process, which is
+/// right even when several clones share one target directory (the value baked in at compile
+/// time would point at whichever clone built the binary last).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&manifest_dir).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 fn is_ci() -> bool {

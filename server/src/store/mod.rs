@@ -552,6 +552,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets token revocations whose token has expired anyway; returns how many.
+    pub async fn prune_revoked_tokens(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let res = revoked_tokens::Entity::delete_many()
+            .filter(revoked_tokens::Column::ExpiresAt.is_not_null())
+            .filter(revoked_tokens::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected)
+    }
+
     pub async fn list_revoked_tokens(
         &self,
         tenant: &str,
@@ -656,5 +666,40 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_revocations_are_pruned_and_others_kept() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let at = now();
+        let tenant = Tenant {
+            id: "acme".into(),
+            name: "Acme".into(),
+            status: TenantStatus::Active,
+            allowed_origins: vec![],
+            limits: TenantLimits::default(),
+            created_at: at,
+            updated_at: at,
+        };
+        store.create_tenant(&tenant).await.unwrap();
+        let revoke = |jti: &str, expires_at| RevokedToken {
+            tenant_id: "acme".into(),
+            jti: jti.into(),
+            expires_at,
+            revoked_at: at,
+        };
+        store.revoke_token(&revoke("expired", Some(at - chrono::Duration::seconds(5)))).await.unwrap();
+        store.revoke_token(&revoke("live", Some(at + chrono::Duration::hours(1)))).await.unwrap();
+        store.revoke_token(&revoke("forever", None)).await.unwrap();
+        assert_eq!(store.prune_revoked_tokens(at).await.unwrap(), 1);
+        let left: Vec<String> =
+            store.list_revoked_tokens("acme", None, 10).await.unwrap().into_iter().map(|r| r.jti).collect();
+        assert_eq!(left, ["forever", "live"]);
     }
 }
