@@ -380,10 +380,6 @@ impl Config {
         };
         Ok(config)
     }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
-    }
 }
 
 #[cfg(test)]

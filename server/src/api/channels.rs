@@ -14,7 +14,9 @@ use crate::names;
 use crate::state::{AppState, SharedState};
 use crate::store::{StoreError, now};
 
+#[derive(Default)]
 pub struct NamespacesApi;
+#[derive(Default)]
 pub struct ChannelsApi;
 
 #[derive(Object, Deserialize)]

@@ -15,7 +15,9 @@ use crate::names;
 use crate::state::SharedState;
 use crate::store::{StoreError, now};
 
+#[derive(Default)]
 pub struct ApiKeysApi;
+#[derive(Default)]
 pub struct SigningKeysApi;
 
 #[derive(Object, Deserialize)]

@@ -18,6 +18,7 @@ use crate::realtime::directory::TenantSnapshot;
 use crate::realtime::{HubError, publication::Publication};
 use crate::state::SharedState;
 
+#[derive(Default)]
 pub struct MessagesApi;
 
 pub const MAX_BATCH: usize = 100;

@@ -67,24 +67,7 @@ pub type Api = (
 /// The API description without server URLs, so the committed spec does not depend on where a
 /// node listens.
 pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new(
-        (
-            sessions::SessionsApi,
-            tenants::TenantsApi,
-            channels::NamespacesApi,
-            channels::ChannelsApi,
-            keys::ApiKeysApi,
-            keys::SigningKeysApi,
-            tokens::TokensApi,
-            messages::MessagesApi,
-            audit::AuditApi,
-            stats::StatsApi,
-            users::UsersApi,
-        ),
-        "Herald",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
+    OpenApiService::new(Api::default(), "Herald", env!("CARGO_PKG_VERSION")).description(
         "Management and publish API of Herald, a self-hosted multi-tenant real-time push server. \
          Authenticate with `Authorization: Bearer <token>`: the admin token, an admin session \
          from `POST /v1/auth/login`, or a tenant API key (`hk_…`) with the scopes an operation \

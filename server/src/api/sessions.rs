@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::model::Scope;
 use crate::state::SharedState;
 
+#[derive(Default)]
 pub struct SessionsApi;
 
 #[derive(Object, Deserialize)]

@@ -15,6 +15,7 @@ use crate::model::Scope;
 use crate::realtime::{Rated, StatsSample};
 use crate::state::SharedState;
 
+#[derive(Default)]
 pub struct StatsApi;
 
 /// The same credentials as `Authorization: Bearer`, passed as `?token=` for EventSource, which

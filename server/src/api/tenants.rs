@@ -13,6 +13,7 @@ use crate::names;
 use crate::state::SharedState;
 use crate::store::now;
 
+#[derive(Default)]
 pub struct TenantsApi;
 
 #[derive(Object, Deserialize)]

@@ -14,6 +14,7 @@ use crate::state::SharedState;
 use crate::store::now;
 use crate::tokens::{self, Capabilities, MAX_CAPABILITIES, MAX_INFO_BYTES, MAX_TOKEN_TTL_SECONDS};
 
+#[derive(Default)]
 pub struct TokensApi;
 
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 3600;

@@ -14,6 +14,7 @@ use crate::realtime::outbox::Outgoing;
 use crate::realtime::{Disconnect, protocol};
 use crate::state::SharedState;
 
+#[derive(Default)]
 pub struct UsersApi;
 
 #[derive(Object, Deserialize)]

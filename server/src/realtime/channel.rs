@@ -140,11 +140,6 @@ impl Channel {
         }
     }
 
-    pub fn position(&self) -> StreamPosition {
-        let inner = self.lock();
-        StreamPosition { position: inner.last_position, epoch: inner.epoch.to_string() }
-    }
-
     pub fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
     }

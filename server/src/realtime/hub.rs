@@ -285,10 +285,6 @@ impl Hub {
         self.stats.connection_closed(&conn.counters, conn.transport);
     }
 
-    pub fn connection_count(&self, tenant: &str) -> u32 {
-        self.tenant_connections.lock().expect("registry lock").get(tenant).copied().unwrap_or(0)
-    }
-
     /// Closes every connection of `tenant` for which `matches` holds; returns how many.
     pub fn disconnect_where(
         &self,

@@ -124,10 +124,6 @@ impl Session {
         &self.conn.tenant
     }
 
-    pub fn subscription_names(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.keys().map(String::as_str)
-    }
-
     /// The channel object of a current subscription.
     pub fn subscribed_channel(&self, name: &str) -> Option<&Arc<Channel>> {
         self.subscriptions.get(name)

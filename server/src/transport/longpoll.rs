@@ -110,14 +110,6 @@ impl LongPolls {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.sessions.lock().expect("long-poll lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[handler]
@@ -316,7 +308,6 @@ fn drop_session(state: &SharedState, lp: &Arc<LongPollSession>, inner: &mut Inne
 }
 
 /// The session named by the cursor, or a new one subscribed from the cursor's positions.
-#[allow(clippy::too_many_arguments)]
 async fn session_for(
     state: &SharedState,
     token: &str,
