@@ -403,6 +403,12 @@ impl Herald {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
+
+    /// Kills the node with SIGKILL (no shutdown at all) and waits for it to exit.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }
 
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);

@@ -61,6 +61,9 @@ pub const KEYS: &[&str] = &[
     "long_poll_max_timeout_seconds",
     "long_poll_session_idle_seconds",
     "admin_dir",
+    "nats_url",
+    "cluster_heartbeat_seconds",
+    "cluster_history_max_bytes",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -169,6 +172,14 @@ pub struct Config {
     pub long_poll_session_idle: Duration,
     /// Where the built admin dashboard (index.html, WASM, CSS) is served from at `/admin`.
     pub admin_dir: PathBuf,
+    /// NATS server(s) for cluster mode (`nats://host:4222`, comma-separated for several);
+    /// `None` runs the node alone with in-process fan-out.
+    pub nats_url: Option<String>,
+    /// How often a cluster node refreshes its presence entries and publishes its statistics;
+    /// entries of a node that stops refreshing expire after two intervals.
+    pub cluster_heartbeat: Duration,
+    /// The most the shared history stream holds for all channels together (cluster mode).
+    pub cluster_history_max_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -200,6 +211,9 @@ impl std::fmt::Debug for Config {
             .field("long_poll_max_timeout", &self.long_poll_max_timeout)
             .field("long_poll_session_idle", &self.long_poll_session_idle)
             .field("admin_dir", &self.admin_dir)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("cluster_heartbeat", &self.cluster_heartbeat)
+            .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
             .finish()
     }
 }
@@ -347,6 +361,24 @@ impl Config {
             None => "info".into(),
         };
 
+        let nats_url = match l.get("nats_url") {
+            Some((raw, _)) => {
+                let ok = raw.split(',').all(|u| {
+                    let u = u.trim();
+                    ["nats://", "tls://"]
+                        .iter()
+                        .any(|s| u.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+                });
+                if !ok {
+                    return Err(
+                        l.invalid("nats_url", "must be nats://HOST:PORT (comma-separated for several)")
+                    );
+                }
+                Some(raw.to_owned())
+            }
+            None => None,
+        };
+
         let config = Config {
             listen,
             data_dir,
@@ -377,6 +409,13 @@ impl Config {
             long_poll_max_timeout: l.seconds("long_poll_max_timeout_seconds", 60, 1..=3600)?,
             long_poll_session_idle: l.seconds("long_poll_session_idle_seconds", 60, 1..=86_400)?,
             admin_dir: PathBuf::from(l.get("admin_dir").map_or(DEFAULT_ADMIN_DIR, |(d, _)| d)),
+            nats_url,
+            cluster_heartbeat: l.seconds("cluster_heartbeat_seconds", 5, 1..=60)?,
+            cluster_history_max_bytes: l.number(
+                "cluster_history_max_bytes",
+                1 << 30,
+                (1 << 20)..=(1 << 40),
+            )?,
         };
         Ok(config)
     }

@@ -49,6 +49,9 @@ struct NodeArgs {
     /// This node's name in cluster views [default: generated].
     #[arg(long, value_name = "NAME")]
     node_id: Option<String>,
+    /// NATS server for cluster mode, e.g. nats://127.0.0.1:4222 [default: none, single node].
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
 }
 
 impl NodeArgs {
@@ -61,6 +64,7 @@ impl NodeArgs {
         layer.set("log_level", self.log_level);
         layer.set("max_body_bytes", self.max_body_bytes);
         layer.set("node_id", self.node_id);
+        layer.set("nats_url", self.nats_url);
         layer
     }
 }

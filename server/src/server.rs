@@ -24,9 +24,18 @@ async fn readyz(state: poem::web::Data<&SharedState>) -> poem::Response {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return not_ready("shutting down".into());
     }
+    if let Err(why) = state.hub.cluster_health() {
+        return not_ready(format!("cluster backend unavailable: {why}"));
+    }
+    let cluster = if state.hub.cluster().is_some() { "nats" } else { "none" };
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Json(serde_json::json!({"status": "ready", "database": state.store.backend_name()}))
-            .into_response(),
+        Ok(Ok(())) => Json(serde_json::json!({
+            "status": "ready",
+            "database": state.store.backend_name(),
+            "cluster": cluster,
+            "node": state.hub.settings.node_id,
+        }))
+        .into_response(),
         Ok(Err(e)) => not_ready(format!("database unreachable: {e}")),
         Err(_) => not_ready("database did not answer within 2s".into()),
     }

@@ -71,6 +71,8 @@ pub enum BootError {
     WrongSecretKey,
     #[error("secret key file {path} is invalid: {message}")]
     BadKeyFile { path: String, message: String },
+    #[error(transparent)]
+    Cluster(#[from] crate::realtime::ClusterError),
 }
 
 /// What start-up produced that the operator must see once.
@@ -165,7 +167,22 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
 
     let session_key = master.derive("admin-session");
     let directory = Directory::new(store.clone(), master.clone(), DIRECTORY_TTL);
-    let hub = Hub::new(hub_settings(&config), directory);
+    let cluster = match (&config.nats_url, serving) {
+        (Some(url), true) => Some(
+            crate::realtime::Cluster::connect(
+                url,
+                &config.node_id,
+                crate::realtime::cluster::ClusterSettings {
+                    heartbeat: config.cluster_heartbeat,
+                    idempotency_window: config.idempotency_window,
+                    history_max_bytes: config.cluster_history_max_bytes,
+                },
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let hub = Hub::new(hub_settings(&config), directory, cluster);
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),

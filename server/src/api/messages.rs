@@ -151,7 +151,7 @@ fn check_publish_fields(event: &Option<String>, key: &Option<String>, prefix: &s
     Ok(())
 }
 
-fn hub_error(e: HubError, channel: &str) -> ApiError {
+pub(crate) fn hub_error(e: HubError, channel: &str) -> ApiError {
     match e {
         HubError::ChannelNotFound => ApiError::not_found(
             "channel_not_found",
@@ -175,7 +175,18 @@ fn hub_error(e: HubError, channel: &str) -> ApiError {
         )
         .with_limit(u64::from(limit)),
         HubError::Store(e) => ApiError::internal(e),
+        HubError::ClusterUnavailable(why) => cluster_unavailable(&why),
     }
+}
+
+/// 503 while the cluster backend (NATS) cannot take the request; nothing was accepted.
+pub(crate) fn cluster_unavailable(why: &str) -> ApiError {
+    tracing::warn!(error = %why, "cluster backend unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster_unavailable",
+        "the cluster backend (NATS) is unreachable; nothing was accepted, retry shortly",
+    )
 }
 
 fn published(channel: &str, o: PublishOutcome) -> Published {
@@ -298,7 +309,11 @@ impl MessagesApi {
                 }
             };
         let ch = state.hub.channel(&snapshot, &channel).await.map_err(|e| hub_error(e, &channel))?;
-        let slice = ch.history(since.as_ref(), limit as usize);
+        let slice = state
+            .hub
+            .history(&ch, since.as_ref(), limit as usize)
+            .await
+            .map_err(|e| hub_error(e, &channel))?;
         Ok(Json(HistoryPage {
             channel: channel.0,
             epoch: slice.epoch.to_string(),

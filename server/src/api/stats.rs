@@ -110,19 +110,43 @@ struct StatsReport {
     tenants: Vec<TenantStats>,
 }
 
-/// What `who` may see of a sample.
+/// Adds one node's figures to a cluster total (rates add up too).
+fn add(total: &mut Rated, r: &Rated) {
+    let (t, c) = (&mut total.counters, &r.counters);
+    t.connections_websocket += c.connections_websocket;
+    t.connections_sse += c.connections_sse;
+    t.connections_long_poll += c.connections_long_poll;
+    t.subscriptions += c.subscriptions;
+    t.published += c.published;
+    t.delivered += c.delivered;
+    t.slow_consumers += c.slow_consumers;
+    total.published_per_second += r.published_per_second;
+    total.delivered_per_second += r.delivered_per_second;
+}
+
+/// What `who` may see of the cluster's latest samples: this node's, and in cluster mode
+/// every live peer's, with tenant figures summed over nodes.
 fn report(state: &SharedState, sample: &StatsSample, who: &Principal) -> StatsReport {
-    let tenants = sample
-        .tenants
-        .iter()
-        .filter(|(id, _)| match who {
-            Principal::Admin { .. } => true,
-            Principal::TenantKey { tenant, .. } => **id == **tenant,
-        })
-        .map(|(id, r)| TenantStats { tenant: id.to_string(), figures: r.into() })
-        .collect();
+    let mut samples = vec![(state.hub.settings.node_id.clone(), std::sync::Arc::new(sample.clone()))];
+    if let Some(cluster) = state.hub.cluster() {
+        samples.extend(cluster.peer_samples());
+    }
+    let mut tenants: std::collections::BTreeMap<String, Rated> = std::collections::BTreeMap::new();
+    for (_, s) in &samples {
+        for (id, r) in &s.tenants {
+            let visible = match who {
+                Principal::Admin { .. } => true,
+                Principal::TenantKey { tenant, .. } => **id == **tenant,
+            };
+            if visible {
+                add(tenants.entry(id.to_string()).or_default(), r);
+            }
+        }
+    }
+    let tenants =
+        tenants.into_iter().map(|(tenant, r)| TenantStats { tenant, figures: (&r).into() }).collect();
     let nodes = if who.is_admin() {
-        vec![NodeStats { node: state.hub.settings.node_id.clone(), figures: (&sample.node).into() }]
+        samples.iter().map(|(node, s)| NodeStats { node: node.clone(), figures: (&s.node).into() }).collect()
     } else {
         Vec::new()
     };

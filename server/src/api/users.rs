@@ -10,8 +10,7 @@ use super::{JsonBody, Tag, audit};
 use crate::auth::BearerAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::model::Scope;
-use crate::realtime::outbox::Outgoing;
-use crate::realtime::{Disconnect, protocol};
+use crate::realtime::protocol;
 use crate::state::SharedState;
 
 #[derive(Default)]
@@ -129,7 +128,11 @@ impl UsersApi {
             event: req.event.as_deref(),
             data: &req.data.0,
         });
-        let delivered = state.hub.deliver_to_user(&tenant, &user, Outgoing::Frame(frame)) as u64;
+        let delivered = state
+            .hub
+            .send_to_user(&tenant, &user, frame)
+            .await
+            .map_err(|e| super::messages::hub_error(e, ""))?;
         Ok(Json(UserMessageResult { id, delivered }))
     }
 
@@ -147,17 +150,32 @@ impl UsersApi {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
         check_user(&user)?;
-        let connections: Vec<ConnectionView> = state
-            .hub
-            .connections_of(&tenant, &user)
-            .iter()
-            .map(|c| ConnectionView {
-                client: c.id.to_string(),
-                transport: c.transport.as_str().to_owned(),
-                node: state.hub.settings.node_id.clone(),
-                connected_at: c.connected_at,
-            })
-            .collect();
+        let connections: Vec<ConnectionView> = match state.hub.cluster() {
+            Some(cluster) => cluster
+                .presence
+                .user(&tenant, &user)
+                .await
+                .map_err(|e| super::messages::hub_error(e, ""))?
+                .into_iter()
+                .map(|c| ConnectionView {
+                    client: c.client,
+                    transport: c.transport,
+                    node: c.node,
+                    connected_at: c.connected_at,
+                })
+                .collect(),
+            None => state
+                .hub
+                .connections_of(&tenant, &user)
+                .iter()
+                .map(|c| ConnectionView {
+                    client: c.id.to_string(),
+                    transport: c.transport.as_str().to_owned(),
+                    node: state.hub.settings.node_id.clone(),
+                    connected_at: c.connected_at,
+                })
+                .collect(),
+        };
         Ok(Json(UserPresence { user: user.0, online: !connections.is_empty(), connections }))
     }
 
@@ -180,7 +198,8 @@ impl UsersApi {
         auth.0.require(&tenant, Some(Scope::KeysWrite))?;
         super::load_tenant(&state, &tenant).await?;
         check_user(&user)?;
-        let n = state.hub.disconnect_where(&tenant, Disconnect::Kicked, |c| *c.user == *user.0) as u64;
+        let n =
+            state.hub.disconnect_user(&tenant, &user).await.map_err(|e| super::messages::hub_error(e, ""))?;
         audit(
             &state,
             &auth.0,
@@ -211,17 +230,27 @@ impl UsersApi {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
         crate::names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
-        let clients = state
-            .hub
-            .channel_presence(&tenant, &channel)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(conn, user, info)| PresenceEntry {
-                client: conn.to_string(),
-                user: user.to_string(),
-                info: info.map(|i| RawJson((*i).to_owned())),
-            })
-            .collect();
+        let clients = match state.hub.cluster() {
+            Some(cluster) => cluster
+                .presence
+                .channel(&tenant, &channel)
+                .await
+                .map_err(|e| super::messages::hub_error(e, &channel))?
+                .into_iter()
+                .map(|p| PresenceEntry { client: p.client, user: p.user, info: p.info.map(RawJson) })
+                .collect(),
+            None => state
+                .hub
+                .channel_presence(&tenant, &channel)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(conn, user, info)| PresenceEntry {
+                    client: conn.to_string(),
+                    user: user.to_string(),
+                    info: info.map(|i| RawJson((*i).to_owned())),
+                })
+                .collect(),
+        };
         Ok(Json(ChannelPresence { channel: channel.0, clients }))
     }
 
@@ -238,12 +267,21 @@ impl UsersApi {
     ) -> ApiResult<Json<Occupancy>> {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
-        let channels = state
-            .hub
-            .occupancy(&tenant)
+        let counts: Vec<(String, u64)> = match state.hub.cluster() {
+            Some(cluster) => {
+                cluster.presence.occupancy(&tenant).await.map_err(|e| super::messages::hub_error(e, ""))?
+            }
+            None => state
+                .hub
+                .occupancy(&tenant)
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n as u64))
+                .collect(),
+        };
+        let channels = counts
             .into_iter()
             .take(1000)
-            .map(|(name, n)| ChannelOccupancy { channel: name.to_string(), subscribers: n as u64 })
+            .map(|(channel, subscribers)| ChannelOccupancy { channel, subscribers })
             .collect();
         Ok(Json(Occupancy { channels }))
     }

@@ -51,6 +51,8 @@ pub enum SubscribeError {
     /// The connection's outbox is closed.
     Closed,
     Retired,
+    /// Cluster mode: the channel's feed could not admit the subscriber (NATS unreachable).
+    Unavailable,
 }
 
 pub struct HistorySlice {
@@ -80,6 +82,55 @@ struct Inner {
     idempotency_order: VecDeque<(String, Instant)>,
     /// Set when the hub forgets this channel; whoever still holds it must look it up again.
     retired: bool,
+    /// Cluster mode: `history` is a cache of the stream in JetStream, complete only after this
+    /// position; older messages are fetched from JetStream. `None` on a single node, where
+    /// `history` is the whole truth.
+    ring_from: Option<u64>,
+    /// Last publish or subscription, so a cluster channel is kept for a while between uses.
+    last_active: Instant,
+}
+
+/// What the channel's own history can say about the messages after a position.
+#[derive(Debug)]
+pub enum Replay {
+    /// Exactly the missed messages (possibly none).
+    Covered(Vec<Arc<Publication>>),
+    /// The gap cannot be filled: expired, trimmed, or another epoch.
+    Unrecoverable,
+    /// Cluster mode: positions `after + 1 ..= upto` of the current epoch must come from the
+    /// shared history.
+    Remote { after: u64, upto: u64, epoch: Arc<str> },
+}
+
+/// The newest message of a channel's shared stream, cached by a publishing node: its JetStream
+/// sequence (0 when the stream is empty), position and epoch.
+#[derive(Debug, Clone, Default)]
+pub struct StreamHead {
+    pub seq: u64,
+    pub position: u64,
+    pub epoch: Arc<str>,
+}
+
+/// Builds the frames that confirm a subscription (see [`Channel::subscribe`]).
+pub type ReplyBuilder = Box<dyn FnOnce(&SubscribeOutcome) -> Vec<Outgoing> + Send>;
+
+/// A request to the node's feed of a cluster channel (see `cluster::feed`).
+pub struct JoinRequest {
+    pub conn: ConnId,
+    pub subscriber: Subscriber,
+    pub since: Option<StreamPosition>,
+    pub reply: ReplyBuilder,
+    pub done: tokio::sync::oneshot::Sender<Result<SubscribeOutcome, SubscribeError>>,
+}
+
+/// Cluster-mode state of a channel on this node.
+#[derive(Default)]
+pub struct ClusterSlot {
+    /// The stream head as this node last saw it; held across a publish so one node never
+    /// races itself for the next position.
+    pub head: tokio::sync::Mutex<Option<StreamHead>>,
+    /// The running feed (NATS subscription task) while the channel has local subscribers.
+    pub feed: Mutex<Option<tokio::sync::mpsc::UnboundedSender<JoinRequest>>>,
 }
 
 /// The channel was forgotten by the hub between lookup and use; look it up again.
@@ -91,8 +142,14 @@ pub struct Channel {
     pub name: Arc<str>,
     /// The tenant's counters on this node.
     pub counters: Arc<Counters>,
+    /// `Some` in cluster mode.
+    pub cluster: Option<ClusterSlot>,
     inner: Mutex<Inner>,
 }
+
+/// How long a cluster channel without local subscribers is kept (its options and stream head
+/// cached) after its last use.
+const CLUSTER_IDLE_KEEP: Duration = Duration::from_secs(30);
 
 /// Idempotency keys remembered per channel at most; the oldest are forgotten first.
 pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
@@ -103,15 +160,22 @@ impl Channel {
         name: Arc<str>,
         options: EffectiveChannelOptions,
         counters: Arc<Counters>,
+        clustered: bool,
     ) -> Channel {
         Channel {
             tenant,
             name,
             counters,
+            cluster: clustered.then(ClusterSlot::default),
             inner: Mutex::new(Inner {
                 // A fresh epoch per in-memory stream: positions from a previous process or an
-                // expired stream can never be mistaken for this one's.
-                epoch: Arc::from(crate::crypto::random_token("", 6).as_str()),
+                // expired stream can never be mistaken for this one's. In cluster mode the
+                // epoch is the shared stream's, learnt when the feed starts.
+                epoch: if clustered {
+                    Arc::from("")
+                } else {
+                    Arc::from(crate::crypto::random_token("", 6).as_str())
+                },
                 last_position: 0,
                 history: VecDeque::new(),
                 options,
@@ -119,6 +183,8 @@ impl Channel {
                 idempotency: HashMap::new(),
                 idempotency_order: VecDeque::new(),
                 retired: false,
+                ring_from: clustered.then_some(0),
+                last_active: Instant::now(),
             }),
         }
     }
@@ -202,6 +268,14 @@ impl Channel {
                 }
             }
         }
+        let (delivered, overflowed) = Self::fan_out(&mut inner, &publication);
+        stats.record_publish(&self.counters, delivered, overflowed);
+        Ok(outcome)
+    }
+
+    /// Hands a publication to every subscriber; drops those whose queue overflowed. Returns
+    /// (delivered, overflowed).
+    fn fan_out(inner: &mut Inner, publication: &Arc<Publication>) -> (u64, u64) {
         let mut delivered = 0u64;
         let mut overflowed = Vec::new();
         for (id, sub) in &inner.subscribers {
@@ -213,8 +287,49 @@ impl Channel {
         for id in &overflowed {
             inner.subscribers.remove(id);
         }
-        stats.record_publish(&self.counters, delivered, overflowed.len() as u64);
-        Ok(outcome)
+        (delivered, overflowed.len() as u64)
+    }
+
+    /// Cluster mode: the newest position this node's feed has delivered, and its epoch.
+    pub fn delivered_head(&self) -> (Arc<str>, u64) {
+        let inner = self.lock();
+        (inner.epoch.clone(), inner.last_position)
+    }
+
+    /// Cluster mode: the feed starts following the shared stream at `epoch`/`position`; the
+    /// local history cache starts empty.
+    pub fn follow_from(&self, epoch: Arc<str>, position: u64) {
+        let mut inner = self.lock();
+        inner.epoch = epoch;
+        inner.last_position = position;
+        inner.history.clear();
+        inner.ring_from = Some(position);
+    }
+
+    /// Cluster mode: a stored publication arrives from the shared stream, in order. A new
+    /// epoch (the stream expired and started again) resets the local history cache.
+    pub fn deliver(&self, publication: Arc<Publication>, stats: &Stats) {
+        let mut inner = self.lock();
+        if publication.epoch != inner.epoch {
+            inner.epoch = publication.epoch.clone();
+            inner.history.clear();
+            inner.ring_from = Some(publication.position.saturating_sub(1));
+        }
+        inner.last_position = publication.position;
+        let history_size = inner.options.history_size as usize;
+        if history_size > 0 {
+            inner.history.push_back(publication.clone());
+            while inner.history.len() > history_size {
+                inner.history.pop_front();
+            }
+        }
+        let (delivered, overflowed) = Self::fan_out(&mut inner, &publication);
+        stats.record_delivery(&self.counters, delivered, overflowed);
+    }
+
+    /// Marks a use of the channel (keeps an idle cluster channel cached).
+    pub fn touch(&self) {
+        self.lock().last_active = Instant::now();
     }
 
     fn expire_idempotency(inner: &mut Inner, now: Instant) {
@@ -235,31 +350,56 @@ impl Channel {
         }
     }
 
-    /// Publications after `since` still in history, and whether they close the gap.
-    fn replay(inner: &mut Inner, since: &StreamPosition) -> (bool, Vec<Arc<Publication>>) {
+    /// What history can say about the messages after `since`. An empty epoch with position 0
+    /// (a cluster channel that had no messages yet when the client subscribed) means "from the
+    /// start of the current epoch".
+    fn replay(inner: &mut Inner, since: &StreamPosition) -> Replay {
         Self::drop_expired_history(inner, Instant::now());
-        if since.epoch != *inner.epoch || since.position > inner.last_position {
-            return (false, Vec::new());
+        let same_epoch = since.epoch == *inner.epoch || (since.epoch.is_empty() && since.position == 0);
+        if !same_epoch || since.position > inner.last_position {
+            return Replay::Unrecoverable;
         }
         if since.position == inner.last_position {
-            return (true, Vec::new());
+            return Replay::Covered(Vec::new());
         }
-        match inner.history.front() {
-            Some(first) if first.position <= since.position + 1 => {
+        if inner.last_position - since.position > u64::from(inner.options.history_size) {
+            return Replay::Unrecoverable;
+        }
+        match (inner.history.front(), inner.ring_from) {
+            (Some(first), _) if first.position <= since.position + 1 => {
                 let skip = (since.position + 1 - first.position) as usize;
-                (true, inner.history.iter().skip(skip).cloned().collect())
+                Replay::Covered(inner.history.iter().skip(skip).cloned().collect())
             }
-            _ => (false, Vec::new()),
+            (_, Some(_)) => Replay::Remote {
+                after: since.position,
+                upto: inner.last_position,
+                epoch: inner.epoch.clone(),
+            },
+            (_, None) => Replay::Unrecoverable,
+        }
+    }
+
+    /// What a subscription resuming from `since` needs from the shared history first, if
+    /// anything (cluster mode).
+    pub fn needs_history(&self, since: Option<&StreamPosition>) -> Option<Replay> {
+        let since = since?;
+        match Self::replay(&mut self.lock(), since) {
+            remote @ Replay::Remote { .. } => Some(remote),
+            _ => None,
         }
     }
 
     /// Adds a subscriber. `reply` builds the frames that confirm the subscription; they are
     /// queued before any replayed message, and replayed messages before any live one.
+    ///
+    /// `fetched` is what the shared history returned for a [`Replay::Remote`] gap (cluster
+    /// mode; `Some(None)` when it could not fill it).
     pub fn subscribe(
         &self,
         conn: ConnId,
         subscriber: Subscriber,
         since: Option<&StreamPosition>,
+        fetched: Option<Option<Vec<Arc<Publication>>>>,
         reply: impl FnOnce(&SubscribeOutcome) -> Vec<Outgoing>,
     ) -> Result<SubscribeOutcome, SubscribeError> {
         let mut inner = self.lock();
@@ -274,12 +414,14 @@ impl Channel {
         {
             return Err(SubscribeError::TooManySubscribers(max));
         }
-        let (recovered, missed) = match since {
-            Some(since) => {
-                let (ok, missed) = Self::replay(&mut inner, since);
-                (Some(ok), missed)
-            }
-            None => (None, Vec::new()),
+        inner.last_active = Instant::now();
+        let (recovered, missed) = match (since, fetched) {
+            (Some(since), fetched) => match (Self::replay(&mut inner, since), fetched) {
+                (Replay::Covered(missed), _) => (Some(true), missed),
+                (Replay::Remote { .. }, Some(Some(missed))) => (Some(true), missed),
+                _ => (Some(false), Vec::new()),
+            },
+            (None, _) => (None, Vec::new()),
         };
         let outcome = SubscribeOutcome {
             epoch: inner.epoch.clone(),
@@ -303,11 +445,13 @@ impl Channel {
         let mut inner = self.lock();
         Self::drop_expired_history(&mut inner, Instant::now());
         let (complete, publications) = match since {
-            Some(since) => {
-                let (complete, mut missed) = Self::replay(&mut inner, since);
-                missed.truncate(limit);
-                (complete, missed)
-            }
+            Some(since) => match Self::replay(&mut inner, since) {
+                Replay::Covered(mut missed) => {
+                    missed.truncate(limit);
+                    (true, missed)
+                }
+                _ => (false, Vec::new()),
+            },
             None => {
                 let skip = inner.history.len().saturating_sub(limit);
                 (true, inner.history.iter().skip(skip).cloned().collect())
@@ -330,11 +474,23 @@ impl Channel {
     /// subscribers, history or idempotency keys) the channel retires and returns true: the hub
     /// forgets it, and a later use starts a new epoch.
     pub fn sweep(&self, now: Instant) -> bool {
+        // The feed lock is taken before the channel lock, in the same order as the feed does.
+        let has_feed = self.cluster.as_ref().is_some_and(|s| s.feed.lock().expect("feed lock").is_some());
         let mut inner = self.lock();
         Self::drop_expired_history(&mut inner, now);
         Self::expire_idempotency(&mut inner, now);
         inner.subscribers.retain(|_, s| !s.outbox.is_closed());
-        if inner.subscribers.is_empty() && inner.history.is_empty() && inner.idempotency.is_empty() {
+        let idle = match &self.cluster {
+            // The shared stream keeps history and idempotency keys; keep the channel while it
+            // has a feed or was used recently.
+            Some(_) => {
+                inner.subscribers.is_empty()
+                    && !has_feed
+                    && now.duration_since(inner.last_active) > CLUSTER_IDLE_KEEP
+            }
+            None => inner.subscribers.is_empty() && inner.history.is_empty() && inner.idempotency.is_empty(),
+        };
+        if idle {
             inner.retired = true;
         }
         inner.retired

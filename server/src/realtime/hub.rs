@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-use super::channel::{Channel, PublishOutcome};
+use super::channel::{
+    Channel, HistorySlice, JoinRequest, PublishOutcome, ReplyBuilder, StreamPosition, SubscribeError,
+    SubscribeOutcome, Subscriber,
+};
+use super::cluster::{Cluster, Control};
 use super::directory::{Directory, TenantSnapshot};
 use super::outbox::{Outbox, OutboxLimits};
 use super::{ConnId, Disconnect, Stats, Transport};
@@ -86,6 +90,8 @@ pub enum HubError {
     MessageTooLarge(u64),
     RateLimited(u32),
     Store(StoreError),
+    /// Cluster mode: NATS cannot be reached (or did not acknowledge); nothing was accepted.
+    ClusterUnavailable(String),
 }
 
 impl From<StoreError> for HubError {
@@ -116,10 +122,16 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// The latest statistics sample (refreshed every second).
     sample: Mutex<Arc<super::StatsSample>>,
+    /// The backend: `None` delivers in process (one node); `Some` shares channels, history,
+    /// presence and commands with the other nodes over NATS.
+    cluster: Option<Arc<Cluster>>,
 }
 
+/// How long a subscription waits for the channel's feed in cluster mode.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Hub {
-    pub fn new(settings: HubSettings, directory: Directory) -> Arc<Hub> {
+    pub fn new(settings: HubSettings, directory: Directory, cluster: Option<Arc<Cluster>>) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             settings,
             directory,
@@ -130,7 +142,11 @@ impl Hub {
             buckets: Mutex::default(),
             next_conn: AtomicU64::new(1),
             sample: Mutex::default(),
+            cluster,
         });
+        if let Some(cluster) = &hub.cluster {
+            cluster.start(&hub);
+        }
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -173,6 +189,7 @@ impl Hub {
             Arc::from(name),
             options,
             self.stats.tenant(tenant.id()),
+            self.cluster.is_some(),
         ));
         channels.insert(channel.name.clone(), channel.clone());
         Ok(channel)
@@ -233,6 +250,14 @@ impl Hub {
                 return Err(HubError::TooDeep);
             }
             self.take_publish_token(tenant).map_err(HubError::RateLimited)?;
+            if let Some(cluster) = &self.cluster {
+                ch.touch();
+                let outcome = cluster.publish(&ch, data, event, idempotency_key).await?;
+                if !outcome.duplicate {
+                    self.stats.record_published(&ch.counters);
+                }
+                return Ok(outcome);
+            }
             match ch.publish(
                 data,
                 event.clone(),
@@ -244,6 +269,152 @@ impl Hub {
                 // Forgotten between lookup and publish: look it up again.
                 Err((_, returned)) => data = returned,
             }
+        }
+    }
+
+    /// The cluster backend, if this node runs in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Why this node cannot serve cluster traffic, if it cannot (always fine on one node).
+    pub fn cluster_health(&self) -> Result<(), String> {
+        self.cluster.as_ref().map_or(Ok(()), |c| c.health())
+    }
+
+    /// Adds a subscriber to a channel. `reply` builds the confirmation frames, queued before
+    /// any replayed message. In cluster mode the channel's feed admits the subscriber, filling
+    /// a resume gap from the shared history first.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        ch: &Arc<Channel>,
+        conn: ConnId,
+        subscriber: Subscriber,
+        since: Option<StreamPosition>,
+        reply: ReplyBuilder,
+    ) -> Result<SubscribeOutcome, SubscribeError> {
+        let (Some(cluster), Some(slot)) = (&self.cluster, &ch.cluster) else {
+            return ch.subscribe(conn, subscriber, since.as_ref(), None, reply);
+        };
+        if cluster.health().is_err() && slot.feed.lock().expect("feed lock").is_none() {
+            // A new feed could not subscribe before NATS is back; say so at once.
+            return Err(SubscribeError::Unavailable);
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let join = JoinRequest { conn, subscriber, since, reply, done };
+        {
+            // Sent under the feed lock: a feed only stops while holding it, after checking
+            // that no join is pending.
+            let mut feed = slot.feed.lock().expect("feed lock");
+            let sender = feed.get_or_insert_with(|| {
+                super::cluster::feed::start(cluster.clone(), self.clone(), ch.clone())
+            });
+            if let Err(returned) = sender.send(join) {
+                let sender =
+                    feed.insert(super::cluster::feed::start(cluster.clone(), self.clone(), ch.clone()));
+                sender.send(returned.0).map_err(|_| SubscribeError::Unavailable)?;
+            }
+        }
+        let outcome = match tokio::time::timeout(JOIN_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            _ => Err(SubscribeError::Unavailable),
+        };
+        if outcome.is_ok() {
+            cluster.presence.changed();
+        }
+        outcome
+    }
+
+    /// Ends a subscription (the session owns the counters and leave events).
+    pub fn unsubscribe(&self, ch: &Channel, conn: ConnId) -> bool {
+        let was = ch.unsubscribe(conn);
+        if let Some(cluster) = &self.cluster {
+            cluster.presence.changed();
+        }
+        was
+    }
+
+    /// Sends a join/leave frame to a channel's subscribers on every node, except `origin`
+    /// unless `include_origin`. In cluster mode the frame goes out through NATS in the
+    /// background.
+    pub fn broadcast_event(
+        &self,
+        ch: &Arc<Channel>,
+        frame: tokio_tungstenite::tungstenite::Utf8Bytes,
+        origin: ConnId,
+        include_origin: bool,
+    ) {
+        let except = (!include_origin).then_some(origin);
+        let Some(cluster) = &self.cluster else {
+            ch.broadcast(super::outbox::Outgoing::Frame(frame), except);
+            return;
+        };
+        let (cluster, ch) = (cluster.clone(), ch.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cluster.publish_event(&ch, frame, except).await {
+                tracing::warn!(error = ?e, channel = %ch.name, "could not send a join/leave event");
+            }
+        });
+    }
+
+    /// A channel's history: from its local history on one node, from the shared stream in
+    /// cluster mode.
+    pub async fn history(
+        &self,
+        ch: &Channel,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistorySlice, HubError> {
+        match &self.cluster {
+            Some(cluster) => cluster.history(ch, since, limit).await,
+            None => Ok(ch.history(since, limit)),
+        }
+    }
+
+    /// Every live connection on this node.
+    pub fn all_connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.lock().expect("registry lock").values().cloned().collect()
+    }
+
+    /// Every live channel on this node.
+    pub fn live_channels(&self) -> Vec<Arc<Channel>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for channels in shard.lock().expect("shard lock").values() {
+                out.extend(channels.values().cloned());
+            }
+        }
+        out
+    }
+
+    /// Closes every connection of a user, on every node; returns how many.
+    pub async fn disconnect_user(&self, tenant: &str, user: &str) -> Result<u64, HubError> {
+        match &self.cluster {
+            Some(cluster) => {
+                cluster.gather(Control::DisconnectUser { tenant: tenant.into(), user: user.into() }).await
+            }
+            None => Ok(self.disconnect_where(tenant, Disconnect::Kicked, |c| *c.user == *user) as u64),
+        }
+    }
+
+    /// Sends a `message` frame to every connection of a user, on every node; returns how many
+    /// connections took it.
+    pub async fn send_to_user(
+        &self,
+        tenant: &str,
+        user: &str,
+        frame: tokio_tungstenite::tungstenite::Utf8Bytes,
+    ) -> Result<u64, HubError> {
+        match &self.cluster {
+            Some(cluster) => {
+                let control = Control::UserMessage {
+                    tenant: tenant.into(),
+                    user: user.into(),
+                    frame: frame.as_str().into(),
+                };
+                cluster.gather(control).await
+            }
+            None => Ok(self.deliver_to_user_here(tenant, user, super::outbox::Outgoing::Frame(frame)) as u64),
         }
     }
 
@@ -270,6 +441,9 @@ impl Hub {
         }
         self.stats.connection_opened(&conn.counters, conn.transport);
         self.connections.lock().expect("registry lock").insert(conn.id, conn);
+        if let Some(cluster) = &self.cluster {
+            cluster.presence.changed();
+        }
         Ok(())
     }
 
@@ -283,6 +457,9 @@ impl Hub {
             }
         }
         self.stats.connection_closed(&conn.counters, conn.transport);
+        if let Some(cluster) = &self.cluster {
+            cluster.presence.changed();
+        }
     }
 
     /// Closes every connection of `tenant` for which `matches` holds; returns how many.
@@ -306,10 +483,21 @@ impl Hub {
         conns.len()
     }
 
+    /// A tenant's configuration changed: applies it here, then on every other node.
+    pub async fn tenant_changed(&self, tenant_id: &str) {
+        self.apply_tenant_change(tenant_id).await;
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.broadcast(Control::TenantChanged { tenant: tenant_id.into() }).await
+        {
+            // Other nodes still reload it within the directory TTL.
+            tracing::warn!(error = ?e, tenant = tenant_id, "could not tell other nodes about a tenant change");
+        }
+    }
+
     /// Reloads a tenant's configuration after a change: re-resolves the options of its live
     /// channels and closes connections that may no longer stay (suspension, revocation,
     /// deletion).
-    pub async fn tenant_changed(&self, tenant_id: &str) {
+    pub async fn apply_tenant_change(&self, tenant_id: &str) {
         self.directory.invalidate(tenant_id);
         let snapshot = match self.directory.tenant(tenant_id).await {
             Ok(s) => s,
@@ -381,8 +569,8 @@ impl Hub {
         conns
     }
 
-    /// Sends a frame to every connection of a user; returns how many took it.
-    pub fn deliver_to_user(&self, tenant: &str, user: &str, frame: super::outbox::Outgoing) -> usize {
+    /// Sends a frame to every connection of a user on this node; returns how many took it.
+    pub fn deliver_to_user_here(&self, tenant: &str, user: &str, frame: super::outbox::Outgoing) -> usize {
         let delivered =
             self.connections_of(tenant, user).iter().filter(|c| c.outbox.push(frame.clone()).is_ok()).count();
         let counters = self.stats.tenant(tenant);

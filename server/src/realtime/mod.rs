@@ -12,6 +12,7 @@
 
 pub mod channel;
 pub mod client_auth;
+pub mod cluster;
 pub mod directory;
 mod disconnect;
 mod hub;
@@ -22,6 +23,7 @@ mod session;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+pub use cluster::{Cluster, ClusterError};
 pub use disconnect::Disconnect;
 pub use hub::{Connection, Hub, HubError, HubSettings, MAX_DATA_DEPTH};
 pub use session::{CommandError, CommandOutcome, Session, origin_allowed};
@@ -88,7 +90,7 @@ pub struct Counters {
     pub slow_consumers: AtomicU64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub connections_websocket: i64,
     pub connections_sse: i64,
@@ -161,6 +163,23 @@ impl Stats {
         }
     }
 
+    /// Cluster mode, publishing node: a message stored in the shared stream.
+    pub fn record_published(&self, tenant: &Counters) {
+        for c in [&self.node, tenant] {
+            c.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Cluster mode, every node with subscribers: a stored message fanned out locally.
+    fn record_delivery(&self, tenant: &Counters, delivered: u64, overflowed: u64) {
+        for c in [&self.node, tenant] {
+            c.delivered.fetch_add(delivered, Ordering::Relaxed);
+            if overflowed > 0 {
+                c.slow_consumers.fetch_add(overflowed, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// A user-targeted message handed to `delivered` connections.
     fn record_user_delivery(&self, tenant: &Counters, delivered: u64) {
         for c in [&self.node, tenant] {
@@ -183,7 +202,7 @@ impl Stats {
 }
 
 /// Counters with their rates over the last sampling interval.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Rated {
     pub counters: StatsSnapshot,
     pub published_per_second: f64,
@@ -191,7 +210,7 @@ pub struct Rated {
 }
 
 /// One sample of the node's statistics, taken every second by the hub.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct StatsSample {
     /// Milliseconds since the Unix epoch.
     pub ts: i64,

@@ -65,6 +65,33 @@ impl Publication {
         Publication { channel, position, epoch, id, timestamp_ms, event, data, frame, expires_at }
     }
 
+    /// Rebuilds a publication from its `pub` frame (cluster mode: frames arrive serialised).
+    pub fn from_frame(frame: Utf8Bytes, expires_at: Instant) -> Result<Publication, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            channel: String,
+            position: u64,
+            epoch: String,
+            id: String,
+            ts: i64,
+            #[serde(default)]
+            event: Option<String>,
+            data: Box<RawValue>,
+        }
+        let wire: Wire = serde_json::from_str(frame.as_str())?;
+        Ok(Publication {
+            channel: Arc::from(wire.channel),
+            position: wire.position,
+            epoch: Arc::from(wire.epoch),
+            id: wire.id,
+            timestamp_ms: wire.ts,
+            event: wire.event,
+            data: wire.data,
+            frame,
+            expires_at,
+        })
+    }
+
     /// Size counted against per-connection queue limits.
     pub fn weight(&self) -> usize {
         self.frame.len()

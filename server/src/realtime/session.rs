@@ -196,6 +196,10 @@ impl Session {
                 tracing::error!(error = %e, "store error in realtime command");
                 CommandError::new("internal", "temporarily unavailable")
             }
+            HubError::ClusterUnavailable(why) => {
+                tracing::warn!(error = %why, "cluster backend unavailable");
+                CommandError::new("cluster_unavailable", "the cluster backend is unreachable; retry shortly")
+            }
         }
     }
 
@@ -238,16 +242,19 @@ impl Session {
                 user: self.conn.user.clone(),
                 info: self.conn.info.clone(),
             };
-            let result = ch.subscribe(self.conn.id, subscriber, since.as_ref(), |outcome| {
+            let reply_id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
+            let reply_channel = channel.to_owned();
+            let reply: super::channel::ReplyBuilder = Box::new(move |outcome: &SubscribeOutcome| {
                 vec![Outgoing::Frame(protocol::frame(&protocol::Subscribed {
                     kind: "subscribed",
-                    id,
-                    channel,
+                    id: reply_id.as_deref(),
+                    channel: &reply_channel,
                     epoch: &outcome.epoch,
                     position: outcome.position,
                     recovered: outcome.recovered,
                 }))]
             });
+            let result = self.hub.subscribe(&ch, self.conn.id, subscriber, since.clone(), reply).await;
             match result {
                 Ok(outcome) => {
                     self.hub.stats.subscribed(&self.conn.counters, 1);
@@ -255,10 +262,10 @@ impl Session {
                         let join = protocol::frame(&protocol::JoinLeave {
                             kind: "join",
                             channel,
-                            client: self.conn.id.to_string(),
+                            client: self.client_id(),
                             user: &self.claims.sub,
                         });
-                        ch.broadcast(Outgoing::Frame(join), Some(self.conn.id));
+                        self.hub.broadcast_event(&ch, join, self.conn.id, false);
                     }
                     self.subscriptions.insert(channel.to_owned(), ch);
                     return Ok(outcome);
@@ -280,26 +287,38 @@ impl Session {
                 Err(SubscribeError::Closed) => {
                     return Err(CommandError::new("closed", "the connection is closing"));
                 }
+                Err(SubscribeError::Unavailable) => {
+                    return Err(CommandError::new(
+                        "cluster_unavailable",
+                        "the cluster backend is unreachable; retry shortly",
+                    ));
+                }
             }
+        }
+    }
+
+    /// The client id others see in presence and join/leave events: unique in the cluster.
+    fn client_id(&self) -> String {
+        match self.hub.cluster() {
+            Some(c) => super::cluster::presence::cluster_client_id(&c.node_id, self.conn.id),
+            None => self.conn.id.to_string(),
         }
     }
 
     /// Ends one subscription. The channel may already have dropped this subscriber (slow
     /// consumer); the session still owns the count and the leave event.
-    fn leave(&self, name: &str, ch: &Channel) {
-        ch.unsubscribe(self.conn.id);
+    fn leave(&self, name: &str, ch: &Arc<Channel>) {
+        self.hub.unsubscribe(ch, self.conn.id);
         self.hub.stats.subscribed(&self.conn.counters, -1);
-        {
-            let options = ch.options();
-            if options.presence && options.join_leave {
-                let leave = protocol::frame(&protocol::JoinLeave {
-                    kind: "leave",
-                    channel: name,
-                    client: self.conn.id.to_string(),
-                    user: &self.claims.sub,
-                });
-                ch.broadcast(Outgoing::Frame(leave), None);
-            }
+        let options = ch.options();
+        if options.presence && options.join_leave {
+            let leave = protocol::frame(&protocol::JoinLeave {
+                kind: "leave",
+                channel: name,
+                client: self.client_id(),
+                user: &self.claims.sub,
+            });
+            self.hub.broadcast_event(ch, leave, self.conn.id, true);
         }
     }
 
@@ -425,7 +444,7 @@ impl Session {
             ));
         }
         let limit = limit.unwrap_or(100).clamp(1, 1000) as usize;
-        let slice = ch.history(since.as_ref(), limit);
+        let slice = self.hub.history(&ch, since.as_ref(), limit).await.map_err(Self::hub_error)?;
         let raws: Vec<Box<RawValue>> = slice
             .publications
             .iter()
@@ -457,15 +476,29 @@ impl Session {
                 "the token has no presence capability for this channel",
             ));
         }
-        let subscribers = ch.subscribers();
+        let clients: Vec<(String, String, Option<Box<RawValue>>)> = match self.hub.cluster() {
+            Some(cluster) => cluster
+                .presence
+                .channel(&self.conn.tenant, channel)
+                .await
+                .map_err(Self::hub_error)?
+                .into_iter()
+                .map(|p| (p.client, p.user, p.info))
+                .collect(),
+            None => ch
+                .subscribers()
+                .into_iter()
+                .map(|(conn, user, info)| (conn.to_string(), user.to_string(), info.map(|i| (*i).to_owned())))
+                .collect(),
+        };
         self.reply(protocol::frame(&protocol::Presence {
             kind: "presence",
             id,
             channel,
-            clients: subscribers
+            clients: clients
                 .iter()
-                .map(|(conn, user, info)| protocol::PresenceEntry {
-                    client: conn.to_string(),
+                .map(|(client, user, info)| protocol::PresenceEntry {
+                    client: client.clone(),
                     user,
                     info: info.as_deref(),
                 })

@@ -1,0 +1,224 @@
+//! A node's feed of one cluster channel: the task that owns the channel's NATS subscription
+//! while the channel has local subscribers, and the only thing that delivers to them.
+//!
+//! Because one task delivers in stream order and also admits new subscribers, a subscriber
+//! that resumes gets the missed messages (from the local cache or the stream) and then every
+//! live one, with nothing lost or repeated at the hand-over. A gap in the live feed (NATS
+//! dropped messages, the connection was lost) is filled from the stream before going on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::Cluster;
+use super::stream::{self, HEADER_EPOCH, HEADER_EVENT, HEADER_ORIGIN, HEADER_POSITION, HEADER_PREVIOUS};
+use crate::realtime::ConnId;
+use crate::realtime::channel::{Channel, JoinRequest, Replay, SubscribeError};
+use crate::realtime::hub::Hub;
+use crate::realtime::outbox::Outgoing;
+
+/// How often an idle feed checks whether its channel still has local subscribers.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// Starts the feed of `ch`; joins are sent through the returned sender.
+pub fn start(cluster: Arc<Cluster>, hub: Arc<Hub>, ch: Arc<Channel>) -> mpsc::UnboundedSender<JoinRequest> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut feed = Feed { cluster, hub, ch, last_seq: 0 };
+        feed.run(rx).await;
+    });
+    tx
+}
+
+struct Feed {
+    cluster: Arc<Cluster>,
+    hub: Arc<Hub>,
+    ch: Arc<Channel>,
+    /// JetStream sequence of the newest delivered message.
+    last_seq: u64,
+}
+
+fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    Some(msg.headers.as_ref()?.get(name)?.as_str())
+}
+
+impl Feed {
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.ch.options().history_ttl_seconds.max(1)))
+    }
+
+    async fn run(&mut self, mut joins: mpsc::UnboundedReceiver<JoinRequest>) {
+        let subject = stream::feed_subject(&self.ch.tenant, &self.ch.name);
+        let history = stream::history_subject(&self.ch.tenant, &self.ch.name);
+        // Subscribe first, then read the head: whatever is stored after the head is read
+        // arrives on the subscription.
+        let mut sub = loop {
+            let subscribed = self.cluster.client.subscribe(subject.clone()).await;
+            match subscribed {
+                Ok(sub) if self.cluster.client.flush().await.is_ok() => break sub,
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        let head = loop {
+            match self.cluster.head(&history).await {
+                Ok(head) => break head,
+                Err(e) => {
+                    tracing::warn!(error = ?e, channel = %self.ch.name, "cannot read the channel head; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        self.last_seq = head.seq;
+        self.ch.follow_from(head.epoch, head.position);
+        let mut generation = self.cluster.generation.subscribe();
+        generation.mark_unchanged();
+        let mut idle = tokio::time::interval(IDLE_CHECK);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = sub.next() => match msg {
+                    Some(msg) => self.on_message(msg).await,
+                    None => break,
+                },
+                join = joins.recv() => match join {
+                    Some(join) => self.on_join(join).await,
+                    None => break,
+                },
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Reconnected: catch up with what was stored while disconnected.
+                    self.catch_up(&history).await;
+                }
+                _ = idle.tick() => {
+                    if self.stop_if_idle(&joins) {
+                        return;
+                    }
+                }
+            }
+        }
+        // The subscription or the channel of joins ended: let the next subscriber start over.
+        if let Some(slot) = &self.ch.cluster {
+            *slot.feed.lock().expect("feed lock") = None;
+        }
+    }
+
+    /// Ends the feed when nobody here is subscribed and no join is pending. Joins are sent
+    /// under the feed lock, so none can slip in between the check and the exit.
+    fn stop_if_idle(&self, joins: &mpsc::UnboundedReceiver<JoinRequest>) -> bool {
+        let Some(slot) = &self.ch.cluster else { return true };
+        let mut feed = slot.feed.lock().expect("feed lock");
+        if self.ch.subscriber_count() == 0 && joins.is_empty() {
+            *feed = None;
+            return true;
+        }
+        false
+    }
+
+    async fn on_message(&mut self, msg: async_nats::Message) {
+        if header(&msg, HEADER_EVENT).is_some() {
+            let except = header(&msg, HEADER_ORIGIN)
+                .and_then(|o| o.split_once('/'))
+                .filter(|(node, _)| *node == self.cluster.node_id)
+                .and_then(|(_, conn)| conn.parse().ok())
+                .map(ConnId);
+            if let Ok(frame) = Utf8Bytes::try_from(msg.payload) {
+                self.ch.broadcast(Outgoing::Frame(frame), except);
+            }
+            return;
+        }
+        let (Some(position), Some(epoch), Some(previous), Some(seq)) = (
+            header(&msg, HEADER_POSITION).and_then(|p| p.parse::<u64>().ok()),
+            header(&msg, HEADER_EPOCH).map(str::to_owned),
+            header(&msg, HEADER_PREVIOUS).and_then(|p| p.parse::<u64>().ok()),
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
+                .and_then(|p| p.as_str().parse::<u64>().ok()),
+        ) else {
+            tracing::warn!(subject = %msg.subject, headers = ?msg.headers, "ignoring a feed message without Herald headers");
+            return;
+        };
+        let (current_epoch, last) = self.ch.delivered_head();
+        let after = if *current_epoch == *epoch {
+            if position <= last {
+                return; // Already delivered (read from the stream before it arrived live).
+            }
+            last
+        } else {
+            0
+        };
+        if position > after + 1 {
+            self.fill(previous, &epoch, after, position - 1).await;
+        }
+        match stream::publication(msg.payload, self.ttl()) {
+            Some(p) => {
+                self.last_seq = seq;
+                self.ch.deliver(p, &self.hub.stats);
+            }
+            None => tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored frame"),
+        }
+    }
+
+    /// Delivers positions `after + 1 ..= upto` of `epoch` from the stream, walking back from
+    /// sequence `from_seq`.
+    async fn fill(&mut self, from_seq: u64, epoch: &str, after: u64, upto: u64) {
+        match self.cluster.read_back(from_seq, epoch, after, upto, self.ttl()).await {
+            Ok((missed, complete)) => {
+                if !complete {
+                    tracing::warn!(
+                        channel = %self.ch.name,
+                        after,
+                        upto,
+                        "messages missed by this node are no longer stored; subscribers see a gap in positions"
+                    );
+                }
+                for p in missed {
+                    self.ch.deliver(p, &self.hub.stats);
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, channel = %self.ch.name, "cannot fill a gap in the feed"),
+        }
+    }
+
+    /// After a reconnection: deliver whatever was stored since the last delivered message.
+    async fn catch_up(&mut self, history: &str) {
+        let Ok(head) = self.cluster.head(history).await else { return };
+        let (epoch, last) = self.ch.delivered_head();
+        if head.seq == 0 || (head.epoch == epoch && head.position <= last) {
+            return;
+        }
+        let after = if head.epoch == epoch { last } else { 0 };
+        self.fill(head.seq, &head.epoch.clone(), after, head.position).await;
+        self.last_seq = head.seq;
+    }
+
+    async fn on_join(&mut self, join: JoinRequest) {
+        if join.done.is_closed() {
+            return; // The session gave up waiting.
+        }
+        let fetched = match self.ch.needs_history(join.since.as_ref()) {
+            Some(Replay::Remote { after, upto, epoch }) => {
+                match self.cluster.read_back(self.last_seq, &epoch, after, upto, self.ttl()).await {
+                    Ok((missed, true)) => Some(Some(missed)),
+                    Ok((_, false)) => Some(None),
+                    Err(_) => {
+                        let _ = join.done.send(Err(SubscribeError::Unavailable));
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let conn = join.conn;
+        let result = self.ch.subscribe(conn, join.subscriber, join.since.as_ref(), fetched, join.reply);
+        let subscribed = result.is_ok();
+        if join.done.send(result).is_err() && subscribed {
+            self.ch.unsubscribe(conn);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Channel streams in JetStream: one stream, one subject per channel, contiguous positions.
+//!
+//! Each stored message is the channel's `pub` frame, with headers carrying its position, its
+//! epoch, and the JetStream sequence of the channel's previous message (so history can be
+//! walked backwards without an index). A publishing node caches the channel's head (sequence,
+//! position, epoch) and publishes position + 1 with `Nats-Expected-Last-Subject-Sequence`; if
+//! another node got there first the publish is refused, the node reloads the head and tries
+//! again. An empty subject (never used, or every message expired) starts a new epoch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::Cluster;
+use crate::model::{EffectiveChannelOptions, MAX_HISTORY_SIZE};
+use crate::realtime::channel::{Channel, HistorySlice, PublishOutcome, StreamHead, StreamPosition};
+use crate::realtime::hub::HubError;
+use crate::realtime::publication::{Publication, PublicationWire};
+
+pub const STREAM: &str = "HERALD";
+pub const HEADER_POSITION: &str = "Herald-Position";
+pub const HEADER_EPOCH: &str = "Herald-Epoch";
+/// JetStream sequence of the channel's previous message (0 for the first of an epoch).
+pub const HEADER_PREVIOUS: &str = "Herald-Previous-Seq";
+/// Marks a join/leave frame on a feed subject (not stored).
+pub const HEADER_EVENT: &str = "Herald-Event";
+/// `node/connection` that caused an event, so its own connection is skipped.
+pub const HEADER_ORIGIN: &str = "Herald-Origin";
+
+/// How often a publish retries after losing the race for a position to another node.
+const MAX_PUBLISH_ATTEMPTS: usize = 32;
+
+/// A subject token for a name: letters, digits, `_` and `-` stay; every other byte becomes
+/// `=XX` (hex), so `.` and `*` never reach a subject and the mapping is reversible.
+pub fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// The stored subject of a channel.
+pub fn history_subject(tenant: &str, channel: &str) -> String {
+    format!("herald.ch.{}.{}", token(tenant), token(channel))
+}
+
+/// The subject a channel's stored messages are republished on, and its events published on.
+pub fn feed_subject(tenant: &str, channel: &str) -> String {
+    format!("herald.fo.{}.{}", token(tenant), token(channel))
+}
+
+/// Creates the stream, or updates its settings to this version's.
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &super::ClusterSettings,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    let config = jetstream::stream::Config {
+        name: STREAM.into(),
+        description: Some("Herald channel messages".into()),
+        subjects: vec!["herald.ch.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        // Per-channel history limits are applied on read; this caps what any channel keeps.
+        max_messages_per_subject: i64::from(MAX_HISTORY_SIZE),
+        allow_message_ttl: true,
+        allow_direct: true,
+        duplicate_window: settings.idempotency_window,
+        max_bytes: settings.history_max_bytes.min(i64::MAX as u64) as i64,
+        republish: Some(jetstream::stream::Republish {
+            source: "herald.ch.>".into(),
+            destination: "herald.fo.>".into(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    js.create_or_update_stream(config).await?;
+    Ok(js.get_stream(STREAM).await?)
+}
+
+fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
+
+fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+    Some(headers?.get(name)?.as_str())
+}
+
+/// Rebuilds a publication from a stored frame; `ttl` is the channel's history lifetime.
+pub fn publication(payload: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
+    let frame = Utf8Bytes::try_from(payload).ok()?;
+    let publication = Publication::from_frame(frame, Instant::now()).ok()?;
+    // Age it by the time it has already spent in the stream.
+    let age_ms = (chrono::Utc::now().timestamp_millis() - publication.timestamp_ms).max(0) as u64;
+    let remaining = ttl.saturating_sub(Duration::from_millis(age_ms));
+    Some(Arc::new(Publication { expires_at: Instant::now() + remaining, ..publication }))
+}
+
+fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
+    Duration::from_secs(u64::from(options.history_ttl_seconds.max(1)))
+}
+
+impl Cluster {
+    /// The newest stored message of a subject, or an empty head.
+    pub async fn head(&self, subject: &str) -> Result<StreamHead, HubError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(msg) => Ok(StreamHead {
+                seq: msg.sequence,
+                position: header_u64(Some(&msg.headers), HEADER_POSITION).unwrap_or(0),
+                epoch: Arc::from(header_str(Some(&msg.headers), HEADER_EPOCH).unwrap_or("")),
+            }),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(StreamHead::default()),
+            Err(e) => Err(Self::unavailable(e)),
+        }
+    }
+
+    /// Stores a message at the channel's next position; returns once JetStream has it.
+    pub async fn publish(
+        &self,
+        ch: &Channel,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, HubError> {
+        // Refuse at once while disconnected: a publish queued now would be sent (and stored)
+        // after the reconnection, long after its caller was told it failed.
+        self.health().map_err(HubError::ClusterUnavailable)?;
+        let slot = ch.cluster.as_ref().expect("a cluster channel");
+        let subject = history_subject(&ch.tenant, &ch.name);
+        let ttl = ttl_of(&ch.options());
+        let mut head = slot.head.lock().await;
+        if head.is_none() {
+            *head = Some(self.head(&subject).await?);
+        }
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            let current = head.clone().expect("head loaded");
+            let (position, epoch) = if current.seq == 0 {
+                (1, Arc::from(crate::crypto::random_token("", 6).as_str()))
+            } else {
+                (current.position + 1, current.epoch.clone())
+            };
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let timestamp_ms = chrono::Utc::now().timestamp_millis();
+            let frame = serde_json::to_vec(&PublicationWire {
+                kind: "pub",
+                channel: &ch.name,
+                position,
+                epoch: &epoch,
+                id: &id,
+                ts: timestamp_ms,
+                event: event.as_deref(),
+                data: &data,
+            })
+            .expect("publication serialises");
+            let mut message = jetstream::message::PublishMessage::build()
+                .payload(frame.into())
+                .header(HEADER_POSITION, position.to_string().as_str())
+                .header(HEADER_EPOCH, &*epoch)
+                .header(HEADER_PREVIOUS, current.seq.to_string().as_str())
+                .header("Nats-TTL", format!("{}s", ttl.as_secs()).as_str())
+                .expected_last_subject_sequence(current.seq);
+            if let Some(key) = &idempotency_key {
+                message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
+            }
+            let ack = self.js.send_publish(subject.clone(), message).await.map_err(Self::unavailable)?.await;
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    // The first publish with this key is stored: answer with its outcome.
+                    let stored = self.stream.direct_get(ack.sequence).await.map_err(Self::unavailable)?;
+                    let first = Publication::from_frame(
+                        Utf8Bytes::try_from(stored.payload).map_err(Self::unavailable)?,
+                        Instant::now(),
+                    )
+                    .map_err(Self::unavailable)?;
+                    return Ok(PublishOutcome {
+                        position: first.position,
+                        epoch: first.epoch,
+                        id: first.id,
+                        timestamp_ms: first.timestamp_ms,
+                        duplicate: true,
+                    });
+                }
+                Ok(ack) => {
+                    *head = Some(StreamHead { seq: ack.sequence, position, epoch: epoch.clone() });
+                    return Ok(PublishOutcome { position, epoch, id, timestamp_ms, duplicate: false });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    *head = Some(self.head(&subject).await?);
+                }
+                Err(e) => {
+                    // Unknown state: reload the head before the next publish.
+                    *head = None;
+                    return Err(Self::unavailable(e));
+                }
+            }
+        }
+        Err(HubError::ClusterUnavailable("too many concurrent publishers on this channel; retry".into()))
+    }
+
+    /// Sends a join/leave frame to the channel's subscribers on every node (not stored).
+    pub async fn publish_event(
+        &self,
+        ch: &Channel,
+        frame: Utf8Bytes,
+        except: Option<crate::realtime::ConnId>,
+    ) -> Result<(), HubError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_EVENT, "1");
+        if let Some(conn) = except {
+            headers.insert(HEADER_ORIGIN, format!("{}/{}", self.node_id, conn.0).as_str());
+        }
+        self.client
+            .publish_with_headers(feed_subject(&ch.tenant, &ch.name), headers, Bytes::from(frame))
+            .await
+            .map_err(Self::unavailable)
+    }
+
+    /// Walks a channel's stored messages backwards from sequence `from_seq` and collects
+    /// positions `after + 1 ..= upto` of `epoch`, oldest first. Returns them with whether the
+    /// run is complete; when some expired or were trimmed, the newest part that is still
+    /// stored comes back with `false`.
+    pub async fn read_back(
+        &self,
+        from_seq: u64,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+        ttl: Duration,
+    ) -> Result<(Vec<Arc<Publication>>, bool), HubError> {
+        let mut out = Vec::with_capacity(upto.saturating_sub(after).min(1024) as usize);
+        let mut seq = from_seq;
+        let complete = loop {
+            if seq == 0 {
+                break false;
+            }
+            let msg = match self.stream.direct_get(seq).await {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break false,
+                Err(e) => return Err(Self::unavailable(e)),
+            };
+            let headers = Some(&msg.headers);
+            let (Some(position), Some(previous)) =
+                (header_u64(headers, HEADER_POSITION), header_u64(headers, HEADER_PREVIOUS))
+            else {
+                break false;
+            };
+            if header_str(headers, HEADER_EPOCH) != Some(epoch) || position <= after {
+                break false;
+            }
+            if position <= upto {
+                let Some(p) = publication(msg.payload, ttl) else { break false };
+                out.push(p);
+            }
+            if position == after + 1 {
+                break true;
+            }
+            seq = previous;
+        };
+        out.reverse();
+        Ok((out, complete))
+    }
+
+    /// History of a channel from the stream (the REST API and the `history` command).
+    pub async fn history(
+        &self,
+        ch: &Channel,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistorySlice, HubError> {
+        let options = ch.options();
+        let ttl = ttl_of(&options);
+        let head = self.head(&history_subject(&ch.tenant, &ch.name)).await?;
+        let size = u64::from(options.history_size);
+        let slice = |publications, complete| HistorySlice {
+            publications,
+            epoch: head.epoch.clone(),
+            position: head.position,
+            complete,
+        };
+        match since {
+            Some(since) => {
+                let same_epoch =
+                    since.epoch == *head.epoch || (since.epoch.is_empty() && since.position == 0);
+                if !same_epoch || since.position > head.position || head.position - since.position > size {
+                    return Ok(slice(Vec::new(), false));
+                }
+                if since.position == head.position {
+                    return Ok(slice(Vec::new(), true));
+                }
+                let upto = head.position.min(since.position + limit as u64);
+                match self.read_back(head.seq, &head.epoch, since.position, upto, ttl).await? {
+                    (found, true) => Ok(slice(found, true)),
+                    (_, false) => Ok(slice(Vec::new(), false)),
+                }
+            }
+            None => {
+                // The newest messages still stored, oldest first.
+                let n = size.min(limit as u64).min(head.position);
+                let (found, _) =
+                    self.read_back(head.seq, &head.epoch, head.position - n, head.position, ttl).await?;
+                Ok(slice(found, true))
+            }
+        }
+    }
+}

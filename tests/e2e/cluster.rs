@@ -1,0 +1,457 @@
+//! Cluster mode: three real nodes on one database and one real `nats-server` (JetStream on).
+//! Every test starts its own NATS on a free port, so it can kill and restart it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Client, Herald, PgDatabase, Sse, Start, Ws, poll, postgres_database};
+use crate::support_nats::NatsServer;
+
+/// Presence heartbeat of the test nodes; entries expire after two.
+const HEARTBEAT_SECONDS: u64 = 1;
+
+struct Cluster {
+    nats: NatsServer,
+    nodes: Vec<Herald>,
+    /// The tenant's all-scope API key, one client per node.
+    keys: Vec<Client>,
+    _db: Option<PgDatabase>,
+    _sqlite_dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Cluster {
+    /// A failed test shows what every node and NATS logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, node) in self.nodes.iter().enumerate() {
+                eprintln!("---- node{} log ----\n{}", i + 1, node.log());
+            }
+            eprintln!("---- nats log ----\n{}", self.nats.log());
+        }
+    }
+}
+
+fn secret_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
+}
+
+/// NATS plus `n` nodes sharing a database (PostgreSQL when available, else one SQLite file)
+/// and a secret key, with tenant `acme` set up; `None` when nats-server is not installed.
+async fn cluster(n: usize) -> Option<Cluster> {
+    let nats = NatsServer::start().await?;
+    let db = postgres_database();
+    let sqlite_dir = db.is_none().then(|| tempfile::tempdir().unwrap());
+    let database_url = match (&db, &sqlite_dir) {
+        (Some(db), _) => db.url.clone(),
+        (None, Some(dir)) => format!("sqlite://{}?mode=rwc", dir.path().join("herald.db").display()),
+        _ => unreachable!(),
+    };
+    let key = secret_key();
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(
+            Herald::start(Start {
+                database_url: Some(database_url.clone()),
+                admin_token: Some(crate::support::ADMIN_TOKEN.into()),
+                extra_args: vec![
+                    "--nats-url".into(),
+                    nats.url.clone(),
+                    "--node-id".into(),
+                    format!("node{i}"),
+                ],
+                env: vec![
+                    ("HERALD_SECRET_KEY".into(), key.clone()),
+                    ("HERALD_CLUSTER_HEARTBEAT_SECONDS".into(), HEARTBEAT_SECONDS.to_string()),
+                ],
+            })
+            .await,
+        );
+    }
+    let admin = nodes[0].admin();
+    admin.post("/v1/tenants", json!({"id": "acme", "name": "acme"})).await.expect(201);
+    let created = admin
+        .post(
+            "/v1/tenants/acme/api-keys",
+            json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read"]}),
+        )
+        .await
+        .expect(201);
+    let secret = created["secret"].as_str().unwrap();
+    admin.post("/v1/tenants/acme/signing-keys", json!({"algorithm": "HS256", "kid": "hs"})).await.expect(201);
+    let keys = nodes.iter().map(|n| n.client(secret)).collect();
+    for node in &nodes {
+        let ready = node.anonymous().get("/readyz").await.expect(200);
+        assert_eq!(ready["cluster"], "nats", "{ready}");
+    }
+    Some(Cluster { nats, nodes, keys, _db: db, _sqlite_dir: sqlite_dir })
+}
+
+fn caps() -> Value {
+    json!({"*": ["subscribe", "publish", "history", "presence"]})
+}
+
+impl Cluster {
+    async fn token(&self, sub: &str) -> String {
+        let minted = self.keys[0]
+            .post("/v1/tenants/acme/tokens", json!({"sub": sub, "capabilities": caps()}))
+            .await
+            .expect(201);
+        minted["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Publishes through node `i`; returns the acknowledgement.
+    async fn publish(&self, i: usize, channel: &str, data: Value) -> Value {
+        self.keys[i]
+            .post(&format!("/v1/tenants/acme/channels/{channel}/messages"), json!({"data": data}))
+            .await
+            .expect(200)
+    }
+}
+
+/// The next `n` publications on a WebSocket, skipping other frames.
+async fn ws_pubs(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = ws.recv().await;
+        if v["type"] == "pub" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn positions(pubs: &[Value]) -> Vec<u64> {
+    pubs.iter().map(|p| p["position"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_on_any_node_reach_every_node_in_order_over_all_transports() {
+    let Some(c) = cluster(3).await else { return };
+    let token = c.token("u").await;
+    let mut ws = c.nodes[0].ws(&token).await;
+    ws.subscribe("feed").await;
+    let mut sse = Sse::open(&c.nodes[1].base, &format!("?channels=feed&token={token}"), None).await.unwrap();
+    assert_eq!(sse.next_data().await.json()["type"], "connected");
+    assert_eq!(sse.next_data().await.json()["type"], "subscribed");
+    let poll_base = format!("?channels=feed&token={token}");
+    let first = poll(&c.nodes[2].base, &format!("{poll_base}&timeout=1")).await.expect(200);
+    let mut cursor = first["cursor"].as_str().unwrap().to_owned();
+
+    // Publishers on all three nodes at once, each in its own order.
+    const PER_NODE: usize = 40;
+    let mut publishers = Vec::new();
+    for i in 0..3 {
+        let key = Client {
+            http: reqwest::Client::new(),
+            base: c.keys[i].base.clone(),
+            token: c.keys[i].token.clone(),
+        };
+        publishers.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for n in 0..PER_NODE {
+                let ack = key
+                    .post("/v1/tenants/acme/channels/feed/messages", json!({"data": {"node": i, "n": n}}))
+                    .await
+                    .expect(200);
+                acks.push(ack);
+            }
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for p in publishers {
+        acks.extend(p.await.unwrap());
+    }
+    let total = 3 * PER_NODE;
+    let mut acked: Vec<u64> = acks.iter().map(|a| a["position"].as_u64().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked, (1..=total as u64).collect::<Vec<_>>(), "positions are contiguous across nodes");
+
+    let over_ws = ws_pubs(&mut ws, total).await;
+    assert_eq!(positions(&over_ws), (1..=total as u64).collect::<Vec<_>>());
+    // Each node's messages keep their order.
+    for i in 0..3 {
+        let ns: Vec<u64> = over_ws
+            .iter()
+            .filter(|p| p["data"]["node"] == i)
+            .map(|p| p["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..PER_NODE as u64).collect::<Vec<_>>());
+    }
+    let mut over_sse = Vec::new();
+    while over_sse.len() < total {
+        let v = sse.next_data().await.json();
+        if v["type"] == "pub" {
+            over_sse.push(v);
+        }
+    }
+    assert_eq!(over_sse, over_ws, "SSE on node 2 sees the same frames");
+    let mut over_poll: Vec<Value> = Vec::new();
+    while over_poll.len() < total {
+        let got = poll(&c.nodes[2].base, &format!("{poll_base}&cursor={cursor}&timeout=5")).await.expect(200);
+        cursor = got["cursor"].as_str().unwrap().to_owned();
+        over_poll.extend(got["messages"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(over_poll, over_ws, "long polling on node 3 sees the same frames");
+
+    // History (the newest 100, the default history size) is the same from every node.
+    for key in &c.keys {
+        let page = key.get("/v1/tenants/acme/channels/feed/messages?limit=1000").await.expect(200);
+        assert_eq!(page["position"], total);
+        let ids: Vec<&Value> = page["publications"].as_array().unwrap().iter().map(|p| &p["id"]).collect();
+        assert_eq!(ids, over_ws[total - 100..].iter().map(|p| &p["id"]).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_resumes_on_another_without_loss_or_duplicates() {
+    let Some(mut c) = cluster(3).await else { return };
+    let token = c.token("u").await;
+    let mut ws = c.nodes[0].ws(&token).await;
+    let sub = ws.subscribe("orders").await;
+    assert_eq!(sub["position"], 0);
+    for n in 0..5 {
+        c.publish(1, "orders", json!(n)).await;
+    }
+    let seen = ws_pubs(&mut ws, 5).await;
+    let last = seen.last().unwrap().clone();
+
+    c.nodes[0].kill9().await;
+    let mut acks = Vec::new();
+    for n in 5..12 {
+        acks.push(c.publish(1 + n % 2, "orders", json!(n)).await);
+    }
+    // Reconnect to node 3 and resume from the last message seen.
+    let mut ws = c.nodes[2].ws(&token).await;
+    let reply = ws
+        .call(json!({"type": "subscribe", "channel": "orders", "since": {"position": last["position"], "epoch": last["epoch"]}}))
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["recovered"].as_bool()),
+        (Some("subscribed"), Some(true)),
+        "{reply}"
+    );
+    let missed = ws_pubs(&mut ws, 7).await;
+    assert_eq!(positions(&missed), (6..=12).collect::<Vec<u64>>());
+    assert_eq!(
+        missed.iter().map(|p| &p["id"]).collect::<Vec<_>>(),
+        acks.iter().map(|a| &a["id"]).collect::<Vec<_>>()
+    );
+    // Then live messages, with nothing repeated.
+    c.publish(1, "orders", json!("live")).await;
+    let live = ws_pubs(&mut ws, 1).await;
+    assert_eq!((live[0]["position"].as_u64(), &live[0]["data"]), (Some(13), &json!("live")));
+
+    // A resume beyond history is reported, not papered over.
+    let mut other = c.nodes[1].ws(&token).await;
+    let reply = other
+        .call(json!({"type": "subscribe", "channel": "orders", "since": {"position": 3, "epoch": "another-epoch"}}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    // Idempotency keys hold across nodes.
+    let body = json!({"data": "once", "idempotency_key": "k-1"});
+    let first = c.keys[1].post("/v1/tenants/acme/channels/orders/messages", body.clone()).await.expect(200);
+    let again = c.keys[2].post("/v1/tenants/acme/channels/orders/messages", body).await.expect(200);
+    assert_eq!(
+        (again["position"].clone(), again["duplicate"].clone()),
+        (first["position"].clone(), json!(true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_and_a_killed_node_leaves_it_within_two_heartbeats() {
+    let Some(mut c) = cluster(3).await else { return };
+    c.keys[0]
+        .post(
+            "/v1/tenants/acme/namespaces",
+            json!({"name": "room", "options": {"presence": true, "join_leave": true}}),
+        )
+        .await
+        .expect(201);
+    let alice = c.token("alice").await;
+    let bob = c.token("bob").await;
+    let mut on_node1 = c.nodes[0].ws(&alice).await;
+    on_node1.subscribe("room:1").await;
+    let mut on_node2 = c.nodes[1].ws(&bob).await;
+    on_node2.subscribe("room:1").await;
+    // Alice on node 1 sees Bob join from node 2.
+    let join = loop {
+        let v = on_node1.recv().await;
+        if v["type"] == "join" {
+            break v;
+        }
+    };
+    assert_eq!(join["user"], "bob");
+    assert!(join["client"].as_str().unwrap().starts_with("node2/"), "{join}");
+
+    let presence = |i: usize| {
+        let key = &c.keys[i];
+        async move { key.get("/v1/tenants/acme/channels/room:1/presence").await.expect(200) }
+    };
+    let users = |p: &Value| -> Vec<String> {
+        let mut u: Vec<String> =
+            p["clients"].as_array().unwrap().iter().map(|c| c["user"].as_str().unwrap().to_owned()).collect();
+        u.sort();
+        u
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while users(&presence(2).await) != ["alice", "bob"] {
+        assert!(Instant::now() < deadline, "presence never showed both users");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bob_presence = c.keys[2].get("/v1/tenants/acme/users/bob").await.expect(200);
+    assert_eq!(bob_presence["online"], true);
+    assert_eq!(bob_presence["connections"][0]["node"], "node2");
+    let occupancy = c.keys[0].get("/v1/tenants/acme/occupancy").await.expect(200);
+    assert_eq!(occupancy["channels"][0], json!({"channel": "room:1", "subscribers": 2}));
+
+    // Node 2 dies without a word: its entries expire within two heartbeats.
+    c.nodes[1].kill9().await;
+    let killed = Instant::now();
+    while users(&presence(0).await) != ["alice"] {
+        assert!(killed.elapsed() < Duration::from_secs(2 * HEARTBEAT_SECONDS + 2), "bob stayed present");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = killed.elapsed();
+    assert!(gone_after <= Duration::from_secs(2 * HEARTBEAT_SECONDS + 1), "took {gone_after:?}");
+    let bob_presence = c.keys[2].get("/v1/tenants/acme/users/bob").await.expect(200);
+    assert_eq!(bob_presence["online"], false);
+    drop(on_node2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_loses_no_acknowledged_message_and_publishes_fail_while_it_is_down() {
+    let Some(mut c) = cluster(2).await else { return };
+    let token = c.token("u").await;
+    let mut ws = c.nodes[0].ws(&token).await;
+    ws.subscribe("ticks").await;
+    c.publish(1, "ticks", json!("before")).await;
+    assert_eq!(ws_pubs(&mut ws, 1).await[0]["data"], "before");
+
+    c.nats.kill().await;
+    // Publishes fail loudly while NATS is away, and /readyz says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply =
+            c.keys[1].post("/v1/tenants/acme/channels/ticks/messages", json!({"data": "during"})).await;
+        if reply.status.as_u16() == 503 {
+            reply.problem(503, "cluster_unavailable");
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishes kept succeeding with NATS down: {:?}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = c.nodes[1].anonymous().get("/readyz").await;
+    assert_eq!(ready.status.as_u16(), 503, "{}", ready.body);
+    assert!(ready.body.to_string().contains("cluster backend unavailable"), "{}", ready.body);
+
+    c.nats.restart().await;
+    // Fan-out resumes by itself; every acknowledged message arrives, in order.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = vec!["before".to_owned()];
+    let mut n = 0;
+    while acked.len() < 11 {
+        assert!(Instant::now() < deadline, "publishing never recovered");
+        let reply = c.keys[1]
+            .post("/v1/tenants/acme/channels/ticks/messages", json!({"data": format!("after-{n}")}))
+            .await;
+        if reply.status.as_u16() == 200 {
+            acked.push(format!("after-{n}"));
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        n += 1;
+    }
+    // A publish that timed out while NATS went away may still have been stored (its outcome
+    // was unknown, hence the 503); everything acknowledged must arrive, in order.
+    let mut got = Vec::new();
+    while got.last().and_then(|p: &Value| p["data"].as_str()) != acked.last().map(String::as_str) {
+        got.extend(ws_pubs(&mut ws, 1).await);
+    }
+    let data: Vec<&str> = got.iter().map(|p| p["data"].as_str().unwrap()).collect();
+    assert!(data.iter().all(|d| *d == "during" || d.starts_with("after-")), "{data:?}");
+    let delivered_acked: Vec<&str> = data.iter().copied().filter(|d| *d != "during").collect();
+    assert_eq!(delivered_acked, acked[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let expected: Vec<u64> = (2..2 + got.len() as u64).collect();
+    assert_eq!(positions(&got), expected, "positions stay contiguous");
+    c.nodes[1].anonymous().get("/readyz").await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_suspensions_and_user_commands_reach_every_node() {
+    let Some(c) = cluster(3).await else { return };
+    // A user connected to two other nodes gets a user message and is disconnected from node 1.
+    let carol = c.token("carol").await;
+    let mut carol2 = c.nodes[1].ws(&carol).await;
+    let mut carol3 = c.nodes[2].ws(&carol).await;
+    let sent =
+        c.keys[0].post("/v1/tenants/acme/users/carol/messages", json!({"data": {"hi": 1}})).await.expect(200);
+    assert_eq!(sent["delivered"], 2, "{sent}");
+    for ws in [&mut carol2, &mut carol3] {
+        let m = ws.recv().await;
+        assert_eq!((m["type"].as_str(), &m["data"]), (Some("message"), &json!({"hi": 1})));
+    }
+    let presence = c.keys[0].get("/v1/tenants/acme/users/carol").await.expect(200);
+    let mut nodes: Vec<&str> =
+        presence["connections"].as_array().unwrap().iter().map(|c| c["node"].as_str().unwrap()).collect();
+    nodes.sort();
+    // The registry is written within ~100 ms of a change.
+    if nodes.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let presence = c.keys[0].get("/v1/tenants/acme/users/carol").await.expect(200);
+        nodes =
+            presence["connections"].as_array().unwrap().iter().map(|c| c["node"].as_str().unwrap()).collect();
+        nodes.sort();
+        assert_eq!(nodes, ["node2", "node3"]);
+    } else {
+        assert_eq!(nodes, ["node2", "node3"]);
+    }
+    let kicked = c.keys[0].post_empty("/v1/tenants/acme/users/carol/disconnect").await.expect(200);
+    assert_eq!(kicked["disconnected"], 2);
+    assert_eq!(carol2.closed().await.code, 4006);
+    assert_eq!(carol3.closed().await.code, 4006);
+
+    // A token revoked on node 1 closes its connection on node 2 within a second or two.
+    let minted = c.keys[0]
+        .post("/v1/tenants/acme/tokens", json!({"sub": "mallory", "capabilities": caps()}))
+        .await
+        .expect(201);
+    let (token, jti) = (minted["token"].as_str().unwrap(), minted["jti"].as_str().unwrap());
+    let mut mallory = c.nodes[1].ws(token).await;
+    let dave = c.token("dave").await;
+    let mut dave3 = c.nodes[2].ws(&dave).await;
+    let started = Instant::now();
+    c.keys[0].post("/v1/tenants/acme/revocations", json!({"jti": jti})).await.expect(201);
+    assert_eq!(mallory.closed().await.code, 4004);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(dave3.call(json!({"type": "ping"})).await["type"], "pong", "others stay");
+
+    // Suspending the tenant on node 1 closes its connections on node 3.
+    let started = Instant::now();
+    c.nodes[0].admin().patch("/v1/tenants/acme", json!({"status": "suspended"})).await.expect(200);
+    assert_eq!(dave3.closed().await.code, 4003);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+
+    // Each node reports for the whole cluster (nodes publish their figures every second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = c.nodes[2].admin().get("/v1/stats").await.expect(200);
+        let mut nodes: Vec<String> = stats["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node"].as_str().unwrap().to_owned())
+            .collect();
+        nodes.sort();
+        if nodes == ["node1", "node2", "node3"] {
+            let acme = &stats["tenants"][0];
+            assert_eq!(acme["tenant"], "acme", "{stats}");
+            assert!(acme["published_total"].as_u64().unwrap() >= 1, "user messages count: {stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
