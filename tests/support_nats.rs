@@ -202,3 +202,39 @@ async fn spawn(binary: &str, dir: &tempfile::TempDir, port: u16) -> Result<Child
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A single node in cluster mode on `nats` (SQLite in its own data dir, test admin token).
+pub async fn clustered_node(nats: &NatsServer) -> crate::support::Herald {
+    crate::support::Herald::start(crate::support::Start {
+        admin_token: Some(crate::support::ADMIN_TOKEN.into()),
+        extra_args: vec!["--nats-url".into(), nats.url.clone()],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Declares a test that runs once on a node with in-process fan-out and once on a node in
+/// cluster mode (its own NATS server): behaviour that must not depend on the backend. The body
+/// is an async fn taking the running node.
+#[macro_export]
+macro_rules! on_both_fanouts {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn in_process() {
+                    let node = $crate::support::Herald::sqlite().await;
+                    super::$name(node).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn nats() {
+                    let Some(nats) = $crate::support_nats::NatsServer::start().await else { return };
+                    let node = $crate::support_nats::clustered_node(&nats).await;
+                    super::$name(node).await;
+                    drop(nats);
+                }
+            }
+        )*
+    };
+}

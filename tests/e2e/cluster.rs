@@ -316,6 +316,15 @@ async fn presence_is_cluster_wide_and_a_killed_node_leaves_it_within_two_heartbe
     }
     let gone_after = killed.elapsed();
     assert!(gone_after <= Duration::from_secs(2 * HEARTBEAT_SECONDS + 1), "took {gone_after:?}");
+    // Alice is told Bob left, though his node never said so.
+    let leave = loop {
+        let v = on_node1.recv().await;
+        if v["type"] == "leave" {
+            break v;
+        }
+    };
+    assert_eq!(leave["user"], "bob");
+    assert!(killed.elapsed() < Duration::from_secs(2 * HEARTBEAT_SECONDS + 2), "{:?}", killed.elapsed());
     let bob_presence = c.keys[2].get("/v1/tenants/acme/users/bob").await.expect(200);
     assert_eq!(bob_presence["online"], false);
     drop(on_node2);

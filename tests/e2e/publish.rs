@@ -4,9 +4,7 @@ use serde_json::json;
 
 use crate::support::{Herald, realtime_tenant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_history_and_batch() {
-    let h = Herald::sqlite().await;
+async fn publish_history_and_batch(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     t.key
         .post("/v1/tenants/acme/namespaces", json!({"name": "closed", "options": {"allow_implicit": false}}))
@@ -104,3 +102,5 @@ async fn publish_history_and_batch() {
     reader.get(&format!("{base}/news/messages")).await.expect(200);
     reader.post(&format!("{base}/news/messages"), json!({"data": 1})).await.problem(403, "missing_scope");
 }
+
+crate::on_both_fanouts!(publish_history_and_batch,);

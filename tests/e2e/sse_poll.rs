@@ -23,9 +23,7 @@ async fn pubs(sse: &mut Sse, n: usize) -> Vec<(String, Value)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_stream_resumes_every_channel_from_last_event_id() {
-    let h = Herald::sqlite().await;
+async fn sse_stream_resumes_every_channel_from_last_event_id(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", caps()).await;
     let q = format!("?channels=a,b&token={token}");
@@ -233,9 +231,7 @@ async fn long_poll_returns_at_once_holds_and_times_out() {
     .problem(400, "invalid_cursor");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_polling_loses_nothing_while_a_publisher_sends_continuously() {
-    let h = Herald::sqlite().await;
+async fn long_polling_loses_nothing_while_a_publisher_sends_continuously(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", caps()).await;
     let base = format!("?channels=feed&token={token}");
@@ -276,9 +272,7 @@ async fn long_polling_loses_nothing_while_a_publisher_sends_continuously() {
     assert_eq!(retried["cursor"], answer["cursor"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_polls_neither_lose_nor_duplicate() {
-    let h = Herald::sqlite().await;
+async fn concurrent_polls_neither_lose_nor_duplicate(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", caps()).await;
     let base = format!("?channels=c&token={token}");
@@ -351,9 +345,7 @@ async fn long_poll_sessions_count_as_connections_until_idle() {
     assert_eq!(gauge(&metrics), 0, "idle sessions expire");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_sse_and_long_poll_receive_identical_sequences() {
-    let h = Herald::sqlite().await;
+async fn websocket_sse_and_long_poll_receive_identical_sequences(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", caps()).await;
     let mut ws = h.ws(&token).await;
@@ -387,3 +379,10 @@ async fn websocket_sse_and_long_poll_receive_identical_sequences() {
     assert_eq!(from_ws, from_sse, "identical frames over WebSocket and SSE");
     assert_eq!(from_ws, from_poll, "identical frames over WebSocket and long polling");
 }
+
+crate::on_both_fanouts!(
+    sse_stream_resumes_every_channel_from_last_event_id,
+    long_polling_loses_nothing_while_a_publisher_sends_continuously,
+    concurrent_polls_neither_lose_nor_duplicate,
+    websocket_sse_and_long_poll_receive_identical_sequences,
+);

@@ -114,9 +114,7 @@ async fn protocol_basics() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_clients_receive_two_hundred_messages_in_order() {
-    let h = Herald::sqlite().await;
+async fn five_hundred_clients_receive_two_hundred_messages_in_order(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("fan", json!({"fanout": ["subscribe"]})).await;
     let mut clients = Vec::new();
@@ -144,9 +142,7 @@ async fn five_hundred_clients_receive_two_hundred_messages_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_a_dropped_connection_delivers_exactly_the_missed_messages() {
-    let h = Herald::sqlite().await;
+async fn resume_after_a_dropped_connection_delivers_exactly_the_missed_messages(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", all_caps()).await;
     let mut ws = h.ws(&token).await;
@@ -184,9 +180,7 @@ async fn resume_after_a_dropped_connection_delivers_exactly_the_missed_messages(
     assert_eq!(data, (6..=40).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_beyond_history_says_not_recovered() {
-    let h = Herald::sqlite().await;
+async fn resume_beyond_history_says_not_recovered(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     t.key
         .post("/v1/tenants/acme/namespaces", json!({"name": "short", "options": {"history_size": 5}}))
@@ -226,9 +220,7 @@ async fn resume_beyond_history_says_not_recovered() {
     assert_eq!(reply["recovered"], true);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_publish_delivers_once() {
-    let h = Herald::sqlite().await;
+async fn idempotent_publish_delivers_once(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let mut ws = h.ws(&t.token("u", all_caps()).await).await;
     ws.subscribe("orders").await;
@@ -247,9 +239,7 @@ async fn idempotent_publish_delivers_once() {
     assert_eq!(got[1]["data"], "marker", "the repeated publish was not delivered");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_are_isolated_on_the_same_channel_name() {
-    let h = Herald::sqlite().await;
+async fn tenants_are_isolated_on_the_same_channel_name(h: Herald) {
     let a = realtime_tenant(&h, "alpha").await;
     let b = realtime_tenant(&h, "beta").await;
     let mut wa = h.ws(&a.token("u", all_caps()).await).await;
@@ -413,9 +403,7 @@ async fn slow_consumer_is_disconnected_with_bounded_memory() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_and_suspension_close_live_connections() {
-    let h = Herald::sqlite().await;
+async fn revocation_and_suspension_close_live_connections(h: Herald) {
     let t = realtime_tenant(&h, "acme").await;
     let minted = t
         .key
@@ -612,3 +600,12 @@ async fn deeply_nested_data_is_refused() {
         .await
         .expect(200);
 }
+
+crate::on_both_fanouts!(
+    five_hundred_clients_receive_two_hundred_messages_in_order,
+    resume_after_a_dropped_connection_delivers_exactly_the_missed_messages,
+    resume_beyond_history_says_not_recovered,
+    idempotent_publish_delivers_once,
+    tenants_are_isolated_on_the_same_channel_name,
+    revocation_and_suspension_close_live_connections,
+);

@@ -6,19 +6,24 @@
 //! live one, with nothing lost or repeated at the hand-over. A gap in the live feed (NATS
 //! dropped messages, the connection was lost) is filled from the stream before going on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use async_nats::jetstream::kv;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Cluster;
+use super::presence::PresentClient;
 use super::stream::{self, HEADER_EPOCH, HEADER_EVENT, HEADER_ORIGIN, HEADER_POSITION, HEADER_PREVIOUS};
 use crate::realtime::ConnId;
 use crate::realtime::channel::{Channel, JoinRequest, Replay, SubscribeError};
 use crate::realtime::hub::Hub;
 use crate::realtime::outbox::Outgoing;
+use crate::realtime::protocol;
 
 /// How often an idle feed checks whether its channel still has local subscribers.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
@@ -39,6 +44,14 @@ struct Feed {
     ch: Arc<Channel>,
     /// JetStream sequence of the newest delivered message.
     last_seq: u64,
+}
+
+/// The next presence change, or never when the channel is not watched.
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
@@ -63,7 +76,7 @@ impl Feed {
             }
         };
         let head = loop {
-            match self.cluster.head(&history).await {
+            match self.cluster.head_or_start(&history, self.ttl()).await {
                 Ok(head) => break head,
                 Err(e) => {
                     tracing::warn!(error = ?e, channel = %self.ch.name, "cannot read the channel head; retrying");
@@ -73,6 +86,15 @@ impl Feed {
         };
         self.last_seq = head.seq;
         self.ch.follow_from(head.epoch, head.position);
+        // Channels with join/leave events follow the presence registry, to announce the
+        // leave of clients whose node died (their entries expire).
+        let options = self.ch.options();
+        let mut presence = if options.presence && options.join_leave {
+            self.cluster.presence.watch_channel(&self.ch.tenant, &self.ch.name).await.ok()
+        } else {
+            None
+        };
+        let mut present: HashMap<String, Vec<PresentClient>> = HashMap::new();
         let mut generation = self.cluster.generation.subscribe();
         generation.mark_unchanged();
         let mut idle = tokio::time::interval(IDLE_CHECK);
@@ -94,6 +116,11 @@ impl Feed {
                     // Reconnected: catch up with what was stored while disconnected.
                     self.catch_up(&history).await;
                 }
+                entry = next_entry(&mut presence) => match entry {
+                    Some(Ok(entry)) => self.on_presence(entry, &mut present),
+                    Some(Err(e)) => tracing::debug!(error = %e, "presence watch"),
+                    None => presence = None,
+                },
                 _ = idle.tick() => {
                     if self.stop_if_idle(&joins) {
                         return;
@@ -104,6 +131,31 @@ impl Feed {
         // The subscription or the channel of joins ended: let the next subscriber start over.
         if let Some(slot) = &self.ch.cluster {
             *slot.feed.lock().expect("feed lock") = None;
+        }
+    }
+
+    /// A presence entry of this channel changed on some node. An entry that expired (its node
+    /// stopped refreshing it) turns into leave events for its clients, on this node.
+    fn on_presence(&self, entry: kv::Entry, present: &mut HashMap<String, Vec<PresentClient>>) {
+        if entry.key.rsplit('.').next() == Some(self.cluster.presence.node_token().as_str()) {
+            return;
+        }
+        match entry.operation {
+            kv::Operation::Put => {
+                let clients = serde_json::from_slice(&entry.value).unwrap_or_default();
+                present.insert(entry.key, clients);
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                for client in present.remove(&entry.key).unwrap_or_default() {
+                    let leave = protocol::frame(&protocol::JoinLeave {
+                        kind: "leave",
+                        channel: &self.ch.name,
+                        client: client.client.clone(),
+                        user: &client.user,
+                    });
+                    self.ch.broadcast(Outgoing::Frame(leave), None);
+                }
+            }
         }
     }
 
@@ -144,6 +196,14 @@ impl Feed {
             return;
         };
         let (current_epoch, last) = self.ch.delivered_head();
+        if position == 0 {
+            // An epoch marker (see `Cluster::head_or_start`): a new stream starts here.
+            if *current_epoch != *epoch {
+                self.ch.follow_from(Arc::from(epoch.as_str()), 0);
+            }
+            self.last_seq = seq;
+            return;
+        }
         let after = if *current_epoch == *epoch {
             if position <= last {
                 return; // Already delivered (read from the stream before it arrived live).

@@ -91,6 +91,8 @@ impl Registry {
                 description: "Herald presence registry".into(),
                 history: 1,
                 max_age: heartbeat * 2,
+                // An entry that expires leaves a marker, so watchers learn a node is gone.
+                limit_markers: Some(heartbeat * 2),
                 storage: jetstream::stream::StorageType::Memory,
                 ..Default::default()
             })
@@ -182,10 +184,16 @@ impl Registry {
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
+        // An entry that empties is written empty once and left to expire, never purged: a
+        // purge or delete is then always an expiry, which watchers turn into leave events.
         results.extend(
-            futures_util::stream::iter(
-                gone.into_iter().map(|k| async move { kv.purge(&k).await.map_err(|e| e.to_string()) }),
-            )
+            futures_util::stream::iter(gone.into_iter().map(|k| async move {
+                let empty = if k.contains(".o.") { "{}" } else { "[]" };
+                kv.put(&k, bytes::Bytes::from_static(empty.as_bytes()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }))
             .buffer_unordered(64)
             .collect::<Vec<_>>()
             .await,
@@ -235,6 +243,19 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// Follows the presence entries of one channel on every node (current values first).
+    pub async fn watch_channel(&self, tenant: &str, channel: &str) -> Result<kv::Watch, HubError> {
+        self.kv
+            .watch(format!("{}.c.{}.*", token(tenant), token(channel)))
+            .await
+            .map_err(|e| HubError::ClusterUnavailable(e.to_string()))
+    }
+
+    /// This node's token in presence keys.
+    pub fn node_token(&self) -> String {
+        token(&self.node_id)
     }
 
     /// Who is subscribed to a channel, on every node.

@@ -124,6 +124,34 @@ impl Cluster {
         }
     }
 
+    /// The head of a channel's stream, starting a new epoch when the stream is empty: a marker
+    /// at position 0 (empty payload, never delivered) fixes the epoch, so subscribers learn it
+    /// before the first message, as on a single node.
+    pub async fn head_or_start(&self, subject: &str, ttl: Duration) -> Result<StreamHead, HubError> {
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            let head = self.head(subject).await?;
+            if head.seq != 0 {
+                return Ok(head);
+            }
+            let epoch: Arc<str> = Arc::from(crate::crypto::random_token("", 6).as_str());
+            let marker = jetstream::message::PublishMessage::build()
+                .header(HEADER_POSITION, "0")
+                .header(HEADER_EPOCH, &*epoch)
+                .header(HEADER_PREVIOUS, "0")
+                .header("Nats-TTL", format!("{}s", ttl.as_secs()).as_str())
+                .expected_last_subject_sequence(0);
+            let ack =
+                self.js.send_publish(subject.to_owned(), marker).await.map_err(Self::unavailable)?.await;
+            match ack {
+                Ok(ack) => return Ok(StreamHead { seq: ack.sequence, position: 0, epoch }),
+                // Another node started it first: read its epoch.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(Self::unavailable(e)),
+            }
+        }
+        Err(HubError::ClusterUnavailable("could not start the channel's stream".into()))
+    }
+
     /// Stores a message at the channel's next position; returns once JetStream has it.
     pub async fn publish(
         &self,
