@@ -160,6 +160,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (422, "A value is not acceptable; `field` names it"),
     (429, "Rate limit reached; `limit` holds the limit"),
     (500, "Internal error"),
+    (503, "Cluster mode: NATS is unreachable (`cluster_unavailable`); nothing was accepted"),
 ];
 
 impl ApiResponse for ApiError {

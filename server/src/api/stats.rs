@@ -104,9 +104,10 @@ struct TenantStats {
 struct StatsReport {
     /// Sample time, milliseconds since the Unix epoch.
     ts: i64,
-    /// Per node (the operator's view; empty for tenant keys).
+    /// Per node: this one, and in cluster mode every live node (the operator's view; empty for
+    /// tenant keys).
     nodes: Vec<NodeStats>,
-    /// Per tenant; a tenant key sees only its own.
+    /// Per tenant, summed over nodes; a tenant key sees only its own.
     tenants: Vec<TenantStats>,
 }
 

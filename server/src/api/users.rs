@@ -94,7 +94,8 @@ impl UsersApi {
     /// Send to a user
     ///
     /// Scope `publish`. Hands a `message` frame to every live connection of the user on every
-    /// transport. Not stored: a user who is offline does not receive it later.
+    /// transport and, in cluster mode, every node; `delivered` counts them. Not stored: a user
+    /// who is offline does not receive it later.
     #[oai(path = "/v1/tenants/:tenant/users/:user/messages", method = "post", operation_id = "sendToUser")]
     async fn send(
         &self,
@@ -138,7 +139,8 @@ impl UsersApi {
 
     /// Is a user online
     ///
-    /// Scope `presence:read`. The user's live connections on this node.
+    /// Scope `presence:read`. The user's live connections: on this node, or in cluster mode on
+    /// every node (from the presence registry).
     #[oai(path = "/v1/tenants/:tenant/users/:user", method = "get", operation_id = "getUserPresence")]
     async fn presence(
         &self,
@@ -181,8 +183,9 @@ impl UsersApi {
 
     /// Disconnect a user
     ///
-    /// Scope `keys:write`. Closes every connection of the user with code 4006 (do not
-    /// reconnect). Their tokens stay valid; revoke them to keep the user out.
+    /// Scope `keys:write`. Closes every connection of the user (in cluster mode on every node)
+    /// with code 4006 (do not reconnect). Their tokens stay valid; revoke them to keep the user
+    /// out.
     #[oai(
         path = "/v1/tenants/:tenant/users/:user/disconnect",
         method = "post",
@@ -214,7 +217,8 @@ impl UsersApi {
 
     /// Channel presence
     ///
-    /// Scope `presence:read`. Who is subscribed to the channel on this node.
+    /// Scope `presence:read`. Who is subscribed to the channel: on this node, or in cluster
+    /// mode on every node (channels with the `presence` option; client ids `<node>/<client>`).
     #[oai(
         path = "/v1/tenants/:tenant/channels/:channel/presence",
         method = "get",
@@ -256,8 +260,8 @@ impl UsersApi {
 
     /// Channel occupancy
     ///
-    /// Scope `presence:read`. Live channels of the tenant on this node with their subscriber
-    /// counts.
+    /// Scope `presence:read`. Channels of the tenant with subscribers and how many, busiest
+    /// first: on this node, or in cluster mode summed over every node.
     #[oai(path = "/v1/tenants/:tenant/occupancy", method = "get", operation_id = "getOccupancy")]
     async fn occupancy(
         &self,
