@@ -64,6 +64,7 @@ pub const KEYS: &[&str] = &[
     "nats_url",
     "cluster_heartbeat_seconds",
     "cluster_history_max_bytes",
+    "cluster_replicas",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -180,6 +181,9 @@ pub struct Config {
     pub cluster_heartbeat: Duration,
     /// The most the shared history stream holds for all channels together (cluster mode).
     pub cluster_history_max_bytes: u64,
+    /// JetStream replicas of the history stream and the presence bucket (1 on a single NATS
+    /// server; 3 on a NATS cluster so a NATS server can fail without losing history).
+    pub cluster_replicas: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -214,6 +218,7 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("cluster_heartbeat", &self.cluster_heartbeat)
             .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
+            .field("cluster_replicas", &self.cluster_replicas)
             .finish()
     }
 }
@@ -416,6 +421,7 @@ impl Config {
                 1 << 30,
                 (1 << 20)..=(1 << 40),
             )?,
+            cluster_replicas: l.number("cluster_replicas", 1, 1..=5)?,
         };
         Ok(config)
     }

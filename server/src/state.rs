@@ -176,6 +176,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
                     heartbeat: config.cluster_heartbeat,
                     idempotency_window: config.idempotency_window,
                     history_max_bytes: config.cluster_history_max_bytes,
+                    replicas: config.cluster_replicas,
                 },
             )
             .await?,

@@ -85,6 +85,8 @@ pub struct ClusterSettings {
     pub idempotency_window: Duration,
     /// The most the history stream holds.
     pub history_max_bytes: u64,
+    /// JetStream replicas of the stream and the presence bucket.
+    pub replicas: usize,
 }
 
 /// Messages a channel feed's NATS subscription buffers before NATS drops them (the feed then
@@ -141,7 +143,7 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let stream =
             stream::ensure(&js, &settings).await.map_err(|e| ClusterError::JetStream(e.to_string()))?;
-        let presence = presence::Registry::open(&js, node_id, settings.heartbeat)
+        let presence = presence::Registry::open(&js, node_id, &settings)
             .await
             .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         Ok(Arc::new(Cluster {
@@ -180,7 +182,7 @@ impl Cluster {
             loop {
                 let setup = async {
                     stream::ensure(&self.js, &self.settings).await?;
-                    presence::Registry::ensure_bucket(&self.js, self.settings.heartbeat).await?;
+                    presence::Registry::ensure_bucket(&self.js, &self.settings).await?;
                     Ok::<_, async_nats::Error>(())
                 };
                 match setup.await {

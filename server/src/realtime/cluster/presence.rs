@@ -67,9 +67,10 @@ impl Registry {
     pub async fn open(
         js: &jetstream::Context,
         node_id: &str,
-        heartbeat: Duration,
+        settings: &super::ClusterSettings,
     ) -> Result<Registry, async_nats::Error> {
-        let kv = Self::ensure_bucket(js, heartbeat).await?;
+        let heartbeat = settings.heartbeat;
+        let kv = Self::ensure_bucket(js, settings).await?;
         Ok(Registry {
             kv,
             node_id: node_id.to_owned(),
@@ -83,8 +84,9 @@ impl Registry {
     /// Creates the bucket, or updates it to this node's heartbeat.
     pub async fn ensure_bucket(
         js: &jetstream::Context,
-        heartbeat: Duration,
+        settings: &super::ClusterSettings,
     ) -> Result<kv::Store, async_nats::Error> {
+        let heartbeat = settings.heartbeat;
         Ok(js
             .create_or_update_key_value(kv::Config {
                 bucket: BUCKET.into(),
@@ -94,6 +96,7 @@ impl Registry {
                 // An entry that expires leaves a marker, so watchers learn a node is gone.
                 limit_markers: Some(heartbeat * 2),
                 storage: jetstream::stream::StorageType::Memory,
+                num_replicas: settings.replicas,
                 ..Default::default()
             })
             .await?)

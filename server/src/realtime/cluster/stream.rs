@@ -77,6 +77,7 @@ pub async fn ensure(
         allow_direct: true,
         duplicate_window: settings.idempotency_window,
         max_bytes: settings.history_max_bytes.min(i64::MAX as u64) as i64,
+        num_replicas: settings.replicas,
         republish: Some(jetstream::stream::Republish {
             source: "herald.ch.>".into(),
             destination: "herald.fo.>".into(),
