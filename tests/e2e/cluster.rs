@@ -489,3 +489,41 @@ async fn revocations_suspensions_and_user_commands_reach_every_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortening_history_ttl_never_hands_out_a_position_twice() {
+    let Some(c) = cluster(2).await else { return };
+    c.keys[0]
+        .post("/v1/tenants/acme/namespaces", json!({"name": "t", "options": {"history_ttl_seconds": 600}}))
+        .await
+        .expect(201);
+    let token = c.token("u").await;
+    let mut ws = c.nodes[1].ws(&token).await;
+    ws.subscribe("t:x").await;
+    for n in 1..=3 {
+        c.publish(0, "t:x", json!(n)).await;
+    }
+    c.keys[0]
+        .patch("/v1/tenants/acme/namespaces/t", json!({"options": {"history_ttl_seconds": 1}}))
+        .await
+        .expect(200);
+    // Published with the new 1 s lifetime, but it must not expire before the older messages:
+    // otherwise the next publish would take position 4 again.
+    assert_eq!(c.publish(0, "t:x", json!(4)).await["position"], 4);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.publish(1, "t:x", json!(5)).await["position"], 5);
+    let got = ws_pubs(&mut ws, 5).await;
+    assert_eq!(positions(&got), [1, 2, 3, 4, 5]);
+
+    // An idempotent repeat whose original already left the stream is still a duplicate.
+    c.keys[0]
+        .post("/v1/tenants/acme/namespaces", json!({"name": "brief", "options": {"history_ttl_seconds": 1}}))
+        .await
+        .expect(201);
+    let body = json!({"data": "once", "idempotency_key": "k"});
+    let first = c.keys[0].post("/v1/tenants/acme/channels/brief:y/messages", body.clone()).await.expect(200);
+    assert_eq!(first["duplicate"], false);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = c.keys[1].post("/v1/tenants/acme/channels/brief:y/messages", body).await.expect(200);
+    assert_eq!(again["duplicate"], true, "{again}");
+}

@@ -109,6 +109,10 @@ pub struct StreamHead {
     pub seq: u64,
     pub position: u64,
     pub epoch: Arc<str>,
+    /// The head message's TTL in seconds, and when this node learnt the head: a later message
+    /// must not expire before it (see `cluster::stream`).
+    pub ttl_seconds: u64,
+    pub seen: Option<std::time::Instant>,
 }
 
 /// Builds the frames that confirm a subscription (see [`Channel::subscribe`]).
@@ -310,7 +314,9 @@ impl Channel {
     /// epoch (the stream expired and started again) resets the local history cache.
     pub fn deliver(&self, publication: Arc<Publication>, stats: &Stats) {
         let mut inner = self.lock();
-        if publication.epoch != inner.epoch {
+        // A new epoch, or a gap the feed could not fill: the local cache no longer holds a
+        // contiguous run, so it starts again here (older positions come from the stream).
+        if publication.epoch != inner.epoch || publication.position != inner.last_position + 1 {
             inner.epoch = publication.epoch.clone();
             inner.history.clear();
             inner.ring_from = Some(publication.position.saturating_sub(1));

@@ -376,6 +376,16 @@ impl Hub {
         self.connections.lock().expect("registry lock").values().cloned().collect()
     }
 
+    /// Tenants with live connections or channels on this node.
+    pub fn tenants_in_use(&self) -> Vec<Arc<str>> {
+        let mut tenants: std::collections::BTreeSet<Arc<str>> =
+            self.tenant_connections.lock().expect("registry lock").keys().cloned().collect();
+        for shard in &self.shards {
+            tenants.extend(shard.lock().expect("shard lock").keys().cloned());
+        }
+        tenants.into_iter().collect()
+    }
+
     /// Every live channel on this node.
     pub fn live_channels(&self) -> Vec<Arc<Channel>> {
         let mut out = Vec::new();

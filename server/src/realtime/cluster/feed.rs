@@ -32,7 +32,8 @@ const IDLE_CHECK: Duration = Duration::from_secs(2);
 pub fn start(cluster: Arc<Cluster>, hub: Arc<Hub>, ch: Arc<Channel>) -> mpsc::UnboundedSender<JoinRequest> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut feed = Feed { cluster, hub, ch, last_seq: 0 };
+        let history = stream::history_subject(&ch.tenant, &ch.name);
+        let mut feed = Feed { cluster, hub, ch, history, last_seq: 0 };
         feed.run(rx).await;
     });
     tx
@@ -42,9 +43,16 @@ struct Feed {
     cluster: Arc<Cluster>,
     hub: Arc<Hub>,
     ch: Arc<Channel>,
+    /// The channel's stored subject.
+    history: String,
     /// JetStream sequence of the newest delivered message.
     last_seq: u64,
 }
+
+/// How often reading a gap from the stream is tried before the feed gives up on it (about
+/// 25 s with the back-off below); live delivery waits meanwhile.
+const FILL_ATTEMPTS: u32 = 50;
+const FILL_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The next presence change, or never when the channel is not watched.
 async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
@@ -65,7 +73,7 @@ impl Feed {
 
     async fn run(&mut self, mut joins: mpsc::UnboundedReceiver<JoinRequest>) {
         let subject = stream::feed_subject(&self.ch.tenant, &self.ch.name);
-        let history = stream::history_subject(&self.ch.tenant, &self.ch.name);
+        let history = self.history.clone();
         // Subscribe first, then read the head: whatever is stored after the head is read
         // arrives on the subscription.
         let mut sub = loop {
@@ -113,8 +121,8 @@ impl Feed {
                     if changed.is_err() {
                         break;
                     }
-                    // Reconnected: catch up with what was stored while disconnected.
-                    self.catch_up(&history).await;
+                    // Reconnected, or NATS dropped messages: catch up with what was stored.
+                    self.catch_up().await;
                 }
                 entry = next_entry(&mut presence) => match entry {
                     Some(Ok(entry)) => self.on_presence(entry, &mut present),
@@ -129,6 +137,9 @@ impl Feed {
             }
         }
         // The subscription or the channel of joins ended: let the next subscriber start over.
+        if self.ch.subscriber_count() > 0 {
+            tracing::error!(channel = %self.ch.name, "a channel feed ended while it had subscribers");
+        }
         if let Some(slot) = &self.ch.cluster {
             *slot.feed.lock().expect("feed lock") = None;
         }
@@ -200,8 +211,8 @@ impl Feed {
             // An epoch marker (see `Cluster::head_or_start`): a new stream starts here.
             if *current_epoch != *epoch {
                 self.ch.follow_from(Arc::from(epoch.as_str()), 0);
+                self.last_seq = seq;
             }
-            self.last_seq = seq;
             return;
         }
         let after = if *current_epoch == *epoch {
@@ -225,35 +236,62 @@ impl Feed {
     }
 
     /// Delivers positions `after + 1 ..= upto` of `epoch` from the stream, walking back from
-    /// sequence `from_seq`.
+    /// sequence `from_seq`. While the stream cannot be read, it retries (live delivery waits);
+    /// what is no longer stored is skipped with a warning, and the channel's local cache then
+    /// restarts after the gap.
     async fn fill(&mut self, from_seq: u64, epoch: &str, after: u64, upto: u64) {
-        match self.cluster.read_back(from_seq, epoch, after, upto, self.ttl()).await {
-            Ok((missed, complete)) => {
-                if !complete {
-                    tracing::warn!(
-                        channel = %self.ch.name,
-                        after,
-                        upto,
-                        "messages missed by this node are no longer stored; subscribers see a gap in positions"
-                    );
+        for attempt in 1..=FILL_ATTEMPTS {
+            match self.cluster.read_back(&self.history, from_seq, epoch, after, upto, self.ttl()).await {
+                Ok((missed, complete)) => {
+                    if !complete {
+                        tracing::warn!(
+                            channel = %self.ch.name,
+                            after,
+                            upto,
+                            "messages missed by this node are no longer stored; subscribers see a gap in positions"
+                        );
+                    }
+                    for p in missed {
+                        self.ch.deliver(p, &self.hub.stats);
+                    }
+                    return;
                 }
-                for p in missed {
-                    self.ch.deliver(p, &self.hub.stats);
+                Err(e) if attempt == FILL_ATTEMPTS => {
+                    tracing::error!(error = ?e, channel = %self.ch.name, after, upto, "giving up filling a gap in the feed");
                 }
+                Err(_) => tokio::time::sleep(FILL_BACKOFF).await,
             }
-            Err(e) => tracing::warn!(error = ?e, channel = %self.ch.name, "cannot fill a gap in the feed"),
         }
     }
 
-    /// After a reconnection: deliver whatever was stored since the last delivered message.
-    async fn catch_up(&mut self, history: &str) {
-        let Ok(head) = self.cluster.head(history).await else { return };
+    /// Delivers whatever was stored after the last delivered message (after a reconnection,
+    /// when NATS dropped messages, or before admitting a subscriber that is ahead of this node).
+    async fn catch_up(&mut self) {
+        let mut head = None;
+        for _ in 0..FILL_ATTEMPTS {
+            match self.cluster.head(&self.history).await {
+                Ok(h) => {
+                    head = Some(h);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(FILL_BACKOFF).await,
+            }
+        }
+        let Some(head) = head else {
+            tracing::error!(channel = %self.ch.name, "cannot read the channel head to catch up");
+            return;
+        };
         let (epoch, last) = self.ch.delivered_head();
         if head.seq == 0 || (head.epoch == epoch && head.position <= last) {
             return;
         }
-        let after = if head.epoch == epoch { last } else { 0 };
-        self.fill(head.seq, &head.epoch.clone(), after, head.position).await;
+        if head.position == 0 {
+            // Only an epoch marker: a new, still empty stream.
+            self.ch.follow_from(head.epoch.clone(), 0);
+        } else {
+            let after = if head.epoch == epoch { last } else { 0 };
+            self.fill(head.seq, &head.epoch.clone(), after, head.position).await;
+        }
         self.last_seq = head.seq;
     }
 
@@ -261,9 +299,22 @@ impl Feed {
         if join.done.is_closed() {
             return; // The session gave up waiting.
         }
+        // A client that saw more than this node has delivered (it was on a node that is
+        // ahead): catch up first, so its resume point is known here.
+        if let Some(since) = &join.since {
+            let (epoch, last) = self.ch.delivered_head();
+            let known_epoch = since.epoch.is_empty() || *since.epoch == *epoch;
+            if !known_epoch || since.position > last {
+                self.catch_up().await;
+            }
+        }
         let fetched = match self.ch.needs_history(join.since.as_ref()) {
             Some(Replay::Remote { after, upto, epoch }) => {
-                match self.cluster.read_back(self.last_seq, &epoch, after, upto, self.ttl()).await {
+                match self
+                    .cluster
+                    .read_back(&self.history, self.last_seq, &epoch, after, upto, self.ttl())
+                    .await
+                {
                     Ok((missed, true)) => Some(Some(missed)),
                     Ok((_, false)) => Some(None),
                     Err(_) => {
@@ -274,6 +325,9 @@ impl Feed {
             }
             _ => None,
         };
+        if join.done.is_closed() {
+            return; // Gave up while the history was read.
+        }
         let conn = join.conn;
         let result = self.ch.subscribe(conn, join.subscriber, join.since.as_ref(), fetched, join.reply);
         let subscribed = result.is_ok();

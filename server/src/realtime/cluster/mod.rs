@@ -130,6 +130,13 @@ impl Cluster {
                             generation.send_modify(|g| *g += 1);
                         }
                         async_nats::Event::Disconnected => tracing::warn!("lost the connection to NATS"),
+                        // NATS dropped messages of a subscription: feeds catch up from the stream.
+                        async_nats::Event::SlowConsumer(_) => {
+                            tracing::warn!(
+                                "NATS dropped messages for this node (slow consumer); catching up"
+                            );
+                            generation.send_modify(|g| *g += 1);
+                        }
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
                 }
@@ -194,6 +201,13 @@ impl Cluster {
                 }
             }
             self.presence.changed();
+            // Configuration changes broadcast while this node was away were missed: re-read
+            // every tenant it serves (closing what was revoked or suspended meanwhile).
+            if let Some(hub) = self.hub() {
+                for tenant in hub.tenants_in_use() {
+                    hub.apply_tenant_change(&tenant).await;
+                }
+            }
         }
     }
 
@@ -215,11 +229,20 @@ impl Cluster {
 
     /// Sends a control message to every node without waiting for them (this node has already
     /// applied it).
+    ///
+    /// Fails at once while NATS is unreachable (a node that misses a change re-reads every
+    /// tenant it serves when it reconnects), and never waits more than two seconds.
     pub async fn broadcast(&self, control: Control) -> Result<(), HubError> {
+        self.health().map_err(HubError::ClusterUnavailable)?;
         let envelope = Envelope { origin: self.node_id.clone(), control };
         let payload = serde_json::to_vec(&envelope).expect("control serialises");
-        self.client.publish(CONTROL_SUBJECT, payload.into()).await.map_err(Self::unavailable)?;
-        self.client.flush().await.map_err(Self::unavailable)
+        let send = async {
+            self.client.publish(CONTROL_SUBJECT, payload.into()).await.map_err(Self::unavailable)?;
+            self.client.flush().await.map_err(Self::unavailable)
+        };
+        tokio::time::timeout(GATHER_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| Err(Self::unavailable("NATS did not take the message in time")))
     }
 
     /// Sends a control message to every node, this one included, and sums their answers
@@ -253,16 +276,27 @@ impl Cluster {
         Ok(total)
     }
 
-    async fn control_loop(self: Arc<Self>) {
-        let mut sub = loop {
-            match self.client.subscribe(CONTROL_SUBJECT).await {
-                Ok(sub) => break sub,
+    /// Subscribes to `subject`, retrying until it works.
+    async fn subscribe_retrying(&self, subject: &'static str) -> async_nats::Subscriber {
+        loop {
+            match self.client.subscribe(subject).await {
+                Ok(sub) => return sub,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to control messages; retrying");
+                    tracing::warn!(error = %e, subject, "cannot subscribe; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        };
+        }
+    }
+
+    async fn control_loop(self: Arc<Self>) {
+        while self.hub().is_some() {
+            let sub = self.subscribe_retrying(CONTROL_SUBJECT).await;
+            self.follow_control(sub).await;
+        }
+    }
+
+    async fn follow_control(&self, mut sub: async_nats::Subscriber) {
         while let Some(msg) = sub.next().await {
             let Some(hub) = self.hub() else { return };
             let envelope: Envelope = match serde_json::from_slice(&msg.payload) {
@@ -298,12 +332,13 @@ impl Cluster {
     }
 
     async fn stats_loop(self: Arc<Self>) {
-        let mut sub = loop {
-            match self.client.subscribe(STATS_SUBJECT).await {
-                Ok(sub) => break sub,
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        };
+        while self.hub().is_some() {
+            let sub = self.subscribe_retrying(STATS_SUBJECT).await;
+            self.follow_stats(sub).await;
+        }
+    }
+
+    async fn follow_stats(&self, mut sub: async_nats::Subscriber) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

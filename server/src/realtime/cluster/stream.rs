@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -111,18 +112,73 @@ fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
     Duration::from_secs(u64::from(options.history_ttl_seconds.max(1)))
 }
 
+/// The `Nats-TTL` of a stored message, in seconds.
+fn ttl_header(headers: &async_nats::HeaderMap) -> u64 {
+    headers
+        .get(async_nats::header::NATS_MESSAGE_TTL)
+        .and_then(|v| v.as_str().trim_end_matches('s').parse().ok())
+        .unwrap_or(0)
+}
+
+/// The TTL for the message after `head`: the channel's, but never so short that it would
+/// expire before the head. Messages of a subject then expire in sequence order, so an expired
+/// message is never followed by a stored one and positions are never handed out twice (which
+/// lowering `history_ttl_seconds` would otherwise cause). The head's remaining life is
+/// measured from when this node learnt it, which is no earlier than when it was stored.
+fn next_ttl(channel_ttl: Duration, head: &StreamHead) -> u64 {
+    let channel = channel_ttl.as_secs().max(1);
+    let Some(seen) = head.seen else { return channel };
+    let remaining = head.ttl_seconds.saturating_sub(seen.elapsed().as_secs());
+    // One second of margin for rounding and clock granularity.
+    channel.max(remaining + 1)
+}
+
 impl Cluster {
+    /// A stored message by sequence, `None` if there is none (expired, trimmed). With several
+    /// replicas it is read through the stream leader: a lagging follower could miss it.
+    async fn message(&self, seq: u64) -> Result<Option<StreamMessage>, HubError> {
+        if self.settings.replicas == 1 {
+            return match self.stream.direct_get(seq).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Self::unavailable(e)),
+            };
+        }
+        match self.stream.get_raw_message(seq).await {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Self::unavailable(e)),
+        }
+    }
+
+    /// The newest stored message of a subject, `None` if it has none (see [`Self::message`]).
+    async fn last_message(&self, subject: &str) -> Result<Option<StreamMessage>, HubError> {
+        if self.settings.replicas == 1 {
+            return match self.stream.direct_get_last_for_subject(subject).await {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Self::unavailable(e)),
+            };
+        }
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Self::unavailable(e)),
+        }
+    }
+
     /// The newest stored message of a subject, or an empty head.
     pub async fn head(&self, subject: &str) -> Result<StreamHead, HubError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(msg) => Ok(StreamHead {
+        Ok(match self.last_message(subject).await? {
+            Some(msg) => StreamHead {
                 seq: msg.sequence,
                 position: header_u64(Some(&msg.headers), HEADER_POSITION).unwrap_or(0),
                 epoch: Arc::from(header_str(Some(&msg.headers), HEADER_EPOCH).unwrap_or("")),
-            }),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(StreamHead::default()),
-            Err(e) => Err(Self::unavailable(e)),
-        }
+                ttl_seconds: ttl_header(&msg.headers),
+                seen: Some(Instant::now()),
+            },
+            None => StreamHead::default(),
+        })
     }
 
     /// The head of a channel's stream, starting a new epoch when the stream is empty: a marker
@@ -144,7 +200,15 @@ impl Cluster {
             let ack =
                 self.js.send_publish(subject.to_owned(), marker).await.map_err(Self::unavailable)?.await;
             match ack {
-                Ok(ack) => return Ok(StreamHead { seq: ack.sequence, position: 0, epoch }),
+                Ok(ack) => {
+                    return Ok(StreamHead {
+                        seq: ack.sequence,
+                        position: 0,
+                        epoch,
+                        ttl_seconds: ttl.as_secs(),
+                        seen: Some(Instant::now()),
+                    });
+                }
                 // Another node started it first: read its epoch.
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
                 Err(e) => return Err(Self::unavailable(e)),
@@ -173,6 +237,7 @@ impl Cluster {
         }
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             let current = head.clone().expect("head loaded");
+            let message_ttl = next_ttl(ttl, &current);
             let (position, epoch) = if current.seq == 0 {
                 (1, Arc::from(crate::crypto::random_token("", 6).as_str()))
             } else {
@@ -196,7 +261,7 @@ impl Cluster {
                 .header(HEADER_POSITION, position.to_string().as_str())
                 .header(HEADER_EPOCH, &*epoch)
                 .header(HEADER_PREVIOUS, current.seq.to_string().as_str())
-                .header("Nats-TTL", format!("{}s", ttl.as_secs()).as_str())
+                .header("Nats-TTL", format!("{message_ttl}s").as_str())
                 .expected_last_subject_sequence(current.seq);
             if let Some(key) = &idempotency_key {
                 message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
@@ -204,23 +269,38 @@ impl Cluster {
             let ack = self.js.send_publish(subject.clone(), message).await.map_err(Self::unavailable)?.await;
             match ack {
                 Ok(ack) if ack.duplicate => {
-                    // The first publish with this key is stored: answer with its outcome.
-                    let stored = self.stream.direct_get(ack.sequence).await.map_err(Self::unavailable)?;
-                    let first = Publication::from_frame(
-                        Utf8Bytes::try_from(stored.payload).map_err(Self::unavailable)?,
-                        Instant::now(),
-                    )
-                    .map_err(Self::unavailable)?;
-                    return Ok(PublishOutcome {
-                        position: first.position,
-                        epoch: first.epoch,
-                        id: first.id,
-                        timestamp_ms: first.timestamp_ms,
-                        duplicate: true,
+                    // The first publish with this key is stored: answer with its outcome. If it
+                    // has left the stream since (expired, trimmed), only the fact is known.
+                    let first = self
+                        .message(ack.sequence)
+                        .await?
+                        .and_then(|m| Utf8Bytes::try_from(m.payload).ok())
+                        .and_then(|frame| Publication::from_frame(frame, Instant::now()).ok());
+                    return Ok(match first {
+                        Some(first) => PublishOutcome {
+                            position: first.position,
+                            epoch: first.epoch,
+                            id: first.id,
+                            timestamp_ms: first.timestamp_ms,
+                            duplicate: true,
+                        },
+                        None => PublishOutcome {
+                            position: 0,
+                            epoch: Arc::from(""),
+                            id: String::new(),
+                            timestamp_ms: 0,
+                            duplicate: true,
+                        },
                     });
                 }
                 Ok(ack) => {
-                    *head = Some(StreamHead { seq: ack.sequence, position, epoch: epoch.clone() });
+                    *head = Some(StreamHead {
+                        seq: ack.sequence,
+                        position,
+                        epoch: epoch.clone(),
+                        ttl_seconds: message_ttl,
+                        seen: Some(Instant::now()),
+                    });
                     return Ok(PublishOutcome { position, epoch, id, timestamp_ms, duplicate: false });
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
@@ -260,6 +340,7 @@ impl Cluster {
     /// stored comes back with `false`.
     pub async fn read_back(
         &self,
+        subject: &str,
         from_seq: u64,
         epoch: &str,
         after: u64,
@@ -272,11 +353,11 @@ impl Cluster {
             if seq == 0 {
                 break false;
             }
-            let msg = match self.stream.direct_get(seq).await {
-                Ok(msg) => msg,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break false,
-                Err(e) => return Err(Self::unavailable(e)),
-            };
+            let Some(msg) = self.message(seq).await? else { break false };
+            // After the stream was re-created a stale sequence may name another subject.
+            if msg.subject.as_str() != subject {
+                break false;
+            }
             let headers = Some(&msg.headers);
             let (Some(position), Some(previous)) =
                 (header_u64(headers, HEADER_POSITION), header_u64(headers, HEADER_PREVIOUS))
@@ -308,7 +389,8 @@ impl Cluster {
     ) -> Result<HistorySlice, HubError> {
         let options = ch.options();
         let ttl = ttl_of(&options);
-        let head = self.head(&history_subject(&ch.tenant, &ch.name)).await?;
+        let subject = history_subject(&ch.tenant, &ch.name);
+        let head = self.head(&subject).await?;
         let size = u64::from(options.history_size);
         let slice = |publications, complete| HistorySlice {
             publications,
@@ -327,7 +409,7 @@ impl Cluster {
                     return Ok(slice(Vec::new(), true));
                 }
                 let upto = head.position.min(since.position + limit as u64);
-                match self.read_back(head.seq, &head.epoch, since.position, upto, ttl).await? {
+                match self.read_back(&subject, head.seq, &head.epoch, since.position, upto, ttl).await? {
                     (found, true) => Ok(slice(found, true)),
                     (_, false) => Ok(slice(Vec::new(), false)),
                 }
@@ -335,8 +417,9 @@ impl Cluster {
             None => {
                 // The newest messages still stored, oldest first.
                 let n = size.min(limit as u64).min(head.position);
-                let (found, _) =
-                    self.read_back(head.seq, &head.epoch, head.position - n, head.position, ttl).await?;
+                let (found, _) = self
+                    .read_back(&subject, head.seq, &head.epoch, head.position - n, head.position, ttl)
+                    .await?;
                 Ok(slice(found, true))
             }
         }
