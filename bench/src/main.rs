@@ -17,6 +17,12 @@
 //!   figure the load client cannot distort.
 //! - `channels --channels N --subscribers-per-channel M --rate R --duration S`: the same with
 //!   publishes spread over N channels.
+//! - `cluster --spawn PATH --nats-server PATH --subscribers N --rate R --duration S`: starts
+//!   `nats-server -js` and three Herald nodes in cluster mode (`--nodes`) on one shared
+//!   database, spreads N subscribers of one channel evenly over the nodes and publishes through
+//!   node 1. Reports the fan-out figures over all subscribers with the nodes' CPU summed, then
+//!   latency and losses separately for node 1's subscribers and the other nodes' (every
+//!   delivery crossed NATS), each node's CPU, and NATS's CPU.
 //! - `baseline <idle|fanout|channels> …`: the same scenario against the tool's own minimal
 //!   broadcast server only (see [`baseline`]). `--compare-baseline` on the other modes runs
 //!   both in one invocation and prints every figure as a Herald ÷ baseline ratio.
@@ -63,7 +69,7 @@ use clap::{Args, Parser, Subcommand};
 use pool::LoadLayout;
 use report::{Output, Pinning, ScenarioOutput};
 use scenario::{IdleParams, PublishParams};
-use target::Server;
+use target::{Cluster, ClusterSpec, Server};
 use worker::Transport;
 
 #[derive(Parser)]
@@ -103,6 +109,14 @@ enum Cmd {
         server: HeraldArgs,
         #[command(flatten)]
         channels: ChannelsArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// N subscribers on one channel spread over a cluster of nodes it starts with a NATS server;
+    /// publishes through node 1 and tells deliveries across NATS apart.
+    Cluster {
+        #[command(flatten)]
+        cluster: ClusterArgs,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -309,6 +323,32 @@ struct ChannelsArgs {
     publish: PublishArgs,
 }
 
+/// The cluster to start and what to run on it.
+#[derive(Args, Clone)]
+struct ClusterArgs {
+    /// The herald binary every node runs.
+    #[arg(long, value_name = "PATH")]
+    spawn: PathBuf,
+    /// The nats-server binary, 2.11 or later (`cargo xtask nats` installs one and prints its path
+    /// last).
+    #[arg(long, value_name = "PATH", env = "HERALD_NATS_SERVER")]
+    nats_server: PathBuf,
+    /// Herald nodes.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    nodes: usize,
+    /// Database the nodes share [default: a SQLite file in the tool's temporary directory].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Extra environment for every node, e.g. HERALD_CLIENT_QUEUE_MESSAGES=4096 (repeatable).
+    #[arg(long = "server-env", value_name = "KEY=VALUE")]
+    server_env: Vec<String>,
+    /// Subscribers on the one channel, spread evenly over the nodes.
+    #[arg(long, value_name = "N")]
+    subscribers: u64,
+    #[command(flatten)]
+    publish: PublishArgs,
+}
+
 /// A scenario with its parameters.
 enum Plan {
     Idle(IdleParams),
@@ -478,6 +518,53 @@ async fn herald_mode(server: &HeraldArgs, common: &CommonArgs, plan: Plan) -> an
     output(common, vec![result?])
 }
 
+/// Starts NATS and the nodes, runs the cluster scenario `--repeat` times and reports the
+/// median run (by the nodes' CPU per delivery); stops every process it started.
+async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()> {
+    warn_if_busy().await;
+    let env = parse_env(&a.server_env)?;
+    let spec = ClusterSpec {
+        herald: &a.spawn,
+        nats_server: &a.nats_server,
+        nodes: a.nodes,
+        database_url: a.database_url.as_deref(),
+        env: &env,
+        cpu: common.server_cpu(),
+    };
+    let cluster = Cluster::spawn(&spec).await?;
+    let (layout, publish, repeat) = (common.layout(), a.publish.params(), a.publish.repeat.max(1));
+    let mut runs = Vec::new();
+    let mut failure = None;
+    for round in 0..repeat {
+        eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.nodes, round + 1);
+        match scenario::cluster(&cluster, &layout, a.subscribers, &publish).await {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                failure = Some(e.context(format!("last log lines:\n{}", cluster.log_tail())));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        match cluster.log_tail() {
+            tail if tail.is_empty() => {}
+            tail => eprintln!("note: the nodes or NATS logged warnings or errors; the last lines:\n{tail}"),
+        }
+    }
+    cluster.stop().await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let median = report::median_by(runs.clone(), |r| &r.all).context("no run")?;
+    let mut out = report::cluster(&median);
+    if repeat > 1 {
+        report::print_runs(&[runs.iter().map(|r| r.all.clone()).collect(), Vec::new()]);
+        let values = runs.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
+        out.runs = Some([values, Vec::new()]);
+    }
+    output(common, vec![out])
+}
+
 async fn baseline_mode(common: &CommonArgs, plan: Plan) -> anyhow::Result<()> {
     warn_if_busy().await;
     let baseline = Server::spawn_baseline(common.server_cpu(), common.baseline_write_buffer).await?;
@@ -588,6 +675,7 @@ fn main() -> ExitCode {
         Cmd::Idle { common, .. }
         | Cmd::Fanout { common, .. }
         | Cmd::Channels { common, .. }
+        | Cmd::Cluster { common, .. }
         | Cmd::Smoke { common, .. }
         | Cmd::Baseline {
             scenario:
@@ -621,6 +709,7 @@ fn main() -> ExitCode {
             Cmd::Channels { server, channels, common } => {
                 herald_mode(&server, &common, Plan::channels(&channels)).await
             }
+            Cmd::Cluster { cluster, common } => cluster_mode(&cluster, &common).await,
             Cmd::Baseline { scenario } => match scenario {
                 BaselineScenario::Idle { idle, common } => baseline_mode(&common, Plan::idle(&idle)).await,
                 BaselineScenario::Fanout { fanout, common } => {

@@ -60,6 +60,27 @@ pub struct Merged {
     pub first_error: Option<String>,
 }
 
+impl Merged {
+    /// Several pools' reports as one.
+    pub fn combine<'a>(parts: impl IntoIterator<Item = &'a Merged>) -> Merged {
+        let mut all = Merged {
+            counters: Counters::default(),
+            latency: worker::latency_histogram(),
+            open: 0,
+            first_error: None,
+        };
+        for m in parts {
+            all.counters.add(&m.counters);
+            let _ = all.latency.add(&m.latency);
+            all.open += m.open;
+            if all.first_error.is_none() {
+                all.first_error.clone_from(&m.first_error);
+            }
+        }
+        all
+    }
+}
+
 pub struct Pool {
     workers: Vec<Worker>,
     layout: LoadLayout,
@@ -91,6 +112,13 @@ impl Pool {
             workers.push(Worker { child, stdin, stdout, pid, open: 0 });
         }
         Ok(Pool { workers, layout: layout.clone(), next_index: 0, failed: 0, first_connect_error: None })
+    }
+
+    /// Numbers this pool's connections from `first` on (instead of 0), so that several pools of
+    /// one run pick distinct source addresses and ports.
+    pub fn first_index(mut self, first: u64) -> Pool {
+        self.next_index = first;
+        self
     }
 
     pub fn pids(&self) -> Vec<u32> {

@@ -120,6 +120,73 @@ pub struct FanoutResult {
     pub other_cpu_percent: Option<f64>,
 }
 
+/// The cluster scenario: one channel's subscribers spread over the nodes, publishes through
+/// node 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterResult {
+    pub nodes: usize,
+    /// Over every subscriber. The `server_*` figures are the nodes' sums; NATS is not in them.
+    #[serde(flatten)]
+    pub all: FanoutResult,
+    /// Subscribers of the node that takes the publishes (node 1).
+    pub publishing_node: GroupFigures,
+    /// Subscribers of the other nodes: every delivery crossed NATS. Absent with one node.
+    pub other_nodes: Option<GroupFigures>,
+    pub per_node: Vec<NodeFigures>,
+    pub nats_cpu_seconds: Option<f64>,
+    pub nats_cpu_percent: Option<f64>,
+    /// NATS CPU over every delivery (all nodes' subscribers).
+    pub nats_cpu_us_per_delivery: Option<f64>,
+    pub nats_rss_after_kib: Option<u64>,
+    /// Nodes and NATS together over every delivery.
+    pub nodes_and_nats_cpu_us_per_delivery: Option<f64>,
+}
+
+/// Deliveries to one group of subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupFigures {
+    pub subscribers_open: u64,
+    pub deliveries: u64,
+    /// Positions not received: gaps, and what open or closed connections never got.
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub closed_connections: u64,
+    /// Publish (before the HTTP request to node 1) → frame parsed by the client.
+    pub latency: Option<Latency>,
+}
+
+impl GroupFigures {
+    pub fn of(m: &crate::pool::Merged) -> GroupFigures {
+        GroupFigures {
+            subscribers_open: m.open,
+            deliveries: m.counters.received,
+            missing: m.counters.missing(),
+            duplicates: m.counters.duplicates,
+            out_of_order: m.counters.out_of_order,
+            closed_connections: m.counters.closed,
+            latency: Latency::of(&m.latency),
+        }
+    }
+}
+
+/// One node's share of a cluster run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeFigures {
+    pub node: String,
+    pub subscribers: u64,
+    pub subscribers_open: u64,
+    /// Deliveries to this node's subscribers.
+    pub deliveries: u64,
+    pub cpu_seconds: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    /// This node's CPU over its own subscribers' deliveries.
+    pub cpu_us_per_own_delivery: Option<f64>,
+    /// This node's CPU over every delivery of the run (these add up to the nodes' sum).
+    pub cpu_us_per_delivery: Option<f64>,
+    pub rss_after_kib: Option<u64>,
+}
+
 /// One scenario's results for Herald and/or the baseline, with Herald ÷ baseline ratios.
 #[derive(Debug, Serialize)]
 pub struct ScenarioOutput {
@@ -385,11 +452,16 @@ pub const DISTURBED_PERCENT: f64 = 10.0;
 /// The run with the median server CPU per delivery (the lower middle one for an even count),
 /// among the undisturbed runs when there is any.
 pub fn median_run(runs: Vec<FanoutResult>) -> Option<FanoutResult> {
+    median_by(runs, |r| r)
+}
+
+/// [`median_run`] of runs that hold a [`FanoutResult`] (`figures` picks it).
+pub fn median_by<T>(runs: Vec<T>, figures: impl Fn(&T) -> &FanoutResult) -> Option<T> {
     let (clean, disturbed): (Vec<_>, Vec<_>) =
-        runs.into_iter().partition(|r| r.other_cpu_percent.is_none_or(|p| p < DISTURBED_PERCENT));
+        runs.into_iter().partition(|r| figures(r).other_cpu_percent.is_none_or(|p| p < DISTURBED_PERCENT));
     let mut runs = if clean.is_empty() { disturbed } else { clean };
     runs.sort_by(|a, b| {
-        let key = |r: &FanoutResult| r.server_cpu_us_per_delivery.unwrap_or(f64::INFINITY);
+        let key = |r: &T| figures(r).server_cpu_us_per_delivery.unwrap_or(f64::INFINITY);
         key(a).total_cmp(&key(b))
     });
     let middle = runs.len().saturating_sub(1) / 2;
@@ -416,6 +488,94 @@ pub fn print_runs(runs: &[Vec<FanoutResult>; 2]) {
                 r.other_cpu_percent.map_or("-".to_owned(), |v| format!("{v:.0}")),
             );
         }
+    }
+}
+
+/// Prints the cluster scenario (the fan-out table over every subscriber, then the figures per
+/// group of subscribers, per node and of NATS) and returns its JSON output.
+pub fn cluster(r: &ClusterResult) -> ScenarioOutput {
+    let mut out = fanout("cluster", Some(&r.all), None);
+    println!("  (server = the {} nodes summed; NATS below)", r.nodes);
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
+    let mut groups = vec![("node1 (publishes)".to_owned(), &r.publishing_node)];
+    if let Some(other) = &r.other_nodes {
+        groups.push((if r.nodes == 2 { "node2".to_owned() } else { format!("node2-{}", r.nodes) }, other));
+    }
+    let mut rows: Vec<(&str, Vec<String>)> = vec![
+        ("subscribers open", groups.iter().map(|(_, g)| g.subscribers_open.to_string()).collect()),
+        ("deliveries", groups.iter().map(|(_, g)| g.deliveries.to_string()).collect()),
+        (
+            "lost/dup/out-of-order/closed",
+            groups
+                .iter()
+                .map(|(_, g)| {
+                    format!("{}/{}/{}/{}", g.missing, g.duplicates, g.out_of_order, g.closed_connections)
+                })
+                .collect(),
+        ),
+    ];
+    for (label, q) in
+        [("latency p50 (ms)", 0), ("latency p99 (ms)", 1), ("latency p99.9 (ms)", 2), ("latency max (ms)", 3)]
+    {
+        let values = groups
+            .iter()
+            .map(|(_, g)| {
+                g.latency.as_ref().map_or("-".into(), |l| ms([l.p50_us, l.p99_us, l.p999_us, l.max_us][q]))
+            })
+            .collect();
+        rows.push((label, values));
+    }
+    let headers: Vec<String> = groups.iter().map(|(name, _)| name.clone()).collect();
+    print_grid("cluster: deliveries by where the subscriber is", &headers, &rows);
+
+    let mut headers: Vec<String> = r.per_node.iter().map(|n| n.node.clone()).collect();
+    headers.extend(["nodes".to_owned(), "nats-server".to_owned(), "nodes+nats".to_owned()]);
+    let with_nats = r.all.server_cpu_percent.zip(r.nats_cpu_percent).map(|(a, b)| a + b);
+    let mut cpu_percent: Vec<String> = r.per_node.iter().map(|n| f(n.cpu_percent, 1)).collect();
+    cpu_percent.extend([f(r.all.server_cpu_percent, 1), f(r.nats_cpu_percent, 1), f(with_nats, 1)]);
+    let mut per_delivery: Vec<String> = r.per_node.iter().map(|n| f(n.cpu_us_per_delivery, 2)).collect();
+    per_delivery.extend([
+        f(r.all.server_cpu_us_per_delivery, 2),
+        f(r.nats_cpu_us_per_delivery, 2),
+        f(r.nodes_and_nats_cpu_us_per_delivery, 2),
+    ]);
+    let mut own: Vec<String> = r.per_node.iter().map(|n| f(n.cpu_us_per_own_delivery, 2)).collect();
+    own.extend(["".into(), "".into(), "".into()]);
+    let mib = |k: Option<u64>| f(k.map(|k| k as f64 / 1024.0), 1);
+    let mut rss: Vec<String> = r.per_node.iter().map(|n| mib(n.rss_after_kib)).collect();
+    rss.extend([mib(r.all.server_rss_after_kib), mib(r.nats_rss_after_kib), String::new()]);
+    let rows = vec![
+        ("CPU (% of a core)", cpu_percent),
+        ("CPU per delivery, all deliveries (µs)", per_delivery),
+        ("CPU per delivery to its own subscribers (µs)", own),
+        ("RSS after (MiB)", rss),
+    ];
+    print_grid("cluster: CPU by process", &headers, &rows);
+    out.herald = Some(serde_json::to_value(r).expect("serialises"));
+    out
+}
+
+/// A plain table: a title, column headers and labelled rows.
+fn print_grid(title: &str, headers: &[String], rows: &[(&str, Vec<String>)]) {
+    println!("\n{title}");
+    let width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+    let cols: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            let cells = rows.iter().filter_map(|(_, v)| v.get(i)).map(|v| v.chars().count());
+            cells.chain([headers[i].chars().count()]).max().unwrap_or(0).max(8)
+        })
+        .collect();
+    let line = |label: &str, cells: &[String]| {
+        let mut line = format!("  {label:width$}");
+        for (cell, w) in cells.iter().zip(&cols) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        println!("{}", line.trim_end());
+    };
+    line("", headers);
+    for (label, values) in rows {
+        line(label, values);
     }
 }
 

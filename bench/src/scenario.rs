@@ -1,6 +1,7 @@
 //! The scenarios, each run the same way against Herald and against the baseline server.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,10 +11,12 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::pool::{LoadLayout, Merged, Pool};
-use crate::report::{FanoutResult, IdleResult, IdleStep, Latency, slope};
+use crate::report::{
+    ClusterResult, FanoutResult, GroupFigures, IdleResult, IdleStep, Latency, NodeFigures, slope,
+};
 use crate::sys::Sample;
-use crate::target::Server;
-use crate::worker::{latency_histogram, now_us};
+use crate::target::{Cluster, Server};
+use crate::worker::{Transport, latency_histogram, now_us};
 
 pub struct IdleParams {
     /// Cumulative connection counts to measure at.
@@ -228,19 +231,26 @@ impl Publisher {
     }
 }
 
-/// Waits until every open connection has every published message, or the timeout; returns
-/// the merged report (with latencies) and when the wait ended.
+/// Waits until every open connection of every pool has every published message, or the
+/// timeout; returns each pool's report (with latencies) and when the wait ended.
 async fn drain(
-    pool: &mut Pool,
+    pools: &mut [Pool],
     finals: &HashMap<String, u64>,
     timeout: Duration,
-) -> anyhow::Result<(Merged, Instant)> {
+) -> anyhow::Result<(Vec<Merged>, Instant)> {
     let deadline = Instant::now() + timeout;
     loop {
-        let progress = pool.report(finals, false).await?;
+        let mut pending = 0;
+        for pool in pools.iter_mut() {
+            pending += pool.report(finals, false).await?.counters.pending;
+        }
         let now = Instant::now();
-        if progress.counters.pending == 0 || now >= deadline {
-            return Ok((pool.report(finals, true).await?, now));
+        if pending == 0 || now >= deadline {
+            let mut reports = Vec::with_capacity(pools.len());
+            for pool in pools.iter_mut() {
+                reports.push(pool.report(finals, true).await?);
+            }
+            return Ok((reports, now));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -248,6 +258,180 @@ async fn drain(
 
 fn load_cpu(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| crate::sys::cpu_seconds(*p)).sum()
+}
+
+/// A group of subscribers on one server: `per_channel` connections on each channel.
+pub struct Subscribers<'a> {
+    pub ws_url: &'a str,
+    pub per_channel: u64,
+}
+
+/// One measured publishing window: what the publisher did, what each group of subscribers saw,
+/// and the measured processes' CPU and RSS before and after.
+pub struct Window {
+    run: PublishRun,
+    connect_failed: u64,
+    first_connect_error: Option<String>,
+    /// Each group's report, in the order the groups were given.
+    pub groups: Vec<Merged>,
+    /// Every group's report combined.
+    pub all: Merged,
+    /// Each measured process (in the order of the pids given) before and after.
+    pub samples: Vec<(Sample, Sample)>,
+    /// From the first measured publish until everything arrived (or the drain timeout), s.
+    pub elapsed: f64,
+    load_seconds: Option<f64>,
+    softirq_seconds: Option<f64>,
+    busy: (Option<f64>, Option<f64>),
+}
+
+/// Connects every group of subscribers (one pool of workers per group), publishes through
+/// `publish_to` (a warm-up, then the measured window) and waits for the deliveries; samples the
+/// processes `pids` around the measured window.
+async fn measure(
+    publish_to: &Server,
+    groups: &[Subscribers<'_>],
+    layout: &LoadLayout,
+    channels: &[String],
+    p: &PublishParams,
+    pids: &[Option<u32>],
+) -> anyhow::Result<Window> {
+    let mut pools = Vec::with_capacity(groups.len());
+    let (mut connect_failed, mut first_connect_error, mut first_index) = (0, None, 0);
+    for group in groups {
+        let count = channels.len() as u64 * group.per_channel;
+        let mut pool = Pool::start(layout, count).await?.first_index(first_index);
+        first_index += count;
+        let connected = pool.connect(group.ws_url, count, channels).await?;
+        connect_failed += connected.failed;
+        first_connect_error = first_connect_error.or(connected.first_error);
+        pools.push(pool);
+    }
+    let publisher = Publisher::new(publish_to, channels, p.max_in_flight)?;
+    let mut finals: HashMap<String, u64> = HashMap::new();
+    let merge = |finals: &mut HashMap<String, u64>, run: &PublishRun| {
+        for (c, pos) in &run.finals {
+            let e = finals.entry(c.clone()).or_insert(0);
+            *e = (*e).max(*pos);
+        }
+    };
+    if !p.warmup.is_zero() {
+        let warm = publisher.run(p, p.warmup).await;
+        merge(&mut finals, &warm);
+        drain(&mut pools, &finals, p.drain_timeout).await?;
+    }
+    for pool in &mut pools {
+        pool.reset().await?;
+    }
+    let mut load_pids = vec![std::process::id()];
+    load_pids.extend(pools.iter().flat_map(Pool::pids));
+    let before: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
+    let load_before = load_cpu(&load_pids);
+    let softirq_pids = crate::sys::ksoftirqd_pids();
+    let softirq_before = load_cpu(&softirq_pids);
+    let other_before = crate::sys::system_busy_seconds();
+    let run = publisher.run(p, p.duration).await;
+    merge(&mut finals, &run);
+    let (groups, drained_at) = drain(&mut pools, &finals, p.drain_timeout).await?;
+    let after: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
+    let load_after = load_cpu(&load_pids);
+    let other_after = crate::sys::system_busy_seconds();
+    let softirq_after = load_cpu(&softirq_pids);
+    for pool in pools {
+        pool.quit().await;
+    }
+    let started = before.first().map_or(drained_at, |s| s.at.into());
+    Ok(Window {
+        run,
+        connect_failed,
+        first_connect_error,
+        all: Merged::combine(&groups),
+        groups,
+        samples: before.into_iter().zip(after).collect(),
+        elapsed: drained_at.duration_since(started).as_secs_f64(),
+        load_seconds: load_before.zip(load_after).map(|(b, a)| a - b),
+        softirq_seconds: softirq_before.zip(softirq_after).map(|(b, a)| a - b),
+        busy: (other_before, other_after),
+    })
+}
+
+impl Window {
+    /// CPU seconds the measured processes `which` (indices into the pids given) used.
+    pub fn cpu_seconds(&self, which: Range<usize>) -> Option<f64> {
+        self.samples[which].iter().map(|(b, a)| b.cpu_until(a)).sum()
+    }
+
+    /// Summed RSS of the measured processes `which`, before and after.
+    pub fn rss_kib(&self, which: Range<usize>) -> (Option<u64>, Option<u64>) {
+        let samples = &self.samples[which];
+        (samples.iter().map(|(b, _)| b.rss_kib).sum(), samples.iter().map(|(_, a)| a.rss_kib).sum())
+    }
+
+    /// `seconds` of CPU over the measured window, % of one core.
+    pub fn percent(&self, seconds: Option<f64>) -> Option<f64> {
+        let wall = self.samples.first().map(|(b, a)| a.at.duration_since(b.at).as_secs_f64())?;
+        (wall > 0.0).then_some(100.0 * seconds? / wall)
+    }
+
+    /// The run's figures over all groups, with the processes `server` (indices into the pids
+    /// given) as the server; `extra_cpu` is CPU of further processes under test (NATS) that
+    /// must not count as other processes' CPU.
+    pub fn result(
+        &self,
+        name: &str,
+        transport: Transport,
+        channels: usize,
+        subscribers_per_channel: u64,
+        p: &PublishParams,
+        server: Range<usize>,
+        extra_cpu: Option<f64>,
+    ) -> FanoutResult {
+        let (run, c, elapsed) = (&self.run, self.all.counters, self.elapsed);
+        let server_cpu = self.cpu_seconds(server.clone());
+        let (rss_before, rss_after) = self.rss_kib(server);
+        FanoutResult {
+            server: name.into(),
+            transport: transport.as_str().into(),
+            channels,
+            subscribers_per_channel,
+            subscribers_open: self.all.open,
+            connect_failed: self.connect_failed,
+            rate_per_s: p.rate,
+            burst: p.burst.max(1),
+            duration_s: p.duration.as_secs_f64(),
+            payload_bytes: p.payload.max(29),
+            published: run.ok,
+            publish_errors: run.errors,
+            publish_first_error: run.first_error.clone(),
+            publish_late: run.late,
+            publish_latency: Latency::of(&run.http_latency),
+            expected_deliveries: run.ok * subscribers_per_channel,
+            deliveries: c.received,
+            deliveries_per_s: if elapsed > 0.0 { c.received as f64 / elapsed } else { 0.0 },
+            drain_seconds: (elapsed - p.duration.as_secs_f64()).max(0.0),
+            missing: c.missing(),
+            duplicates: c.duplicates,
+            out_of_order: c.out_of_order,
+            closed_connections: c.closed,
+            unexpected_frames: c.unexpected,
+            first_error: self.first_connect_error.clone().or_else(|| self.all.first_error.clone()),
+            latency: Latency::of(&self.all.latency),
+            server_cpu_seconds: server_cpu,
+            server_cpu_percent: self.percent(server_cpu),
+            server_cpu_us_per_delivery: server_cpu
+                .and_then(|s| (c.received > 0).then(|| s * 1e6 / c.received as f64)),
+            server_rss_before_kib: rss_before,
+            server_rss_after_kib: rss_after,
+            load_cpu_percent: self.load_seconds.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
+            softirq_cpu_percent: self.softirq_seconds.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
+            other_cpu_percent: other_cpu_percent(
+                self.busy,
+                server_cpu.unwrap_or(0.0) + extra_cpu.unwrap_or(0.0) + self.softirq_seconds.unwrap_or(0.0),
+                self.load_seconds,
+                elapsed,
+            ),
+        }
+    }
 }
 
 /// `subscribers_per_channel` subscribers on each of `channels`; publishes at `rate` through
@@ -259,88 +443,73 @@ pub async fn fanout(
     subscribers_per_channel: u64,
     p: &PublishParams,
 ) -> anyhow::Result<FanoutResult> {
-    let total = channels.len() as u64 * subscribers_per_channel;
-    let mut pool = Pool::start(layout, total).await?;
-    let connected = pool.connect(&server.ws_url, total, channels).await?;
-    let publisher = Publisher::new(server, channels, p.max_in_flight)?;
-    let mut finals: HashMap<String, u64> = HashMap::new();
-    let merge = |finals: &mut HashMap<String, u64>, run: &PublishRun| {
-        for (c, pos) in &run.finals {
-            let e = finals.entry(c.clone()).or_insert(0);
-            *e = (*e).max(*pos);
-        }
-    };
-    if !p.warmup.is_zero() {
-        let warm = publisher.run(p, p.warmup).await;
-        merge(&mut finals, &warm);
-        drain(&mut pool, &finals, p.drain_timeout).await?;
-    }
-    pool.reset().await?;
-    let mut load_pids = vec![std::process::id()];
-    load_pids.extend(pool.pids());
-    let before = Sample::take(server.pid);
-    let load_before = load_cpu(&load_pids);
-    let softirq_pids = crate::sys::ksoftirqd_pids();
-    let softirq_before = load_cpu(&softirq_pids);
-    let other_before = crate::sys::system_busy_seconds();
-    let run = publisher.run(p, p.duration).await;
-    merge(&mut finals, &run);
-    let (merged, drained_at) = drain(&mut pool, &finals, p.drain_timeout).await?;
-    let after = Sample::take(server.pid);
-    let load_after = load_cpu(&load_pids);
-    let other_after = crate::sys::system_busy_seconds();
-    let softirq_after = load_cpu(&softirq_pids);
-    let softirq = softirq_before.zip(softirq_after).map(|(b, a)| a - b);
-    pool.quit().await;
-
-    let elapsed = drained_at.duration_since(before.at.into()).as_secs_f64();
-    let c = merged.counters;
-    let server_cpu = before.cpu_until(&after);
-    let first_error = pool_error(&connected.first_error, &merged);
-    Ok(FanoutResult {
-        server: server.kind.name().into(),
-        transport: layout.transport.as_str().into(),
-        channels: channels.len(),
+    let group = Subscribers { ws_url: &server.ws_url, per_channel: subscribers_per_channel };
+    let window = measure(server, &[group], layout, channels, p, &[server.pid]).await?;
+    Ok(window.result(
+        server.kind.name(),
+        layout.transport,
+        channels.len(),
         subscribers_per_channel,
-        subscribers_open: merged.open,
-        connect_failed: connected.failed,
-        rate_per_s: p.rate,
-        burst: p.burst.max(1),
-        duration_s: p.duration.as_secs_f64(),
-        payload_bytes: p.payload.max(29),
-        published: run.ok,
-        publish_errors: run.errors,
-        publish_first_error: run.first_error.clone(),
-        publish_late: run.late,
-        publish_latency: Latency::of(&run.http_latency),
-        expected_deliveries: run.ok * subscribers_per_channel,
-        deliveries: c.received,
-        deliveries_per_s: if elapsed > 0.0 { c.received as f64 / elapsed } else { 0.0 },
-        drain_seconds: (elapsed - p.duration.as_secs_f64()).max(0.0),
-        missing: c.missing(),
-        duplicates: c.duplicates,
-        out_of_order: c.out_of_order,
-        closed_connections: c.closed,
-        unexpected_frames: c.unexpected,
-        first_error,
-        latency: Latency::of(&merged.latency),
-        server_cpu_seconds: server_cpu,
-        server_cpu_percent: before.cpu_percent_until(&after),
-        server_cpu_us_per_delivery: server_cpu
-            .and_then(|s| (c.received > 0).then(|| s * 1e6 / c.received as f64)),
-        server_rss_before_kib: before.rss_kib,
-        server_rss_after_kib: after.rss_kib,
-        load_cpu_percent: match (load_before, load_after) {
-            (Some(b), Some(a)) if elapsed > 0.0 => Some(100.0 * (a - b) / elapsed),
-            _ => None,
-        },
-        softirq_cpu_percent: softirq.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
-        other_cpu_percent: other_cpu_percent(
-            (other_before, other_after),
-            server_cpu.unwrap_or(0.0) + softirq.unwrap_or(0.0),
-            load_before.zip(load_after).map(|(b, a)| a - b),
-            elapsed,
-        ),
+        p,
+        0..1,
+        None,
+    ))
+}
+
+/// `subscribers` on one channel, spread evenly over the cluster's nodes (node 1 gets the
+/// remainder first); publishes through node 1. The figures over all subscribers count the
+/// nodes' CPU as the server's; NATS's CPU, each node's and each group's figures come apart.
+pub async fn cluster(
+    cluster: &Cluster,
+    layout: &LoadLayout,
+    subscribers: u64,
+    p: &PublishParams,
+) -> anyhow::Result<ClusterResult> {
+    let nodes = cluster.nodes.len();
+    let channels = vec!["fanout".to_owned()];
+    let share = |i: usize| subscribers / nodes as u64 + u64::from((i as u64) < subscribers % nodes as u64);
+    let groups: Vec<Subscribers> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| Subscribers { ws_url: &node.ws_url, per_channel: share(i) })
+        .collect();
+    let mut pids: Vec<Option<u32>> = cluster.nodes.iter().map(|n| n.pid).collect();
+    pids.push(cluster.nats_pid);
+    let window = measure(&cluster.nodes[0], &groups, layout, &channels, p, &pids).await?;
+    let nats_cpu = window.cpu_seconds(nodes..nodes + 1);
+    let all = window.result("herald-cluster", layout.transport, 1, subscribers, p, 0..nodes, nats_cpu);
+    let per_delivery = |cpu: Option<f64>, deliveries: u64| {
+        cpu.filter(|_| deliveries > 0).map(|s| s * 1e6 / deliveries as f64)
+    };
+    let per_node = (0..nodes)
+        .map(|i| {
+            let (cpu, delivered) = (window.cpu_seconds(i..i + 1), window.groups[i].counters.received);
+            NodeFigures {
+                node: format!("node{}", i + 1),
+                subscribers: share(i),
+                subscribers_open: window.groups[i].open,
+                deliveries: delivered,
+                cpu_seconds: cpu,
+                cpu_percent: window.percent(cpu),
+                cpu_us_per_own_delivery: per_delivery(cpu, delivered),
+                cpu_us_per_delivery: per_delivery(cpu, all.deliveries),
+                rss_after_kib: window.rss_kib(i..i + 1).1,
+            }
+        })
+        .collect();
+    let nodes_and_nats = all.server_cpu_seconds.zip(nats_cpu).map(|(a, b)| a + b);
+    Ok(ClusterResult {
+        nodes,
+        nats_cpu_seconds: nats_cpu,
+        nats_cpu_percent: window.percent(nats_cpu),
+        nats_cpu_us_per_delivery: per_delivery(nats_cpu, all.deliveries),
+        nats_rss_after_kib: window.rss_kib(nodes..nodes + 1).1,
+        nodes_and_nats_cpu_us_per_delivery: per_delivery(nodes_and_nats, all.deliveries),
+        publishing_node: GroupFigures::of(&window.groups[0]),
+        other_nodes: (nodes > 1).then(|| GroupFigures::of(&Merged::combine(&window.groups[1..]))),
+        per_node,
+        all,
     })
 }
 
@@ -355,8 +524,4 @@ fn other_cpu_percent(
 ) -> Option<f64> {
     let busy = system.1? - system.0?;
     (elapsed > 0.0).then(|| (100.0 * (busy - ours - load.unwrap_or(0.0)) / elapsed).max(0.0))
-}
-
-fn pool_error(connect: &Option<String>, merged: &Merged) -> Option<String> {
-    connect.clone().or_else(|| merged.first_error.clone())
 }

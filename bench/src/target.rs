@@ -1,7 +1,8 @@
-//! The servers under test: a Herald node (started by the tool or already running) and the
-//! tool's own baseline server, each seen as a pid to measure, a WebSocket URL to connect to
-//! and a publish endpoint.
+//! The servers under test: a Herald node (started by the tool or already running), a Herald
+//! cluster the tool starts (NATS and several nodes), and the tool's own baseline server, each
+//! node seen as a pid to measure, a WebSocket URL to connect to and a publish endpoint.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,6 +44,18 @@ pub struct Server {
     /// Where a spawned server's stderr goes.
     log_path: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How to start one `herald serve` (see [`Server::start_herald`]).
+struct HeraldNode<'a> {
+    /// Holds the node's data directory and log.
+    dir: &'a Path,
+    /// `herald` for a single node, `nodeN` in a cluster: the data directory (`<dir>/<name>`) and
+    /// the log (`<dir>/<name>.log`).
+    name: &'a str,
+    admin_token: &'a str,
+    args: &'a [OsString],
+    env: &'a [(String, String)],
 }
 
 /// A value unlikely to repeat across runs, for ids and the admin token.
@@ -101,38 +114,49 @@ impl Server {
         cpu: Option<usize>,
         env: &[(String, String)],
     ) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let admin_token = format!("bench-admin-{}", unique());
+        let node = HeraldNode { dir: dir.path(), name: "herald", admin_token: &admin_token, args: &[], env };
+        let mut server = Server::start_herald(path, cpu, &node).await?;
+        server._dir = Some(dir);
+        server.prepare_herald(&admin_token).await?;
+        Ok(server)
+    }
+
+    /// Starts one `herald serve` on port 0 (data directory `<dir>/<name>`, log `<dir>/<name>.log`)
+    /// and waits until it listens; sets up nothing.
+    async fn start_herald(path: &Path, cpu: Option<usize>, node: &HeraldNode<'_>) -> anyhow::Result<Server> {
         if !path.exists() {
             bail!(
                 "{} does not exist: build it with `cargo build --release -p herald-server`",
                 path.display()
             );
         }
-        let dir = tempfile::tempdir().context("temp dir")?;
-        let log_path = dir.path().join("herald.log");
+        let log_path = node.dir.join(format!("{}.log", node.name));
         let log = std::fs::File::create(&log_path)?;
-        let admin_token = format!("bench-admin-{}", unique());
         let mut cmd = command(path, cpu);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(node.dir.join(node.name))
             .arg("--log-level")
-            .arg("warn");
+            .arg("warn")
+            .args(node.args);
         for (k, _) in std::env::vars() {
             if k.starts_with("HERALD_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("HERALD_ADMIN_TOKEN", &admin_token);
-        for (k, v) in env {
+        cmd.env("HERALD_ADMIN_TOKEN", node.admin_token);
+        for (k, v) in node.env {
             cmd.env(k, v);
         }
         cmd.stdout(Stdio::piped()).stderr(log).stdin(Stdio::null()).kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("starting {}", path.display()))?;
         let pid = child.id();
         let base = await_line(&mut child, "Herald listening on ", Some(&log_path)).await?;
-        let mut server = Server {
+        Ok(Server {
             kind: Kind::Herald,
             base,
             pid,
@@ -141,10 +165,39 @@ impl Server {
             publish_auth: None,
             child: Some(child),
             log_path: Some(log_path),
-            _dir: Some(dir),
-        };
-        server.prepare_herald(&admin_token).await?;
-        Ok(server)
+            _dir: None,
+        })
+    }
+
+    /// Waits until `/readyz` answers 200 (in cluster mode: the database and NATS are reachable).
+    async fn await_ready(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = &mut self.child
+                && let Some(exit) = child.try_wait()?
+            {
+                bail!("{} exited ({exit}):\n{}", self.base, self.log_tail());
+            }
+            let answer =
+                http.get(format!("{}/readyz", self.base)).timeout(Duration::from_secs(5)).send().await;
+            match answer {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                other if tokio::time::Instant::now() >= deadline => {
+                    bail!("{} not ready within 60 s ({other:?}):\n{}", self.base, self.log_tail())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Uses the tenant, API key and client token that `other` (a node of the same cluster) set
+    /// up: every node reads them from the shared database.
+    fn share_tenant(&mut self, other: &Server) {
+        self.tenant.clone_from(&other.tenant);
+        self.publish_auth.clone_from(&other.publish_auth);
+        let query = other.ws_url.split_once('?').map_or("", |(_, q)| q);
+        self.ws_url = format!("{}/v1/ws?{query}", self.base.replacen("http://", "ws://", 1));
     }
 
     /// Uses a running Herald node; creates a tenant on it with the admin token.
@@ -252,5 +305,159 @@ impl Server {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
+    }
+}
+
+/// What [`Cluster::spawn`] starts.
+pub struct ClusterSpec<'a> {
+    pub herald: &'a Path,
+    /// `nats-server` 2.11 or later (Herald needs per-message TTLs).
+    pub nats_server: &'a Path,
+    pub nodes: usize,
+    /// Shared database [`sqlite://<temp dir>/herald.db?mode=rwc`].
+    pub database_url: Option<&'a str>,
+    /// Extra environment for every node.
+    pub env: &'a [(String, String)],
+    /// CPU to pin NATS and every node to.
+    pub cpu: Option<usize>,
+}
+
+/// A Herald cluster the tool starts: one `nats-server -js` and `nodes` Herald nodes (`node1`,
+/// `node2`, …) sharing one database, one secret key and one admin token, as
+/// `deploy/cluster.sh` starts them. Every node serves the bench's tenant.
+pub struct Cluster {
+    /// `node1` first.
+    pub nodes: Vec<Server>,
+    pub nats_pid: Option<u32>,
+    nats: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts NATS, then node 1 (which runs the migrations) until it is ready, then the other
+    /// nodes; creates the bench's tenant through node 1. Stops what it started on failure.
+    pub async fn spawn(spec: &ClusterSpec<'_>) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(spec.nodes >= 1, "a cluster needs at least one node");
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let (nats, nats_url) = spawn_nats(spec.nats_server, spec.cpu, dir.path()).await?;
+        let mut cluster = Cluster { nodes: Vec::new(), nats_pid: nats.id(), nats: Some(nats), dir };
+        match cluster.start_nodes(spec, &nats_url).await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                let tail = cluster.log_tail();
+                cluster.stop().await;
+                Err(e.context(format!("last log lines:\n{tail}")))
+            }
+        }
+    }
+
+    async fn start_nodes(&mut self, spec: &ClusterSpec<'_>, nats_url: &str) -> anyhow::Result<()> {
+        let admin_token = format!("bench-admin-{}", unique());
+        let database_url = match spec.database_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.dir.path().join("herald.db").display()),
+        };
+        let mut env = vec![("HERALD_SECRET_KEY".to_owned(), secret_key()?)];
+        env.extend(spec.env.iter().cloned());
+        for i in 1..=spec.nodes {
+            let name = format!("node{i}");
+            let args: Vec<OsString> =
+                ["--nats-url", nats_url, "--node-id", &name, "--database-url", &database_url]
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect();
+            let node = HeraldNode {
+                dir: self.dir.path(),
+                name: &name,
+                admin_token: &admin_token,
+                args: &args,
+                env: &env,
+            };
+            let server = Server::start_herald(spec.herald, spec.cpu, &node).await?;
+            self.nodes.push(server);
+            if i == 1 {
+                // Alone first, so that the migrations run once.
+                self.nodes[0].await_ready().await?;
+            }
+        }
+        for node in &mut self.nodes[1..] {
+            node.await_ready().await?;
+        }
+        let (first, others) = self.nodes.split_first_mut().expect("at least one node");
+        first.prepare_herald(&admin_token).await?;
+        for node in others {
+            node.share_tenant(first);
+        }
+        Ok(())
+    }
+
+    /// The last lines every node and NATS logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node.log_tail() {
+                tail if tail.is_empty() => {}
+                tail => out.push_str(&format!("---- node{} ----\n{tail}\n", i + 1)),
+            }
+        }
+        let nats = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        let lines: Vec<&str> = nats.lines().filter(|l| !l.contains("[INF]")).collect();
+        if !lines.is_empty() {
+            out.push_str(&format!(
+                "---- nats-server ----\n{}\n",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Kills the nodes, then NATS, and waits for every one of them.
+    pub async fn stop(mut self) {
+        for node in self.nodes.drain(..) {
+            node.stop().await;
+        }
+        if let Some(mut nats) = self.nats.take() {
+            let _ = nats.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), nats.wait()).await;
+        }
+    }
+}
+
+/// 32 random bytes in standard base64, the form `HERALD_SECRET_KEY` takes.
+fn secret_key() -> anyhow::Result<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("reading /dev/urandom")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Starts `nats-server -js` on a port of its choosing (`-p -1`) with its store and log in
+/// `dir`; returns it and its `nats://` URL once it has logged `Server is ready`.
+async fn spawn_nats(binary: &Path, cpu: Option<usize>, dir: &Path) -> anyhow::Result<(Child, String)> {
+    let store = dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    let log_path = dir.join("nats.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = command(binary, cpu);
+    cmd.arg("-js").arg("-sd").arg(&store).args(["-a", "127.0.0.1", "-p", "-1"]);
+    cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null()).kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let addr =
+            text.lines().find_map(|l| l.split_once("Listening for client connections on ").map(|(_, a)| a));
+        if let (Some(addr), true) = (addr, text.contains("Server is ready")) {
+            return Ok((child, format!("nats://{}", addr.trim())));
+        }
+        if let Some(exit) = child.try_wait()? {
+            bail!("{} exited ({exit}):\n{text}", binary.display());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill().await;
+            bail!("{} was not ready within 10 s:\n{text}", binary.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,6 +1,8 @@
-//! Runs `herald-bench smoke` against the `herald` binary of the same build profile, so the
-//! bench tool keeps compiling and working. Its figures are printed, never asserted.
+//! Runs `herald-bench smoke` (and a tiny `cluster` run) against the `herald` binary of the same
+//! build profile, so the bench tool keeps compiling and working. Its figures are printed, never
+//! asserted beyond "every message arrived".
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -8,23 +10,24 @@ use std::process::Command;
 fn herald_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    profile_dir.join("herald")
-}
-
-#[test]
-fn smoke_mode_runs_against_herald_and_the_baseline() {
-    let herald = herald_binary();
+    let herald = profile_dir.join("herald");
     assert!(
         herald.exists(),
         "{} does not exist: build the server first with `cargo build -p herald-server` \
          (or run the whole workspace's tests, which builds it)",
         herald.display()
     );
+    herald
+}
+
+/// Runs `herald-bench <args> --spawn <herald> --json <file>`, asserts it succeeded and returns
+/// the figures it wrote.
+fn run_bench<S: AsRef<OsStr>>(args: &[S]) -> serde_json::Value {
     let json = tempfile::NamedTempFile::new().expect("temp file");
     let out = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .arg("smoke")
+        .args(args)
         .arg("--spawn")
-        .arg(&herald)
+        .arg(herald_binary())
         .arg("--json")
         .arg(json.path())
         .output()
@@ -34,12 +37,15 @@ fn smoke_mode_runs_against_herald_and_the_baseline() {
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "herald-bench smoke failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        "herald-bench failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    let figures: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json.path()).expect("JSON written"))
-            .expect("valid JSON");
+    serde_json::from_str(&std::fs::read_to_string(json.path()).expect("JSON written")).expect("valid JSON")
+}
+
+#[test]
+fn smoke_mode_runs_against_herald_and_the_baseline() {
+    let figures = run_bench(&["smoke"]);
     let scenarios: Vec<&str> = figures["scenarios"]
         .as_array()
         .expect("scenarios")
@@ -47,4 +53,37 @@ fn smoke_mode_runs_against_herald_and_the_baseline() {
         .filter_map(|s| s["scenario"].as_str())
         .collect();
     assert_eq!(scenarios, ["idle", "fanout", "channels"]);
+}
+
+/// `herald-bench cluster` with tiny numbers: NATS and three nodes start, every subscriber gets
+/// every message, everything is stopped. Needs `HERALD_TEST_NATS_SERVER` (`cargo xtask test`
+/// sets it).
+#[test]
+fn cluster_mode_runs_three_nodes_over_nats() {
+    let Some(nats) = std::env::var_os("HERALD_TEST_NATS_SERVER") else {
+        eprintln!("skipping the cluster smoke run: set HERALD_TEST_NATS_SERVER or run cargo xtask test");
+        return;
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["cluster".into(), "--nats-server".into(), nats];
+    for a in [
+        "--subscribers",
+        "30",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--drain-timeout",
+        "5",
+        "--max-in-flight",
+        "4",
+    ] {
+        args.push(a.into());
+    }
+    let figures = run_bench(&args);
+    let run = &figures["scenarios"][0]["herald"];
+    assert_eq!(run["subscribers_open"], 30, "{run}");
+    assert!(run["deliveries"].as_u64().is_some_and(|d| d > 0), "{run}");
+    assert_eq!(run["missing"], 0, "lost messages: {run}");
 }
