@@ -151,6 +151,11 @@ pub struct Channel {
     inner: Mutex<Inner>,
 }
 
+/// A fresh epoch: random, so positions of another stream are never mistaken for this one's.
+pub fn new_epoch() -> Arc<str> {
+    Arc::from(crate::crypto::random_token("", 6).as_str())
+}
+
 /// How long a cluster channel without local subscribers is kept (its options and stream head
 /// cached) after its last use.
 const CLUSTER_IDLE_KEEP: Duration = Duration::from_secs(30);
@@ -175,11 +180,7 @@ impl Channel {
                 // A fresh epoch per in-memory stream: positions from a previous process or an
                 // expired stream can never be mistaken for this one's. In cluster mode the
                 // epoch is the shared stream's, learnt when the feed starts.
-                epoch: if clustered {
-                    Arc::from("")
-                } else {
-                    Arc::from(crate::crypto::random_token("", 6).as_str())
-                },
+                epoch: if clustered { Arc::from("") } else { new_epoch() },
                 last_position: 0,
                 history: VecDeque::new(),
                 options,

@@ -27,17 +27,17 @@ pub struct Publication {
 
 /// The wire form of a publication: the `pub` frame of WebSocket, SSE and long polling.
 #[derive(Serialize)]
-pub struct PublicationWire<'a> {
+struct PublicationWire<'a> {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub channel: &'a str,
-    pub position: u64,
-    pub epoch: &'a str,
-    pub id: &'a str,
-    pub ts: i64,
+    kind: &'static str,
+    channel: &'a str,
+    position: u64,
+    epoch: &'a str,
+    id: &'a str,
+    ts: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<&'a str>,
-    pub data: &'a RawValue,
+    event: Option<&'a str>,
+    data: &'a RawValue,
 }
 
 impl Publication {
@@ -51,18 +51,31 @@ impl Publication {
         data: Box<RawValue>,
         expires_at: Instant,
     ) -> Publication {
-        let wire = PublicationWire {
-            kind: "pub",
-            channel: &channel,
+        let frame = Utf8Bytes::from(Self::encode(
+            &channel,
             position,
-            epoch: &epoch,
-            id: &id,
-            ts: timestamp_ms,
-            event: event.as_deref(),
-            data: &data,
-        };
-        let frame = Utf8Bytes::from(serde_json::to_string(&wire).expect("publication serialises"));
+            &epoch,
+            &id,
+            timestamp_ms,
+            event.as_deref(),
+            &data,
+        ));
         Publication { channel, position, epoch, id, timestamp_ms, event, data, frame, expires_at }
+    }
+
+    /// The `pub` frame of a publication.
+    pub fn encode(
+        channel: &str,
+        position: u64,
+        epoch: &str,
+        id: &str,
+        timestamp_ms: i64,
+        event: Option<&str>,
+        data: &RawValue,
+    ) -> String {
+        let wire =
+            PublicationWire { kind: "pub", channel, position, epoch, id, ts: timestamp_ms, event, data };
+        serde_json::to_string(&wire).expect("publication serialises")
     }
 
     /// Rebuilds a publication from its `pub` frame (cluster mode: frames arrive serialised).

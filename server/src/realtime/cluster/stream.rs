@@ -20,9 +20,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Cluster;
 use crate::model::{EffectiveChannelOptions, MAX_HISTORY_SIZE};
-use crate::realtime::channel::{Channel, HistorySlice, PublishOutcome, StreamHead, StreamPosition};
+use crate::realtime::channel::{
+    Channel, HistorySlice, PublishOutcome, StreamHead, StreamPosition, new_epoch,
+};
 use crate::realtime::hub::HubError;
-use crate::realtime::publication::{Publication, PublicationWire};
+use crate::realtime::publication::Publication;
 
 pub const STREAM: &str = "HERALD";
 pub const HEADER_POSITION: &str = "Herald-Position";
@@ -190,7 +192,7 @@ impl Cluster {
             if head.seq != 0 {
                 return Ok(head);
             }
-            let epoch: Arc<str> = Arc::from(crate::crypto::random_token("", 6).as_str());
+            let epoch = new_epoch();
             let marker = jetstream::message::PublishMessage::build()
                 .header(HEADER_POSITION, "0")
                 .header(HEADER_EPOCH, &*epoch)
@@ -239,23 +241,14 @@ impl Cluster {
             let current = head.clone().expect("head loaded");
             let message_ttl = next_ttl(ttl, &current);
             let (position, epoch) = if current.seq == 0 {
-                (1, Arc::from(crate::crypto::random_token("", 6).as_str()))
+                (1, new_epoch())
             } else {
                 (current.position + 1, current.epoch.clone())
             };
             let id = uuid::Uuid::now_v7().simple().to_string();
             let timestamp_ms = chrono::Utc::now().timestamp_millis();
-            let frame = serde_json::to_vec(&PublicationWire {
-                kind: "pub",
-                channel: &ch.name,
-                position,
-                epoch: &epoch,
-                id: &id,
-                ts: timestamp_ms,
-                event: event.as_deref(),
-                data: &data,
-            })
-            .expect("publication serialises");
+            let frame =
+                Publication::encode(&ch.name, position, &epoch, &id, timestamp_ms, event.as_deref(), &data);
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(frame.into())
                 .header(HEADER_POSITION, position.to_string().as_str())
