@@ -135,6 +135,17 @@ pub struct ClusterSlot {
     pub head: tokio::sync::Mutex<Option<StreamHead>>,
     /// The running feed (NATS subscription task) while the channel has local subscribers.
     pub feed: Mutex<Option<tokio::sync::mpsc::UnboundedSender<JoinRequest>>>,
+    /// Publishes waiting to be stored, a batch at a time, by the channel's drain task.
+    pub pending: Mutex<VecDeque<PendingPublish>>,
+    /// Whether a drain task is running.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// A publish queued for a cluster channel (see `cluster::stream`).
+pub struct PendingPublish {
+    pub data: Box<RawValue>,
+    pub event: Option<String>,
+    pub done: tokio::sync::oneshot::Sender<Result<PublishOutcome, super::hub::HubError>>,
 }
 
 /// The channel was forgotten by the hub between lookup and use; look it up again.

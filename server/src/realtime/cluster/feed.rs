@@ -215,6 +215,9 @@ impl Feed {
             }
             return;
         }
+        // A stored message holds positions `first ..= position` (one, or a batch).
+        let count = stream::count_of(msg.headers.as_ref());
+        let first = (position + 1).saturating_sub(count).max(1);
         let after = if *current_epoch == *epoch {
             if position <= last {
                 return; // Already delivered (read from the stream before it arrived live).
@@ -223,16 +226,21 @@ impl Feed {
         } else {
             0
         };
-        if position > after + 1 {
-            self.fill(previous, &epoch, after, position - 1).await;
+        if first > after + 1 {
+            self.fill(previous, &epoch, after, first - 1).await;
         }
-        match stream::publication(msg.payload, self.ttl()) {
-            Some(p) => {
-                self.last_seq = seq;
-                self.ch.deliver(p, &self.hub.stats);
+        let Some(stored) = stream::publications(msg.payload, count, self.ttl()) else {
+            tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored message");
+            return;
+        };
+        let (delivered_epoch, delivered) = self.ch.delivered_head();
+        for p in stored {
+            if *delivered_epoch == *p.epoch && p.position <= delivered {
+                continue;
             }
-            None => tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored frame"),
+            self.ch.deliver(p, &self.hub.stats);
         }
+        self.last_seq = seq;
     }
 
     /// Delivers positions `after + 1 ..= upto` of `epoch` from the stream, walking back from

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::Cluster;
 use crate::model::{EffectiveChannelOptions, MAX_HISTORY_SIZE};
 use crate::realtime::channel::{
-    Channel, HistorySlice, PublishOutcome, StreamHead, StreamPosition, new_epoch,
+    Channel, HistorySlice, PendingPublish, PublishOutcome, StreamHead, StreamPosition, new_epoch,
 };
 use crate::realtime::hub::HubError;
 use crate::realtime::publication::Publication;
@@ -35,6 +35,8 @@ pub const HEADER_PREVIOUS: &str = "Herald-Previous-Seq";
 pub const HEADER_EVENT: &str = "Herald-Event";
 /// `node/connection` that caused an event, so its own connection is skipped.
 pub const HEADER_ORIGIN: &str = "Herald-Origin";
+/// How many publications a stored batch holds (absent: one); `Herald-Position` is the last's.
+pub const HEADER_COUNT: &str = "Herald-Count";
 
 /// How often a publish retries after losing the race for a position to another node.
 const MAX_PUBLISH_ATTEMPTS: usize = 32;
@@ -101,13 +103,58 @@ fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Opt
 }
 
 /// Rebuilds a publication from a stored frame; `ttl` is the channel's history lifetime.
-pub fn publication(payload: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
-    let frame = Utf8Bytes::try_from(payload).ok()?;
+fn publication(frame: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
+    let frame = Utf8Bytes::try_from(frame).ok()?;
     let publication = Publication::from_frame(frame, Instant::now()).ok()?;
     // Age it by the time it has already spent in the stream.
     let age_ms = (chrono::Utc::now().timestamp_millis() - publication.timestamp_ms).max(0) as u64;
     let remaining = ttl.saturating_sub(Duration::from_millis(age_ms));
     Some(Arc::new(Publication { expires_at: Instant::now() + remaining, ..publication }))
+}
+
+/// The publications of a stored message, oldest first: one frame, or a JSON array of
+/// `count` frames (a batch). Each frame shares the payload's bytes.
+pub fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc<Publication>>> {
+    if count <= 1 {
+        return Some(vec![publication(payload, ttl)?]);
+    }
+    let frames: Vec<&RawValue> = serde_json::from_slice(&payload).ok()?;
+    if frames.len() as u64 != count {
+        return None;
+    }
+    let base = payload.as_ptr() as usize;
+    frames
+        .iter()
+        .map(|f| {
+            let start = f.get().as_ptr() as usize - base;
+            publication(payload.slice(start..start + f.get().len()), ttl)
+        })
+        .collect()
+}
+
+/// How many publications a stored message holds (its `Herald-Count`, 1 when absent).
+pub fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    header_u64(headers, HEADER_COUNT).unwrap_or(1).max(1)
+}
+
+/// At most this many queued publishes, and about this many bytes, go into one stored batch.
+const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Takes the oldest queued publishes for one batch (at least one when any is queued).
+fn take_batch(pending: &std::sync::Mutex<std::collections::VecDeque<PendingPublish>>) -> Vec<PendingPublish> {
+    let mut pending = pending.lock().expect("pending lock");
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = pending.front() {
+        let size = next.data.get().len() + 256;
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += size;
+        batch.push(pending.pop_front().expect("front exists"));
+    }
+    batch
 }
 
 fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
@@ -220,9 +267,15 @@ impl Cluster {
     }
 
     /// Stores a message at the channel's next position; returns once JetStream has it.
+    ///
+    /// A node stores one channel's messages one JetStream publish at a time (each must name the
+    /// sequence of the one before). Publishes that arrive meanwhile wait in the channel's queue
+    /// and go out together as one stored batch, so a burst costs one round trip and reaches
+    /// subscribers in one wake-up. A publish with an idempotency key is stored on its own (the
+    /// key is the stored message's `Nats-Msg-Id`).
     pub async fn publish(
-        &self,
-        ch: &Channel,
+        self: &Arc<Self>,
+        ch: &Arc<Channel>,
         data: Box<RawValue>,
         event: Option<String>,
         idempotency_key: Option<String>,
@@ -231,32 +284,135 @@ impl Cluster {
         // after the reconnection, long after its caller was told it failed.
         self.health().map_err(HubError::ClusterUnavailable)?;
         let slot = ch.cluster.as_ref().expect("a cluster channel");
+        if let Some(key) = idempotency_key {
+            let mut head = slot.head.lock().await;
+            let mut outcomes = self.store(ch, &mut head, vec![(data, event)], Some(&key)).await?;
+            return Ok(outcomes.pop().expect("one outcome per message"));
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        slot.pending.lock().expect("pending lock").push_back(PendingPublish { data, event, done });
+        self.start_drain(ch);
+        answer.await.unwrap_or_else(|_| Err(Self::unavailable("the publish was abandoned")))
+    }
+
+    /// Makes sure a task is storing the channel's queued publishes. The task runs on its own,
+    /// so a caller that goes away mid-publish cannot leave the others of its batch unanswered.
+    fn start_drain(self: &Arc<Self>, ch: &Arc<Channel>) {
+        let slot = ch.cluster.as_ref().expect("a cluster channel");
+        if slot.draining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return; // The running task will see it.
+        }
+        let (cluster, ch) = (self.clone(), ch.clone());
+        tokio::spawn(async move {
+            let slot = ch.cluster.as_ref().expect("a cluster channel");
+            loop {
+                cluster.drain(&ch).await;
+                slot.draining.store(false, std::sync::atomic::Ordering::Release);
+                // A publish queued between the last take and the store above found the flag
+                // still set: pick it up unless another task already has.
+                if slot.pending.lock().expect("pending lock").is_empty()
+                    || slot.draining.swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stores queued publishes, a batch per JetStream publish, until the queue is empty.
+    async fn drain(&self, ch: &Channel) {
+        let slot = ch.cluster.as_ref().expect("a cluster channel");
+        let mut head = slot.head.lock().await;
+        loop {
+            let batch = take_batch(&slot.pending);
+            if batch.is_empty() {
+                return;
+            }
+            let (items, waiters): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
+            match self.store(ch, &mut head, items, None).await {
+                Ok(outcomes) => {
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let why = match e {
+                        HubError::ClusterUnavailable(why) => why,
+                        other => format!("{other:?}"),
+                    };
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(HubError::ClusterUnavailable(why.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores `items` as one message at the channel's next positions (one JetStream publish
+    /// with compare-and-set on the subject's last sequence, retried when another node got
+    /// there first).
+    async fn store(
+        &self,
+        ch: &Channel,
+        head: &mut Option<StreamHead>,
+        items: Vec<(Box<RawValue>, Option<String>)>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<PublishOutcome>, HubError> {
         let subject = history_subject(&ch.tenant, &ch.name);
         let ttl = ttl_of(&ch.options());
-        let mut head = slot.head.lock().await;
         if head.is_none() {
             *head = Some(self.head(&subject).await?);
         }
+        let count = items.len() as u64;
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             let current = head.clone().expect("head loaded");
             let message_ttl = next_ttl(ttl, &current);
-            let (position, epoch) = if current.seq == 0 {
+            let (first, epoch) = if current.seq == 0 {
                 (1, new_epoch())
             } else {
                 (current.position + 1, current.epoch.clone())
             };
-            let id = uuid::Uuid::now_v7().simple().to_string();
+            let last = first + count - 1;
             let timestamp_ms = chrono::Utc::now().timestamp_millis();
-            let frame =
-                Publication::encode(&ch.name, position, &epoch, &id, timestamp_ms, event.as_deref(), &data);
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut frames = Vec::with_capacity(items.len());
+            for (i, (data, event)) in items.iter().enumerate() {
+                let position = first + i as u64;
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                frames.push(Publication::encode(
+                    &ch.name,
+                    position,
+                    &epoch,
+                    &id,
+                    timestamp_ms,
+                    event.as_deref(),
+                    data,
+                ));
+                outcomes.push(PublishOutcome {
+                    position,
+                    epoch: epoch.clone(),
+                    id,
+                    timestamp_ms,
+                    duplicate: false,
+                });
+            }
+            let payload = if frames.len() == 1 {
+                frames.pop().expect("one frame")
+            } else {
+                format!("[{}]", frames.join(","))
+            };
             let mut message = jetstream::message::PublishMessage::build()
-                .payload(frame.into())
-                .header(HEADER_POSITION, position.to_string().as_str())
+                .payload(payload.into())
+                .header(HEADER_POSITION, last.to_string().as_str())
                 .header(HEADER_EPOCH, &*epoch)
                 .header(HEADER_PREVIOUS, current.seq.to_string().as_str())
                 .header("Nats-TTL", format!("{message_ttl}s").as_str())
                 .expected_last_subject_sequence(current.seq);
-            if let Some(key) = &idempotency_key {
+            if count > 1 {
+                message = message.header(HEADER_COUNT, count.to_string().as_str());
+            }
+            if let Some(key) = idempotency_key {
                 message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
             }
             let ack = self.js.send_publish(subject.clone(), message).await.map_err(Self::unavailable)?.await;
@@ -269,7 +425,7 @@ impl Cluster {
                         .await?
                         .and_then(|m| Utf8Bytes::try_from(m.payload).ok())
                         .and_then(|frame| Publication::from_frame(frame, Instant::now()).ok());
-                    return Ok(match first {
+                    return Ok(vec![match first {
                         Some(first) => PublishOutcome {
                             position: first.position,
                             epoch: first.epoch,
@@ -284,17 +440,17 @@ impl Cluster {
                             timestamp_ms: 0,
                             duplicate: true,
                         },
-                    });
+                    }]);
                 }
                 Ok(ack) => {
                     *head = Some(StreamHead {
                         seq: ack.sequence,
-                        position,
-                        epoch: epoch.clone(),
+                        position: last,
+                        epoch,
                         ttl_seconds: message_ttl,
                         seen: Some(Instant::now()),
                     });
-                    return Ok(PublishOutcome { position, epoch, id, timestamp_ms, duplicate: false });
+                    return Ok(outcomes);
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     *head = Some(self.head(&subject).await?);
@@ -352,19 +508,21 @@ impl Cluster {
                 break false;
             }
             let headers = Some(&msg.headers);
-            let (Some(position), Some(previous)) =
+            let (Some(last), Some(previous)) =
                 (header_u64(headers, HEADER_POSITION), header_u64(headers, HEADER_PREVIOUS))
             else {
                 break false;
             };
-            if header_str(headers, HEADER_EPOCH) != Some(epoch) || position <= after {
+            let count = count_of(headers);
+            let first = (last + 1).saturating_sub(count);
+            if header_str(headers, HEADER_EPOCH) != Some(epoch) || last <= after || first == 0 {
                 break false;
             }
-            if position <= upto {
-                let Some(p) = publication(msg.payload, ttl) else { break false };
-                out.push(p);
+            if first <= upto {
+                let Some(stored) = publications(msg.payload, count, ttl) else { break false };
+                out.extend(stored.into_iter().rev().filter(|p| p.position > after && p.position <= upto));
             }
-            if position == after + 1 {
+            if first <= after + 1 {
                 break true;
             }
             seq = previous;
