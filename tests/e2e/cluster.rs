@@ -593,3 +593,34 @@ async fn concurrent_publishes_are_stored_in_batches_and_read_back_exactly() {
     let replayed = ws_pubs(&mut late, 177).await;
     assert_eq!(replayed, live[123..], "the same frames, byte for byte in JSON");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_nats_takes_is_refused_without_harm() {
+    let Some(nats) = NatsServer::start().await else { return };
+    let node = Herald::start(Start {
+        admin_token: Some(crate::support::ADMIN_TOKEN.into()),
+        extra_args: vec!["--nats-url".into(), nats.url.clone(), "--max-body-bytes".into(), "2097152".into()],
+        ..Default::default()
+    })
+    .await;
+    let t = crate::support::realtime_tenant(&node, "acme").await;
+    t.key
+        .post(
+            "/v1/tenants/acme/namespaces",
+            json!({"name": "big", "options": {"max_message_bytes": 1048576}}),
+        )
+        .await
+        .expect(201);
+    let token = t.token("u", caps()).await;
+    let mut ws = node.ws(&token).await;
+    ws.subscribe("big:x").await;
+    // Allowed by the channel, but its frame would exceed NATS' 1 MiB max_payload.
+    let huge = "x".repeat(1_048_570);
+    let refused = t.key.post("/v1/tenants/acme/channels/big:x/messages", json!({"data": huge})).await;
+    let problem = refused.problem(413, "message_too_large");
+    assert!(problem["limit"].as_u64().unwrap() < 1_048_576, "{problem}");
+    // The node's NATS connection is intact: the next publish goes through and is delivered.
+    let ok = t.publish("big:x", json!("small")).await;
+    assert_eq!(ok["position"], 1);
+    assert_eq!(ws_pubs(&mut ws, 1).await[0]["data"], "small");
+}

@@ -228,6 +228,7 @@ impl Feed {
         };
         if first > after + 1 {
             self.fill(previous, &epoch, after, first - 1).await;
+            self.last_seq = previous;
         }
         let Some(stored) = stream::publications(msg.payload, count, self.ttl()) else {
             tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored message");

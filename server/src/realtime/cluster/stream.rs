@@ -142,13 +142,18 @@ const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Takes the oldest queued publishes for one batch (at least one when any is queued).
-fn take_batch(pending: &std::sync::Mutex<std::collections::VecDeque<PendingPublish>>) -> Vec<PendingPublish> {
+fn take_batch(
+    pending: &std::sync::Mutex<std::collections::VecDeque<PendingPublish>>,
+    max_bytes: usize,
+) -> Vec<PendingPublish> {
+    let max_bytes = max_bytes.min(MAX_BATCH_BYTES);
     let mut pending = pending.lock().expect("pending lock");
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(next) = pending.front() {
-        let size = next.data.get().len() + 256;
-        if !batch.is_empty() && (batch.len() >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
+        // The frame around the data: channel name, ids, position, epoch, event.
+        let size = next.data.get().len() + 512;
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || bytes + size > max_bytes) {
             break;
         }
         bytes += size;
@@ -322,31 +327,46 @@ impl Cluster {
     /// Stores queued publishes, a batch per JetStream publish, until the queue is empty.
     async fn drain(&self, ch: &Channel) {
         let slot = ch.cluster.as_ref().expect("a cluster channel");
-        let mut head = slot.head.lock().await;
         loop {
-            let batch = take_batch(&slot.pending);
+            // The head is taken per batch: a publish with an idempotency key waiting for it
+            // gets its turn between batches (tokio's mutex is fair).
+            let mut head = slot.head.lock().await;
+            let batch = take_batch(&slot.pending, self.max_payload() / 2);
             if batch.is_empty() {
                 return;
             }
             let (items, waiters): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
-            match self.store(ch, &mut head, items, None).await {
+            // Checked per batch, like a single publish: nothing is handed to a disconnected
+            // client, which would send it (and have it stored) after reconnecting.
+            let stored = match self.health() {
+                Ok(()) => self.store(ch, &mut head, items, None).await,
+                Err(why) => Err(HubError::ClusterUnavailable(why)),
+            };
+            drop(head);
+            match stored {
                 Ok(outcomes) => {
                     for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
                         let _ = waiter.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
-                    let why = match e {
-                        HubError::ClusterUnavailable(why) => why,
-                        other => format!("{other:?}"),
-                    };
                     for waiter in waiters {
-                        let _ = waiter.send(Err(HubError::ClusterUnavailable(why.clone())));
+                        let copy = match &e {
+                            HubError::MessageTooLarge(limit) => HubError::MessageTooLarge(*limit),
+                            HubError::ClusterUnavailable(why) => HubError::ClusterUnavailable(why.clone()),
+                            other => HubError::ClusterUnavailable(format!("{other:?}")),
+                        };
+                        let _ = waiter.send(Err(copy));
                     }
                 }
             }
         }
+    }
+
+    /// The largest message the NATS server accepts (`max_payload`).
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(64 * 1024)
     }
 
     /// Stores `items` as one message at the channel's next positions (one JetStream publish
@@ -402,6 +422,11 @@ impl Cluster {
             } else {
                 format!("[{}]", frames.join(","))
             };
+            // NATS closes the whole connection of a client that sends more than its
+            // `max_payload`: refuse here instead (headers take well under 1 KiB).
+            if payload.len() + 1024 > self.max_payload() {
+                return Err(HubError::MessageTooLarge((self.max_payload() - 2048) as u64));
+            }
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .header(HEADER_POSITION, last.to_string().as_str())
