@@ -12,7 +12,7 @@
 //! rewritten once per heartbeat to keep them alive.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -55,7 +55,6 @@ pub struct Registry {
     written: tokio::sync::Mutex<(HashMap<String, bytes::Bytes>, Option<Instant>)>,
     /// Set when local presence changed; the writer picks it up within ~100 ms.
     dirty: tokio::sync::Notify,
-    last_error: Mutex<Option<String>>,
 }
 
 /// A client id that is unique in the cluster: the node's id and the connection's.
@@ -77,7 +76,6 @@ impl Registry {
             heartbeat,
             written: tokio::sync::Mutex::default(),
             dirty: tokio::sync::Notify::new(),
-            last_error: Mutex::default(),
         })
     }
 
@@ -202,7 +200,6 @@ impl Registry {
             .await,
         );
         let error = results.into_iter().find_map(Result::err);
-        *self.last_error.lock().expect("presence lock") = error.clone();
         if let Some(e) = error {
             // Write everything again next time.
             written.1 = None;
