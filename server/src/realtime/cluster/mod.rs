@@ -147,6 +147,15 @@ impl Cluster {
                 url: crate::config::redact_url(url),
                 message: e.to_string(),
             })?;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < crate::model::MAX_MESSAGE_BYTES as usize + 4096 {
+            // Said once at start, not per refused publish: the default NATS setting is common.
+            tracing::info!(
+                max_payload,
+                "NATS max_payload is below Herald's largest message plus framing: publishes that do \
+                 not fit are refused with 413; set max_payload: 2MB in the NATS configuration to allow them"
+            );
+        }
         let js = jetstream::new(client.clone());
         let stream =
             stream::ensure(&js, &settings).await.map_err(|e| ClusterError::JetStream(e.to_string()))?;
