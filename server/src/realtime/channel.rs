@@ -22,6 +22,19 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
+impl StreamPosition {
+    /// How many messages a stream at `epoch`/`last` that keeps `history_size` of them holds
+    /// after this position, or `None` when a resume from here cannot be served (another epoch,
+    /// ahead of the stream, or further back than history reaches). An empty epoch with
+    /// position 0 means "from the start of the current epoch" (a cluster channel that nobody
+    /// had used yet when its history was read). The one rule for local and shared streams.
+    pub fn missed_in(&self, epoch: &str, last: u64, history_size: u32) -> Option<u64> {
+        let same_epoch = self.epoch == epoch || (self.epoch.is_empty() && self.position == 0);
+        let missed = last.checked_sub(self.position).filter(|_| same_epoch)?;
+        (missed <= u64::from(history_size)).then_some(missed)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PublishOutcome {
     pub position: u64,
@@ -373,15 +386,10 @@ impl Channel {
     /// start of the current epoch".
     fn replay(inner: &mut Inner, since: &StreamPosition) -> Replay {
         Self::drop_expired_history(inner, Instant::now());
-        let same_epoch = since.epoch == *inner.epoch || (since.epoch.is_empty() && since.position == 0);
-        if !same_epoch || since.position > inner.last_position {
-            return Replay::Unrecoverable;
-        }
-        if since.position == inner.last_position {
-            return Replay::Covered(Vec::new());
-        }
-        if inner.last_position - since.position > u64::from(inner.options.history_size) {
-            return Replay::Unrecoverable;
+        match since.missed_in(&inner.epoch, inner.last_position, inner.options.history_size) {
+            None => return Replay::Unrecoverable,
+            Some(0) => return Replay::Covered(Vec::new()),
+            Some(_) => {}
         }
         match (inner.history.front(), inner.ring_from) {
             (Some(first), _) if first.position <= since.position + 1 => {
@@ -512,5 +520,26 @@ impl Channel {
             inner.retired = true;
         }
         inner.retired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamPosition;
+
+    fn at(position: u64, epoch: &str) -> StreamPosition {
+        StreamPosition { position, epoch: epoch.into() }
+    }
+
+    #[test]
+    fn a_resume_is_served_only_within_the_epoch_and_history() {
+        assert_eq!(at(5, "e").missed_in("e", 5, 100), Some(0));
+        assert_eq!(at(5, "e").missed_in("e", 8, 100), Some(3));
+        assert_eq!(at(5, "e").missed_in("e", 8, 3), Some(3));
+        assert_eq!(at(5, "e").missed_in("e", 9, 3), None, "further back than history");
+        assert_eq!(at(9, "e").missed_in("e", 8, 100), None, "ahead of the stream");
+        assert_eq!(at(5, "other").missed_in("e", 8, 100), None, "another epoch");
+        assert_eq!(at(0, "").missed_in("e", 8, 100), Some(8), "from the start of the current epoch");
+        assert_eq!(at(3, "").missed_in("e", 8, 100), None);
     }
 }

@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Cluster;
 use super::presence::PresentClient;
-use super::stream::{self, HEADER_EPOCH, HEADER_EVENT, HEADER_ORIGIN, HEADER_POSITION, HEADER_PREVIOUS};
+use super::stream::{
+    self, HEADER_EPOCH, HEADER_EVENT, HEADER_ORIGIN, HEADER_POSITION, HEADER_PREVIOUS, header_str, header_u64,
+};
 use crate::realtime::ConnId;
 use crate::realtime::channel::{Channel, JoinRequest, Replay, SubscribeError};
 use crate::realtime::hub::Hub;
@@ -60,10 +62,6 @@ async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, k
         Some(w) => w.next().await,
         None => std::future::pending().await,
     }
-}
-
-fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
-    Some(msg.headers.as_ref()?.get(name)?.as_str())
 }
 
 impl Feed {
@@ -183,8 +181,9 @@ impl Feed {
     }
 
     async fn on_message(&mut self, msg: async_nats::Message) {
-        if header(&msg, HEADER_EVENT).is_some() {
-            let except = header(&msg, HEADER_ORIGIN)
+        let headers = msg.headers.as_ref();
+        if header_str(headers, HEADER_EVENT).is_some() {
+            let except = header_str(headers, HEADER_ORIGIN)
                 .and_then(|o| o.split_once('/'))
                 .filter(|(node, _)| *node == self.cluster.node_id)
                 .and_then(|(_, conn)| conn.parse().ok())
@@ -195,13 +194,10 @@ impl Feed {
             return;
         }
         let (Some(position), Some(epoch), Some(previous), Some(seq)) = (
-            header(&msg, HEADER_POSITION).and_then(|p| p.parse::<u64>().ok()),
-            header(&msg, HEADER_EPOCH).map(str::to_owned),
-            header(&msg, HEADER_PREVIOUS).and_then(|p| p.parse::<u64>().ok()),
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
-                .and_then(|p| p.as_str().parse::<u64>().ok()),
+            header_u64(headers, HEADER_POSITION),
+            header_str(headers, HEADER_EPOCH).map(str::to_owned),
+            header_u64(headers, HEADER_PREVIOUS),
+            stream::sequence_of(headers),
         ) else {
             tracing::warn!(subject = %msg.subject, headers = ?msg.headers, "ignoring a feed message without Herald headers");
             return;
@@ -216,7 +212,7 @@ impl Feed {
             return;
         }
         // A stored message holds positions `first ..= position` (one, or a batch).
-        let count = stream::count_of(msg.headers.as_ref());
+        let count = stream::count_of(headers);
         let first = (position + 1).saturating_sub(count).max(1);
         let after = if *current_epoch == *epoch {
             if position <= last {

@@ -94,11 +94,13 @@ pub async fn ensure(
     Ok(js.get_stream(STREAM).await?)
 }
 
-fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
+/// A Herald header as a number. (Standard `Nats-*` headers must be looked up by their
+/// constants: a name given as `&str` never matches them.)
+pub fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
 }
 
-fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+pub fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
     Some(headers?.get(name)?.as_str())
 }
 
@@ -130,6 +132,11 @@ pub fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc
             publication(payload.slice(start..start + f.get().len()), ttl)
         })
         .collect()
+}
+
+/// The JetStream sequence of a stored message as republished (`Nats-Sequence`).
+pub fn sequence_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    headers?.get(async_nats::header::NATS_SEQUENCE)?.as_str().parse().ok()
 }
 
 /// How many publications a stored message holds (its `Herald-Count`, 1 when absent).
@@ -166,6 +173,28 @@ fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
     Duration::from_secs(u64::from(options.history_ttl_seconds.max(1)))
 }
 
+/// A direct get's answer with "no such message" as `None`.
+fn found_direct(
+    result: Result<StreamMessage, async_nats::jetstream::stream::DirectGetError>,
+) -> Result<Option<StreamMessage>, HubError> {
+    match result {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Cluster::unavailable(e)),
+    }
+}
+
+/// A leader read's answer with "no such message" as `None`.
+fn found_raw(
+    result: Result<StreamMessage, async_nats::jetstream::stream::RawMessageError>,
+) -> Result<Option<StreamMessage>, HubError> {
+    match result {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(Cluster::unavailable(e)),
+    }
+}
+
 /// The `Nats-TTL` of a stored message, in seconds.
 fn ttl_header(headers: &async_nats::HeaderMap) -> u64 {
     headers
@@ -192,32 +221,18 @@ impl Cluster {
     /// replicas it is read through the stream leader: a lagging follower could miss it.
     async fn message(&self, seq: u64) -> Result<Option<StreamMessage>, HubError> {
         if self.settings.replicas == 1 {
-            return match self.stream.direct_get(seq).await {
-                Ok(msg) => Ok(Some(msg)),
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Self::unavailable(e)),
-            };
-        }
-        match self.stream.get_raw_message(seq).await {
-            Ok(msg) => Ok(Some(msg)),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(Self::unavailable(e)),
+            found_direct(self.stream.direct_get(seq).await)
+        } else {
+            found_raw(self.stream.get_raw_message(seq).await)
         }
     }
 
     /// The newest stored message of a subject, `None` if it has none (see [`Self::message`]).
     async fn last_message(&self, subject: &str) -> Result<Option<StreamMessage>, HubError> {
         if self.settings.replicas == 1 {
-            return match self.stream.direct_get_last_for_subject(subject).await {
-                Ok(msg) => Ok(Some(msg)),
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Self::unavailable(e)),
-            };
-        }
-        match self.stream.get_last_raw_message_by_subject(subject).await {
-            Ok(msg) => Ok(Some(msg)),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(Self::unavailable(e)),
+            found_direct(self.stream.direct_get_last_for_subject(subject).await)
+        } else {
+            found_raw(self.stream.get_last_raw_message_by_subject(subject).await)
         }
     }
 
@@ -576,13 +591,10 @@ impl Cluster {
         };
         match since {
             Some(since) => {
-                let same_epoch =
-                    since.epoch == *head.epoch || (since.epoch.is_empty() && since.position == 0);
-                if !same_epoch || since.position > head.position || head.position - since.position > size {
-                    return Ok(slice(Vec::new(), false));
-                }
-                if since.position == head.position {
-                    return Ok(slice(Vec::new(), true));
+                match since.missed_in(&head.epoch, head.position, options.history_size) {
+                    None => return Ok(slice(Vec::new(), false)),
+                    Some(0) => return Ok(slice(Vec::new(), true)),
+                    Some(_) => {}
                 }
                 let upto = head.position.min(since.position + limit as u64);
                 match self.read_back(&subject, head.seq, &head.epoch, since.position, upto, ttl).await? {
