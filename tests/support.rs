@@ -478,6 +478,27 @@ impl Ws {
         }
     }
 
+    /// Reads `pub` frames until `count` have arrived; other frames must not appear.
+    pub async fn read_pubs(&mut self, count: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let v = self.recv().await;
+            assert_eq!(v["type"], "pub", "unexpected frame {v}");
+            out.push(v);
+        }
+        out
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self.call(serde_json::json!({"type": "subscribe", "channel": channel})).await;
         assert_eq!(reply["type"], "subscribed", "{reply}");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Client, Herald, PgDatabase, Sse, Start, Ws, poll, postgres_database};
+use crate::support::{Client, Herald, PgDatabase, Sse, Start, poll, postgres_database};
 use crate::support_nats::NatsServer;
 
 /// Presence heartbeat of the test nodes; entries expire after two.
@@ -110,18 +110,6 @@ impl Cluster {
     }
 }
 
-/// The next `n` publications on a WebSocket, skipping other frames.
-async fn ws_pubs(ws: &mut Ws, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = ws.recv().await;
-        if v["type"] == "pub" {
-            out.push(v);
-        }
-    }
-    out
-}
-
 fn positions(pubs: &[Value]) -> Vec<u64> {
     pubs.iter().map(|p| p["position"].as_u64().unwrap()).collect()
 }
@@ -169,7 +157,7 @@ async fn publishes_on_any_node_reach_every_node_in_order_over_all_transports() {
     acked.sort();
     assert_eq!(acked, (1..=total as u64).collect::<Vec<_>>(), "positions are contiguous across nodes");
 
-    let over_ws = ws_pubs(&mut ws, total).await;
+    let over_ws = ws.read_pubs(total).await;
     assert_eq!(positions(&over_ws), (1..=total as u64).collect::<Vec<_>>());
     // Each node's messages keep their order.
     for i in 0..3 {
@@ -240,7 +228,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_without_loss_or_duplicates
     for n in 0..5 {
         c.publish(1, "orders", json!(n)).await;
     }
-    let seen = ws_pubs(&mut ws, 5).await;
+    let seen = ws.read_pubs(5).await;
     let last = seen.last().unwrap().clone();
 
     c.nodes[0].kill9().await;
@@ -258,7 +246,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_without_loss_or_duplicates
         (Some("subscribed"), Some(true)),
         "{reply}"
     );
-    let missed = ws_pubs(&mut ws, 7).await;
+    let missed = ws.read_pubs(7).await;
     assert_eq!(positions(&missed), (6..=12).collect::<Vec<u64>>());
     assert_eq!(
         missed.iter().map(|p| &p["id"]).collect::<Vec<_>>(),
@@ -266,7 +254,7 @@ async fn a_client_of_a_killed_node_resumes_on_another_without_loss_or_duplicates
     );
     // Then live messages, with nothing repeated.
     c.publish(1, "orders", json!("live")).await;
-    let live = ws_pubs(&mut ws, 1).await;
+    let live = ws.read_pubs(1).await;
     assert_eq!((live[0]["position"].as_u64(), &live[0]["data"]), (Some(13), &json!("live")));
 
     // A resume beyond history is reported, not papered over.
@@ -302,12 +290,7 @@ async fn presence_is_cluster_wide_and_a_killed_node_leaves_it_within_two_heartbe
     let mut on_node2 = c.nodes[1].ws(&bob).await;
     on_node2.subscribe("room:1").await;
     // Alice on node 1 sees Bob join from node 2.
-    let join = loop {
-        let v = on_node1.recv().await;
-        if v["type"] == "join" {
-            break v;
-        }
-    };
+    let join = on_node1.next_of_type("join").await;
     assert_eq!(join["user"], "bob");
     assert!(join["client"].as_str().unwrap().starts_with("node2/"), "{join}");
 
@@ -342,12 +325,7 @@ async fn presence_is_cluster_wide_and_a_killed_node_leaves_it_within_two_heartbe
     let gone_after = killed.elapsed();
     assert!(gone_after <= Duration::from_secs(2 * HEARTBEAT_SECONDS + 1), "took {gone_after:?}");
     // Alice is told Bob left, though his node never said so.
-    let leave = loop {
-        let v = on_node1.recv().await;
-        if v["type"] == "leave" {
-            break v;
-        }
-    };
+    let leave = on_node1.next_of_type("leave").await;
     assert_eq!(leave["user"], "bob");
     assert!(killed.elapsed() < Duration::from_secs(2 * HEARTBEAT_SECONDS + 2), "{:?}", killed.elapsed());
     let bob_presence = c.keys[2].get("/v1/tenants/acme/users/bob").await.expect(200);
@@ -362,7 +340,7 @@ async fn nats_restart_loses_no_acknowledged_message_and_publishes_fail_while_it_
     let mut ws = c.nodes[0].ws(&token).await;
     ws.subscribe("ticks").await;
     c.publish(1, "ticks", json!("before")).await;
-    assert_eq!(ws_pubs(&mut ws, 1).await[0]["data"], "before");
+    assert_eq!(ws.read_pubs(1).await[0]["data"], "before");
 
     c.nats.kill().await;
     // Publishes fail loudly while NATS is away, and /readyz says why.
@@ -402,7 +380,7 @@ async fn nats_restart_loses_no_acknowledged_message_and_publishes_fail_while_it_
     // was unknown, hence the 503); everything acknowledged must arrive, in order.
     let mut got = Vec::new();
     while got.last().and_then(|p: &Value| p["data"].as_str()) != acked.last().map(String::as_str) {
-        got.extend(ws_pubs(&mut ws, 1).await);
+        got.extend(ws.read_pubs(1).await);
     }
     let data: Vec<&str> = got.iter().map(|p| p["data"].as_str().unwrap()).collect();
     assert!(data.iter().all(|d| *d == "during" || d.starts_with("after-")), "{data:?}");
@@ -514,7 +492,7 @@ async fn shortening_history_ttl_never_hands_out_a_position_twice() {
     assert_eq!(c.publish(0, "t:x", json!(4)).await["position"], 4);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.publish(1, "t:x", json!(5)).await["position"], 5);
-    let got = ws_pubs(&mut ws, 5).await;
+    let got = ws.read_pubs(5).await;
     assert_eq!(positions(&got), [1, 2, 3, 4, 5]);
 
     // An idempotent repeat whose original already left the stream is still a duplicate.
@@ -559,7 +537,7 @@ async fn concurrent_publishes_are_stored_in_batches_and_read_back_exactly() {
     acked.sort();
     assert_eq!(acked, (1..=300).collect::<Vec<_>>(), "every publish got its own position");
 
-    let live = ws_pubs(&mut ws, 300).await;
+    let live = ws.read_pubs(300).await;
     assert_eq!(positions(&live), (1..=300).collect::<Vec<_>>());
     for p in &live {
         let ack = acks.iter().find(|a| a["position"] == p["position"]).unwrap();
@@ -590,7 +568,7 @@ async fn concurrent_publishes_are_stored_in_batches_and_read_back_exactly() {
         .call(json!({"type": "subscribe", "channel": "b:burst", "since": {"position": 123, "epoch": live[0]["epoch"]}}))
         .await;
     assert_eq!(reply["recovered"], true, "{reply}");
-    let replayed = ws_pubs(&mut late, 177).await;
+    let replayed = late.read_pubs(177).await;
     assert_eq!(replayed, live[123..], "the same frames, byte for byte in JSON");
 }
 
@@ -622,5 +600,5 @@ async fn a_message_larger_than_nats_takes_is_refused_without_harm() {
     // The node's NATS connection is intact: the next publish goes through and is delivered.
     let ok = t.publish("big:x", json!("small")).await;
     assert_eq!(ok["position"], 1);
-    assert_eq!(ws_pubs(&mut ws, 1).await[0]["data"], "small");
+    assert_eq!(ws.read_pubs(1).await[0]["data"], "small");
 }

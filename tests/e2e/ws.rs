@@ -4,21 +4,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Herald, Start, Ws, realtime_tenant};
+use crate::support::{ADMIN_TOKEN, Herald, Start, realtime_tenant};
 
 fn all_caps() -> Value {
     json!({"*": ["subscribe", "publish", "presence", "history"]})
-}
-
-/// Reads `pub` frames until `count` have arrived; other frames must not appear.
-async fn read_pubs(ws: &mut Ws, count: usize) -> Vec<Value> {
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        let v = ws.recv().await;
-        assert_eq!(v["type"], "pub", "unexpected frame {v}");
-        out.push(v);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +112,8 @@ async fn five_hundred_clients_receive_two_hundred_messages_in_order(h: Herald) {
         ws.subscribe("fanout").await;
         clients.push(ws);
     }
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut ws| tokio::spawn(async move { read_pubs(&mut ws, 200).await }))
-        .collect();
+    let readers: Vec<_> =
+        clients.into_iter().map(|mut ws| tokio::spawn(async move { ws.read_pubs(200).await })).collect();
     for batch in 0..4 {
         let messages: Vec<Value> =
             (0..50).map(|i| json!({"channel": "fanout", "data": {"n": batch * 50 + i}})).collect();
@@ -151,7 +138,7 @@ async fn resume_after_a_dropped_connection_delivers_exactly_the_missed_messages(
     for i in 1..=5 {
         t.publish("news", json!(i)).await;
     }
-    let seen = read_pubs(&mut ws, 5).await;
+    let seen = ws.read_pubs(5).await;
     let last = seen.last().unwrap()["position"].as_u64().unwrap();
     drop(ws);
 
@@ -173,7 +160,7 @@ async fn resume_after_a_dropped_connection_delivers_exactly_the_missed_messages(
     assert_eq!(reply["type"], "subscribed", "{reply}");
     assert_eq!(reply["recovered"], true);
     publisher.await.unwrap();
-    let rest = read_pubs(&mut ws, 35).await;
+    let rest = ws.read_pubs(35).await;
     let positions: Vec<u64> = rest.iter().map(|p| p["position"].as_u64().unwrap()).collect();
     assert_eq!(positions, (6..=40).collect::<Vec<_>>());
     let data: Vec<u64> = rest.iter().map(|p| p["data"].as_u64().unwrap()).collect();
@@ -191,7 +178,7 @@ async fn resume_beyond_history_says_not_recovered(h: Herald) {
     let sub = ws.subscribe("short:x").await;
     let epoch = sub["epoch"].as_str().unwrap().to_owned();
     t.publish("short:x", json!(1)).await;
-    read_pubs(&mut ws, 1).await;
+    ws.read_pubs(1).await;
     drop(ws);
     for i in 2..=20 {
         t.publish("short:x", json!(i)).await;
@@ -234,7 +221,7 @@ async fn idempotent_publish_delivers_once(h: Herald) {
     assert_eq!(first["position"], second["position"]);
     assert_eq!(first["id"], second["id"]);
     t.key.post(path, json!({"data": "marker"})).await.expect(200);
-    let got = read_pubs(&mut ws, 2).await;
+    let got = ws.read_pubs(2).await;
     assert_eq!(got[0]["data"], json!({"order": 1}));
     assert_eq!(got[1]["data"], "marker", "the repeated publish was not delivered");
 }
@@ -386,7 +373,7 @@ async fn slow_consumer_is_disconnected_with_bounded_memory() {
     for _ in 0..50 {
         let messages: Vec<Value> = (0..10).map(|_| json!({"channel": "bulk:x", "data": payload})).collect();
         t.key.post("/v1/tenants/acme/messages", json!({"messages": messages})).await.expect(200);
-        fast_seen += read_pubs(&mut fast, 10).await.len();
+        fast_seen += fast.read_pubs(10).await.len();
     }
     assert_eq!(fast_seen, 500, "a reader that keeps up loses nothing");
     let growth_kib = h.rss_kib().saturating_sub(before);
