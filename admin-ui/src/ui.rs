@@ -1,11 +1,11 @@
 //! Widgets shared by the pages: links, form fields with their errors, empty/loading/error
-//! states, copy and confirm buttons, time formatting.
+//! states, lists read page by page, tables, copy and confirm buttons, time formatting.
 
 use leptos::prelude::*;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::api::{Load, Problem};
+use crate::api::{self, Load, Page, Problem};
 use crate::router;
 
 // ---- time -------------------------------------------------------------------------------------
@@ -163,6 +163,222 @@ pub fn load_view<T: Clone + 'static, V: IntoView + 'static>(
     }
 }
 
+// ---- lists -------------------------------------------------------------------------------------
+
+/// Builds the path of a list's first page, with its query (`…?limit=50`).
+type PathFn = Box<dyn Fn() -> String + Send + Sync>;
+/// Takes a problem aside (returning `None`), or gives it back for the list to show.
+type CatchFn = Box<dyn Fn(Problem) -> Option<Problem> + Send + Sync>;
+
+/// A list read a page at a time: `list` holds the items loaded so far, and [`Paged::more`] is
+/// the "Load more" button, shown while the server has a next page.
+pub struct Paged<T: Send + Sync + 'static> {
+    pub list: RwSignal<Load<Vec<T>>>,
+    next: RwSignal<Option<String>>,
+    path: StoredValue<PathFn>,
+    catch: StoredValue<Option<CatchFn>>,
+}
+
+impl<T: Send + Sync + 'static> Clone for Paged<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Send + Sync + 'static> Copy for Paged<T> {}
+
+impl<T> Paged<T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// A list whose first page is at `path()` (read when loading, so it may follow filters);
+    /// the next pages add `&cursor=…` to it. Nothing is loaded until [`Paged::reload`].
+    pub fn new(path: impl Fn() -> String + Send + Sync + 'static) -> Paged<T> {
+        Paged {
+            list: RwSignal::new(Load::Loading),
+            next: RwSignal::new(None),
+            path: StoredValue::new(Box::new(path)),
+            catch: StoredValue::new(None),
+        }
+    }
+
+    /// Lets `catch` take the problems it returns `None` for: the list keeps what it shows.
+    pub fn catch(self, catch: impl Fn(Problem) -> Option<Problem> + Send + Sync + 'static) -> Paged<T> {
+        self.catch.set_value(Some(Box::new(catch)));
+        self
+    }
+
+    /// Loads the first page again (the list shows "Loading" meanwhile).
+    pub fn reload(self) {
+        self.list.set(Load::Loading);
+        self.fetch(None);
+    }
+
+    fn fetch(self, cursor: Option<String>) {
+        let mut path = self.path.with_value(|p| p());
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", api::enc(c)));
+        }
+        leptos::task::spawn_local(async move {
+            match api::get::<Page<T>>(&path).await {
+                Ok(page) => {
+                    self.next.set(page.next_cursor);
+                    if cursor.is_some() {
+                        self.list.update(|l| {
+                            if let Load::Ready(v) = l {
+                                v.extend(page.items)
+                            }
+                        });
+                    } else {
+                        self.list.set(Load::Ready(page.items));
+                    }
+                }
+                Err(p) => {
+                    if let Some(p) = self.catch.with_value(|c| match c {
+                        Some(catch) => catch(p),
+                        None => Some(p),
+                    }) {
+                        self.list.set(Load::Failed(p));
+                    }
+                }
+            }
+        });
+    }
+
+    /// The "Load more" button, while there is a next page.
+    pub fn more(self) -> impl IntoView {
+        move || {
+            self.next.get().map(|c| {
+                view! {
+                    <button
+                        type="button"
+                        class="btn btn-ghost load-more"
+                        on:click=move |_| self.fetch(Some(c.clone()))
+                    >
+                        "Load more"
+                    </button>
+                }
+            })
+        }
+    }
+}
+
+// ---- tables ------------------------------------------------------------------------------------
+
+/// A table of items: its header row, then a row per item, or an empty state when there are
+/// none. Built step by step, then drawn by [`Table::rows`]:
+///
+/// `Table::new("keys").wide().cols(&["Key", "Created"]).empty("No keys yet.", "").rows(items, row)`
+pub struct Table {
+    /// `data-table`, which tests and styles find the table by.
+    name: Option<&'static str>,
+    /// In a `table-wrap` box that scrolls sideways.
+    wide: bool,
+    /// Label and class of each column.
+    cols: Vec<(String, Option<&'static str>)>,
+    /// Title and hint shown instead of the table when there are no rows.
+    empty: Option<(String, String)>,
+    before: Option<AnyView>,
+    after: Option<AnyView>,
+}
+
+impl Table {
+    /// A table with `data-table=name`.
+    pub fn new(name: &'static str) -> Table {
+        Table { name: Some(name), ..Table::unnamed() }
+    }
+
+    /// A table without a `data-table` attribute.
+    pub fn unnamed() -> Table {
+        Table { name: None, wide: false, cols: Vec::new(), empty: None, before: None, after: None }
+    }
+
+    /// Inside a `table-wrap` box, for tables wider than the page.
+    pub fn wide(mut self) -> Table {
+        self.wide = true;
+        self
+    }
+
+    /// One column (an empty label for a column of buttons).
+    pub fn col(mut self, label: impl Into<String>) -> Table {
+        self.cols.push((label.into(), None));
+        self
+    }
+
+    /// A column, only when `shown`.
+    pub fn col_if(self, shown: bool, label: &str) -> Table {
+        if shown { self.col(label) } else { self }
+    }
+
+    /// Columns in order.
+    pub fn cols(self, labels: &[&str]) -> Table {
+        labels.iter().fold(self, |t, l| t.col(*l))
+    }
+
+    /// Columns of figures (right-aligned, `class="num"`).
+    pub fn nums(mut self, labels: &[&str]) -> Table {
+        self.cols.extend(labels.iter().map(|l| ((*l).to_owned(), Some("num"))));
+        self
+    }
+
+    /// The [`Empty`] state shown instead of the table when there are no rows (without one, an
+    /// empty table is drawn).
+    pub fn empty(mut self, title: impl Into<String>, hint: impl Into<String>) -> Table {
+        self.empty = Some((title.into(), hint.into()));
+        self
+    }
+
+    /// Shown above the table (not with the empty state).
+    pub fn before(mut self, v: impl IntoView + 'static) -> Table {
+        self.before = Some(v.into_any());
+        self
+    }
+
+    /// Shown under the table (not with the empty state).
+    pub fn after(mut self, v: impl IntoView + 'static) -> Table {
+        self.after = Some(v.into_any());
+        self
+    }
+
+    /// The table with a row (a `<tr>`) per item, or the empty state.
+    pub fn rows<T, V: IntoView + 'static>(
+        self,
+        items: impl IntoIterator<Item = T>,
+        row: impl FnMut(T) -> V,
+    ) -> AnyView {
+        let rows = items.into_iter().map(row).collect::<Vec<_>>();
+        if rows.is_empty() {
+            if let Some((title, hint)) = self.empty {
+                return view! { <Empty title=title hint=hint /> }.into_any();
+            }
+        }
+        let head = self
+            .cols
+            .into_iter()
+            .map(|(label, class)| view! { <th class=class>{label}</th> })
+            .collect::<Vec<_>>();
+        let table = view! {
+            <table class="table" data-table=self.name>
+                <thead>
+                    <tr>{head}</tr>
+                </thead>
+                <tbody>{rows}</tbody>
+            </table>
+        };
+        let table = if self.wide {
+            view! { <div class="table-wrap">{table}</div> }.into_any()
+        } else {
+            table.into_any()
+        };
+        view! {
+            {self.before}
+            {table}
+            {self.after}
+        }
+        .into_any()
+    }
+}
+
 // ---- forms ------------------------------------------------------------------------------------
 
 /// The error of `errors` when it concerns `field`.
@@ -208,6 +424,14 @@ pub fn form_error(errors: RwSignal<Option<Problem>>, fields: &'static [&'static 
             }),
             _ => None,
         })
+    }
+}
+
+/// A form's submit handler: the browser does not send the form, `f` runs instead.
+pub fn on_submit(f: impl Fn() + 'static) -> impl Fn(leptos::ev::SubmitEvent) + 'static {
+    move |ev| {
+        ev.prevent_default();
+        f();
     }
 }
 

@@ -2,9 +2,9 @@
 
 use leptos::prelude::*;
 
-use crate::api::{self, AuditEntry, Load, Page};
+use crate::api::{self, AuditEntry};
 use crate::router::{self, Tab};
-use crate::ui::{Empty, Link, load_view, when};
+use crate::ui::{Link, Paged, Table, load_view, on_submit, when};
 
 fn action_tone(action: &str) -> &'static str {
     if action.ends_with(".delete") || action.ends_with(".revoke") || action.ends_with(".suspend") {
@@ -24,58 +24,35 @@ fn AuditTable(
     show_tenant: bool,
     #[prop(optional)] filter: Option<RwSignal<String>>,
 ) -> impl IntoView {
-    let list = RwSignal::new(Load::<Vec<AuditEntry>>::Loading);
-    let next = RwSignal::new(None::<String>);
-    let load = move |cursor: Option<String>| {
+    let paged = Paged::<AuditEntry>::new(move || {
         let sep = if base.contains('?') { '&' } else { '?' };
         let mut path = format!("{base}{sep}limit=50");
         if let Some(t) = filter.map(|f| f.get_untracked()).filter(|t| !t.trim().is_empty()) {
             path.push_str(&format!("&tenant={}", api::enc(t.trim())));
         }
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={}", api::enc(c)));
-        }
-        leptos::task::spawn_local(async move {
-            match api::get::<Page<AuditEntry>>(&path).await {
-                Ok(page) => {
-                    next.set(page.next_cursor);
-                    if cursor.is_some() {
-                        list.update(|l| {
-                            if let Load::Ready(v) = l {
-                                v.extend(page.items)
-                            }
-                        });
-                    } else {
-                        list.set(Load::Ready(page.items));
-                    }
-                }
-                Err(p) => list.set(Load::Failed(p)),
-            }
-        });
-    };
-    let load = StoredValue::new(load);
-    load.with_value(|l| l(None));
+        path
+    });
+    paged.reload();
     if let Some(f) = filter {
         // Reload when the tenant filter is applied (the page sets it on submit).
         Effect::new(move |prev: Option<String>| {
             let v = f.get();
             if prev.is_some() {
-                list.set(Load::Loading);
-                load.with_value(|l| l(None));
+                paged.reload();
             }
             v
         });
     }
 
     let rows = move || {
-        load_view(list.get(), "audit log", move |items: Vec<AuditEntry>| {
-            if items.is_empty() {
-                return view! { <Empty title="Nothing recorded yet." hint="Every management change is recorded here." /> }
-                    .into_any();
-            }
-            let rows = items
-                .into_iter()
-                .map(|e| {
+        load_view(paged.list.get(), "audit log", move |items: Vec<AuditEntry>| {
+            Table::new("audit")
+                .wide()
+                .cols(&["When", "Action"])
+                .col_if(show_tenant, "Tenant")
+                .cols(&["Target", "Actor", "Details"])
+                .empty("Nothing recorded yet.", "Every management change is recorded here.")
+                .rows(items, |e| {
                     let details = if e.details.is_null() { String::new() } else { e.details.to_string() };
                     let short = if details.chars().count() > 80 {
                         format!("{}…", details.chars().take(80).collect::<String>())
@@ -122,44 +99,12 @@ fn AuditTable(
                         </tr>
                     }
                 })
-                .collect::<Vec<_>>();
-            view! {
-                <div class="table-wrap">
-                    <table class="table" data-table="audit">
-                        <thead>
-                            <tr>
-                                <th>"When"</th>
-                                <th>"Action"</th>
-                                {show_tenant.then(|| view! { <th>"Tenant"</th> })}
-                                <th>"Target"</th>
-                                <th>"Actor"</th>
-                                <th>"Details"</th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                </div>
-            }
-            .into_any()
         })
     };
 
     view! {
         <section class="card card-flush">{rows}</section>
-        {move || {
-            next.get()
-                .map(|c| {
-                    view! {
-                        <button
-                            type="button"
-                            class="btn btn-ghost load-more"
-                            on:click=move |_| load.with_value(|l| l(Some(c.clone())))
-                        >
-                            "Load more"
-                        </button>
-                    }
-                })
-        }}
+        {paged.more()}
     }
 }
 
@@ -185,10 +130,7 @@ pub fn GlobalAudit() -> impl IntoView {
             </div>
             <form
                 class="page-actions inline-form"
-                on:submit=move |ev: leptos::ev::SubmitEvent| {
-                    ev.prevent_default();
-                    applied.set(input.get_untracked());
-                }
+                on:submit=on_submit(move || applied.set(input.get_untracked()))
             >
                 <input
                     type="search"

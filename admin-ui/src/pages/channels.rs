@@ -4,10 +4,13 @@
 use leptos::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::api::{self, ChannelLike, ChannelOptions, Load, Page, Problem};
+use crate::api::{self, ChannelLike, ChannelOptions, Load, Problem};
 use crate::router::{self, Tab};
 use crate::session;
-use crate::ui::{ConfirmButton, Empty, Field, Link, form_error, load_view, number_input, parse_number, when};
+use crate::ui::{
+    ConfirmButton, Field, Link, Paged, Table, form_error, load_view, number_input, on_submit, parse_number,
+    when,
+};
 
 const NUMBERS: [(&str, &str, &str); 4] = [
     ("history_size", "History size", "Messages kept for history and resume, 0-10000 (default 100)"),
@@ -182,8 +185,6 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
     };
     let base = format!("/v1/tenants/{}/{}", api::enc(&tenant), api_kind);
     let can_write = session::get_untracked().is_some_and(|s| s.can("channels:write"));
-    let list = RwSignal::new(Load::<Vec<ChannelLike>>::Loading);
-    let next = RwSignal::new(None::<String>);
     let prefix = RwSignal::new(String::new());
     let show_form = RwSignal::new(false);
     let editing = RwSignal::new(None::<String>);
@@ -193,44 +194,28 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
     let row_error = RwSignal::new(None::<Problem>);
     let busy = RwSignal::new(false);
 
-    let load = {
+    let paged = Paged::<ChannelLike>::new({
         let base = base.clone();
-        move |cursor: Option<String>| {
+        move || {
             let mut path = format!("{base}?limit=100");
             let p = prefix.get_untracked();
             if !namespaces && !p.trim().is_empty() {
                 path.push_str(&format!("&prefix={}", api::enc(p.trim())));
             }
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={}", api::enc(c)));
-            }
-            leptos::task::spawn_local(async move {
-                match api::get::<Page<ChannelLike>>(&path).await {
-                    Ok(page) => {
-                        next.set(page.next_cursor);
-                        if cursor.is_some() {
-                            list.update(|l| {
-                                if let Load::Ready(v) = l {
-                                    v.extend(page.items)
-                                }
-                            });
-                        } else {
-                            list.set(Load::Ready(page.items));
-                        }
-                    }
-                    Err(p) => {
-                        if p.is_about("prefix") {
-                            row_error.set(Some(p));
-                        } else {
-                            list.set(Load::Failed(p));
-                        }
-                    }
-                }
-            });
+            path
         }
-    };
-    let load = StoredValue::new(load);
-    load.with_value(|l| l(None));
+    })
+    .catch(move |p| {
+        // A bad prefix is shown with the row errors, as the filter's problem.
+        if p.is_about("prefix") {
+            row_error.set(Some(p));
+            None
+        } else {
+            Some(p)
+        }
+    });
+    paged.reload();
+    let list = paged.list;
 
     let open_create = move || {
         editing.set(None);
@@ -336,17 +321,26 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
         let tenant = tenant_for_rows.clone();
         let base = base_for_rows.clone();
         load_view(list.get(), kinds, move |items: Vec<ChannelLike>| {
-            if items.is_empty() {
-                let hint = if namespaces {
-                    "A namespace holds options shared by all channels whose name starts with it and “:”."
-                } else {
-                    "Channels need not be created to be used: create one to give it its own options, or for a namespace without implicit channels."
-                };
-                return view! { <Empty title=format!("No {kinds} yet.") hint=hint /> }.into_any();
-            }
-            let rows = items
-                .into_iter()
-                .map(|c| {
+            let hint = if namespaces {
+                "A namespace holds options shared by all channels whose name starts with it and “:”."
+            } else {
+                "Channels need not be created to be used: create one to give it its own options, or for a namespace without implicit channels."
+            };
+            let legend = if namespaces {
+                "Values are effective; bold ones are set on the namespace, the others are the server defaults."
+            } else {
+                "Values are effective; bold ones are set on the channel, the others come from its namespace or the server defaults."
+            };
+            Table::new(kinds)
+                .wide()
+                .col("Name")
+                .col_if(!namespaces, "Namespace")
+                .cols(&["History", "Private", "Presence", "Join/leave", "Client pub", "Max subs", "Max bytes"])
+                .col_if(namespaces, "Implicit")
+                .cols(&["Updated", ""])
+                .empty(format!("No {kinds} yet."), hint)
+                .after(view! { <p class="muted small legend-note">{legend}</p> })
+                .rows(items, |c| {
                     let o = &c.options;
                     let e = &c.effective;
                     let history = format!(
@@ -432,38 +426,6 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
                         </tr>
                     }
                 })
-                .collect::<Vec<_>>();
-            view! {
-                <div class="table-wrap">
-                    <table class="table" data-table=kinds>
-                        <thead>
-                            <tr>
-                                <th>"Name"</th>
-                                {(!namespaces).then(|| view! { <th>"Namespace"</th> })}
-                                <th>"History"</th>
-                                <th>"Private"</th>
-                                <th>"Presence"</th>
-                                <th>"Join/leave"</th>
-                                <th>"Client pub"</th>
-                                <th>"Max subs"</th>
-                                <th>"Max bytes"</th>
-                                {namespaces.then(|| view! { <th>"Implicit"</th> })}
-                                <th>"Updated"</th>
-                                <th></th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                </div>
-                <p class="muted small legend-note">
-                    {if namespaces {
-                        "Values are effective; bold ones are set on the namespace, the others are the server defaults."
-                    } else {
-                        "Values are effective; bold ones are set on the channel, the others come from its namespace or the server defaults."
-                    }}
-                </p>
-            }
-            .into_any()
         })
     };
 
@@ -471,12 +433,10 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
         view! {
             <form
                 class="inline-form"
-                on:submit=move |ev: leptos::ev::SubmitEvent| {
-                    ev.prevent_default();
+                on:submit=on_submit(move || {
                     row_error.set(None);
-                    list.set(Load::Loading);
-                    load.with_value(|l| l(None));
-                }
+                    paged.reload();
+                })
             >
                 <input
                     type="search"
@@ -512,19 +472,6 @@ pub fn ChannelsPage(tenant: String, namespaces: bool) -> impl IntoView {
         {form}
         {form_error(row_error, &[])}
         <section class="card card-flush">{rows}</section>
-        {move || {
-            next.get()
-                .map(|c| {
-                    view! {
-                        <button
-                            type="button"
-                            class="btn btn-ghost load-more"
-                            on:click=move |_| load.with_value(|l| l(Some(c.clone())))
-                        >
-                            "Load more"
-                        </button>
-                    }
-                })
-        }}
+        {paged.more()}
     }
 }

@@ -5,9 +5,10 @@ use leptos::prelude::*;
 use serde_json::json;
 
 use crate::api::{self, ApiKey, Load, Page, Problem, SCOPES, SigningKey};
+use crate::pages::hs256::Hs256Secret;
 use crate::session;
 use crate::ui::{
-    ConfirmButton, Empty, Field, SecretOnce, badge, form_error, load_view, local_input_to_rfc3339,
+    ConfirmButton, Field, SecretOnce, Table, badge, form_error, load_view, local_input_to_rfc3339,
     text_input, when,
 };
 
@@ -37,6 +38,25 @@ where
         }
         list.set(Load::Ready(items));
     });
+}
+
+/// A section's heading, with the button (`data-action=action`) that opens its form.
+fn section_head(
+    title: &'static str,
+    action: &'static str,
+    label: &'static str,
+    open: impl Fn() + 'static,
+) -> impl IntoView {
+    view! {
+        <div class="section-head">
+            <h2>{title}</h2>
+            <div class="page-actions">
+                <button type="button" class="btn btn-primary" data-action=action on:click=move |_| open()>
+                    {label}
+                </button>
+            </div>
+        </div>
+    }
 }
 
 #[component]
@@ -155,19 +175,14 @@ pub fn ApiKeys(tenant: String) -> impl IntoView {
     let rows = move || {
         let base = base.clone();
         load_view(list.get(), "API keys", move |items: Vec<ApiKey>| {
-            if items.is_empty() {
-                return view! {
-                    <Empty
-                        title="No API keys yet."
-                        hint="A tenant's backend uses an API key to publish, manage channels and mint tokens."
-                    />
-                }
-                .into_any();
-            }
-            let rows = items
-                .into_iter()
-                .rev()
-                .map(|k| {
+            Table::new("api-keys")
+                .wide()
+                .cols(&["Key", "Status", "Scopes", "Created", "Last used", "Expires", ""])
+                .empty(
+                    "No API keys yet.",
+                    "A tenant's backend uses an API key to publish, manage channels and mint tokens.",
+                )
+                .rows(items.into_iter().rev(), |k| {
                     let expired =
                         k.expires_at.as_deref().is_some_and(|t| crate::ui::millis(t) < js_sys::Date::now());
                     let status = if k.revoked_at.is_some() {
@@ -231,47 +246,15 @@ pub fn ApiKeys(tenant: String) -> impl IntoView {
                         </tr>
                     }
                 })
-                .collect::<Vec<_>>();
-            view! {
-                <div class="table-wrap">
-                    <table class="table" data-table="api-keys">
-                        <thead>
-                            <tr>
-                                <th>"Key"</th>
-                                <th>"Status"</th>
-                                <th>"Scopes"</th>
-                                <th>"Created"</th>
-                                <th>"Last used"</th>
-                                <th>"Expires"</th>
-                                <th></th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                </div>
-            }
-            .into_any()
         })
     };
 
     view! {
-        <div class="section-head">
-            <h2>"API keys"</h2>
-            <div class="page-actions">
-                <button
-                    type="button"
-                    class="btn btn-primary"
-                    data-action="new-api-key"
-                    on:click=move |_| {
-                        created.set(None);
-                        errors.set(None);
-                        show_form.set(true);
-                    }
-                >
-                    "New API key"
-                </button>
-            </div>
-        </div>
+        {section_head("API keys", "new-api-key", "New API key", move || {
+            created.set(None);
+            errors.set(None);
+            show_form.set(true);
+        })}
         {move || {
             created
                 .get()
@@ -350,18 +333,14 @@ pub fn SigningKeys(tenant: String) -> impl IntoView {
         move || {
             let base = base.clone();
             load_view(list.get(), "signing keys", move |items: Vec<SigningKey>| {
-                if items.is_empty() {
-                    return view! {
-                        <Empty
-                            title="No signing keys yet."
-                            hint="Client tokens are verified with these keys. Add an HS256 key to let Herald mint tokens, or upload a public key to sign your own."
-                        />
-                    }
-                    .into_any();
-                }
-                let rows = items
-                    .into_iter()
-                    .map(|k| {
+                Table::new("signing-keys")
+                    .wide()
+                    .cols(&["Key id (kid)", "Algorithm", "Status", "Created", "Retired", ""])
+                    .empty(
+                        "No signing keys yet.",
+                        "Client tokens are verified with these keys. Add an HS256 key to let Herald mint tokens, or upload a public key to sign your own.",
+                    )
+                    .rows(items, |k| {
                         let path = format!("{base}/{}/retire", api::enc(&k.kid));
                         let retire = Callback::new(move |_| {
                             let path = path.clone();
@@ -411,62 +390,20 @@ pub fn SigningKeys(tenant: String) -> impl IntoView {
                             </tr>
                         }
                     })
-                    .collect::<Vec<_>>();
-                view! {
-                    <div class="table-wrap">
-                        <table class="table" data-table="signing-keys">
-                            <thead>
-                                <tr>
-                                    <th>"Key id (kid)"</th>
-                                    <th>"Algorithm"</th>
-                                    <th>"Status"</th>
-                                    <th>"Created"</th>
-                                    <th>"Retired"</th>
-                                    <th></th>
-                                </tr>
-                            </thead>
-                            <tbody>{rows}</tbody>
-                        </table>
-                    </div>
-                }
-                .into_any()
             })
         }
     };
 
     view! {
-        <div class="section-head">
-            <h2>"Signing keys"</h2>
-            <div class="page-actions">
-                <button
-                    type="button"
-                    class="btn btn-primary"
-                    data-action="new-signing-key"
-                    on:click=move |_| {
-                        created.set(None);
-                        errors.set(None);
-                        show_form.set(true);
-                    }
-                >
-                    "New signing key"
-                </button>
-            </div>
-        </div>
-        {move || {
-            created
-                .get()
-                .and_then(|k| k.secret.map(|s| (k.kid, s)))
-                .map(|(kid, secret)| {
-                    view! {
-                        <SecretOnce
-                            title=format!("HS256 key “{kid}” created")
-                            secret=secret
-                            note="Your backend signs tokens with this secret's UTF-8 bytes. It is shown only once."
-                            on_done=Callback::new(move |_| created.set(None))
-                        />
-                    }
-                })
-        }}
+        {section_head("Signing keys", "new-signing-key", "New signing key", move || {
+            created.set(None);
+            errors.set(None);
+            show_form.set(true);
+        })}
+        <Hs256Secret
+            key=created
+            note="Your backend signs tokens with this secret's UTF-8 bytes. It is shown only once."
+        />
         <Show when=move || show_form.get()>
             <form class="card form" data-form="create-signing-key" on:submit=submit.clone() novalidate>
                 <h2 class="card-title">"New signing key"</h2>

@@ -13,14 +13,17 @@ use wasm_bindgen::prelude::Closure;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Event, EventSource, MessageEvent};
 
-use crate::api::{self, ChannelLike, History, Load, Page, Problem, Published, SigningKey, Tenant};
-use crate::pages::tokens::{NoSigningKey, mint};
+use crate::api::{self, ChannelLike, History, Load, Page, Problem, Published, Tenant};
+use crate::pages::hs256::NewHs256Key;
+use crate::pages::tokens::mint;
 use crate::session;
-use crate::ui::{Empty, Field, SecretOnce, clock_ms, form_error, text_input};
+use crate::ui::{Empty, Field, clock_ms, form_error, on_submit, text_input};
 
 /// The subject of the tokens the dashboard mints for itself.
 const DASHBOARD_SUB: &str = "herald-dashboard";
 const KEEP: usize = 500;
+/// Said with the secret of an HS256 key created to start the tail.
+const NEW_KEY_NOTE: &str = "The dashboard now mints its tail token with it. Your backend may sign tokens with this secret; it is shown only once.";
 
 #[derive(Clone, Debug, PartialEq)]
 enum TailStatus {
@@ -99,7 +102,6 @@ pub fn LiveTail(tenant: String, record: RwSignal<Load<Tenant>>) -> impl IntoView
     let next_key = StoredValue::new(0u64);
     let errors = RwSignal::new(None::<Problem>);
     let no_key = RwSignal::new(false);
-    let new_key = RwSignal::new(None::<SigningKey>);
     let tailing = RwSignal::new(String::new());
     let known = RwSignal::new(Vec::<String>::new());
     let tenant_s = StoredValue::new(tenant.clone());
@@ -401,40 +403,8 @@ pub fn LiveTail(tenant: String, record: RwSignal<Load<Tenant>>) -> impl IntoView
             <h2>"Live tail"</h2>
         </div>
         {suspended}
-        {move || {
-            new_key
-                .get()
-                .and_then(|k| k.secret.map(|s| (k.kid, s)))
-                .map(|(kid, secret)| {
-                    view! {
-                        <SecretOnce
-                            title=format!("HS256 key “{kid}” created")
-                            secret=secret
-                            note="The dashboard now mints its tail token with it. Your backend may sign tokens with this secret; it is shown only once."
-                            on_done=Callback::new(move |_| new_key.set(None))
-                        />
-                    }
-                })
-        }}
-        <Show when=move || no_key.get()>
-            <NoSigningKey
-                tenant=tenant_s.get_value()
-                on_created=Callback::new(move |k: SigningKey| {
-                    new_key.set(Some(k));
-                    no_key.set(false);
-                    start();
-                })
-            />
-        </Show>
-        <form
-            class="card form"
-            data-form="tail"
-            novalidate
-            on:submit=move |ev: leptos::ev::SubmitEvent| {
-                ev.prevent_default();
-                start();
-            }
-        >
+        <NewHs256Key tenant=tenant_s.get_value() missing=no_key note=NEW_KEY_NOTE on_created=start />
+        <form class="card form" data-form="tail" novalidate on:submit=on_submit(start)>
             <div class="inline-form">
                 <Field label="Channel" field="channel" errors=errors>
                     <input

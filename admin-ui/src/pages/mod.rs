@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod channels;
+pub mod hs256;
 pub mod keys;
 pub mod live;
 pub mod login;

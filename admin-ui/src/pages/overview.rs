@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use crate::chart::{Line, chart, format_value, sparkline};
 use crate::router::{self, Tab};
 use crate::stats::{self, Figures, Live, Scope, Status};
-use crate::ui::{Empty, Link, Loading};
+use crate::ui::{Empty, Link, Loading, Table};
 
 pub const C_WS: &str = "#4f46e5";
 pub const C_SSE: &str = "#0891b2";
@@ -115,24 +115,13 @@ fn figures_cells(f: &Figures) -> impl IntoView + use<> {
     }
 }
 
-fn figures_head(first: &'static str) -> impl IntoView {
-    view! {
-        <thead>
-            <tr>
-                <th>{first}</th>
-                <th class="num">"WS"</th>
-                <th class="num">"SSE"</th>
-                <th class="num">"Poll"</th>
-                <th class="num">"Subs"</th>
-                <th class="num">"Pub/s"</th>
-                <th class="num">"Del/s"</th>
-                <th class="num">"Published"</th>
-                <th class="num">"Delivered"</th>
-                <th class="num">"Drops"</th>
-                <th>"Connections"</th>
-            </tr>
-        </thead>
-    }
+/// A table of figures per `first` (node or tenant), with a sparkline of its connections.
+fn figures_table(name: &'static str, first: &'static str) -> Table {
+    Table::new(name)
+        .wide()
+        .col(first)
+        .nums(&["WS", "SSE", "Poll", "Subs", "Pub/s", "Del/s", "Published", "Delivered", "Drops"])
+        .col("Connections")
 }
 
 #[component]
@@ -216,28 +205,25 @@ pub fn Overview() -> impl IntoView {
         live.with(|l| {
             let end = l.latest().map(|r| r.ts).unwrap_or_default();
             let report = l.latest().cloned();
-            let nodes = report
-                .as_ref()
-                .map(|r| r.nodes.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|n| {
-                    let spark = series(l, &Scope::Node(n.node.clone()), |f| f.connections.total() as f64);
-                    view! {
-                        <tr data-node=n.node.clone()>
-                            <td class="mono">{n.node.clone()}</td>
-                            {figures_cells(&n.figures)}
-                            <td>{sparkline(&spark, end, C_WS)}</td>
-                        </tr>
-                    }
-                })
-                .collect::<Vec<_>>();
-            let tenants = report
-                .as_ref()
-                .map(|r| r.tenants.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| {
+            let nodes = report.as_ref().map(|r| r.nodes.clone()).unwrap_or_default();
+            let has_nodes = !nodes.is_empty();
+            let nodes = figures_table("nodes", "Node").rows(nodes, |n| {
+                let spark = series(l, &Scope::Node(n.node.clone()), |f| f.connections.total() as f64);
+                view! {
+                    <tr data-node=n.node.clone()>
+                        <td class="mono">{n.node.clone()}</td>
+                        {figures_cells(&n.figures)}
+                        <td>{sparkline(&spark, end, C_WS)}</td>
+                    </tr>
+                }
+            });
+            let tenants = report.as_ref().map(|r| r.tenants.clone()).unwrap_or_default();
+            let tenants = figures_table("tenants", "Tenant")
+                .empty(
+                    "No tenant has had activity on this node yet.",
+                    "Tenants appear here once clients connect or messages are published.",
+                )
+                .rows(tenants, |t| {
                     let spark = series(l, &Scope::Tenant(t.tenant.clone()), |f| f.connections.total() as f64);
                     let (attr, label) = (t.tenant.clone(), t.tenant.clone());
                     view! {
@@ -251,10 +237,7 @@ pub fn Overview() -> impl IntoView {
                             <td>{sparkline(&spark, end, C_WS)}</td>
                         </tr>
                     }
-                })
-                .collect::<Vec<_>>();
-            let has_nodes = !nodes.is_empty();
-            let no_tenants = tenants.is_empty();
+                });
             view! {
                 {kpis(l, &s)}
                 {charts(l, &s)}
@@ -263,36 +246,13 @@ pub fn Overview() -> impl IntoView {
                         view! {
                             <section class="card">
                                 <h2 class="card-title">"Nodes"</h2>
-                                <div class="table-wrap">
-                                    <table class="table" data-table="nodes">
-                                        {figures_head("Node")}
-                                        <tbody>{nodes}</tbody>
-                                    </table>
-                                </div>
+                                {nodes}
                             </section>
                         }
                     })}
                 <section class="card">
                     <h2 class="card-title">"Tenants"</h2>
-                    {if no_tenants {
-                        view! {
-                            <Empty
-                                title="No tenant has had activity on this node yet."
-                                hint="Tenants appear here once clients connect or messages are published."
-                            />
-                        }
-                            .into_any()
-                    } else {
-                        view! {
-                            <div class="table-wrap">
-                                <table class="table" data-table="tenants">
-                                    {figures_head("Tenant")}
-                                    <tbody>{tenants}</tbody>
-                                </table>
-                            </div>
-                        }
-                            .into_any()
-                    }}
+                    {tenants}
                 </section>
             }
             .into_any()

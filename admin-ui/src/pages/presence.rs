@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::{self, Problem};
 use crate::pages::tenant::TenantLive;
 use crate::session;
-use crate::ui::{ConfirmButton, Empty, Field, badge, form_error, text_input, when};
+use crate::ui::{ConfirmButton, Field, Table, badge, form_error, on_submit, text_input, when};
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 struct Occupancy {
@@ -112,64 +112,48 @@ pub fn Presence(tenant: String) -> impl IntoView {
     };
     let ask = StoredValue::new(ask);
 
-    let occupancy_view = move || {
-        match occupancy.get() {
+    let occupancy_view = move || match occupancy.get() {
         None => view! { <crate::ui::Loading what="live channels" /> }.into_any(),
         Some(Err(p)) => crate::ui::error_box(&p).into_any(),
-        Some(Ok(o)) if o.channels.is_empty() => view! {
-            <Empty title="No channel has subscribers on this node." hint="Channels appear here while clients are subscribed." />
-        }
-        .into_any(),
-        Some(Ok(o)) => {
-            let rows = o
-                .channels
-                .into_iter()
-                .map(|c| {
-                    let name = c.channel.clone();
-                    view! {
-                        <tr data-channel=c.channel.clone()>
-                            <td class="mono strong">{c.channel.clone()}</td>
-                            <td class="num" data-col="subscribers">{c.subscribers}</td>
-                            <td class="actions">
-                                <button
-                                    type="button"
-                                    class="btn btn-small"
-                                    on:click=move |_| ask.with_value(|a| a(name.clone()))
-                                >
-                                    "Who is here?"
-                                </button>
-                            </td>
-                        </tr>
-                    }
-                })
-                .collect::<Vec<_>>();
-            view! {
-                <table class="table" data-table="occupancy">
-                    <thead>
-                        <tr>
-                            <th>"Channel"</th>
-                            <th class="num">"Subscribers"</th>
-                            <th></th>
-                        </tr>
-                    </thead>
-                    <tbody>{rows}</tbody>
-                </table>
-            }
-            .into_any()
-        }
-    }
+        Some(Ok(o)) => Table::new("occupancy")
+            .col("Channel")
+            .nums(&["Subscribers"])
+            .col("")
+            .empty(
+                "No channel has subscribers on this node.",
+                "Channels appear here while clients are subscribed.",
+            )
+            .rows(o.channels, |c| {
+                let name = c.channel.clone();
+                view! {
+                    <tr data-channel=c.channel.clone()>
+                        <td class="mono strong">{c.channel.clone()}</td>
+                        <td class="num" data-col="subscribers">{c.subscribers}</td>
+                        <td class="actions">
+                            <button
+                                type="button"
+                                class="btn btn-small"
+                                on:click=move |_| ask.with_value(|a| a(name.clone()))
+                            >
+                                "Who is here?"
+                            </button>
+                        </td>
+                    </tr>
+                }
+            }),
     };
 
     let presence_view = move || {
         present.get().map(|p| {
-            if p.clients.is_empty() {
-                return view! { <Empty title=format!("Nobody is subscribed to {} on this node.", p.channel) /> }
-                    .into_any();
-            }
-            let rows = p
-                .clients
-                .into_iter()
-                .map(|c| {
+            Table::new("presence")
+                .cols(&["User", "Connection", "Token info"])
+                .empty(format!("Nobody is subscribed to {} on this node.", p.channel), "")
+                .before(view! {
+                    <h3 class="subtle">
+                        "Subscribed to " <span class="mono">{p.channel.clone()}</span>
+                    </h3>
+                })
+                .rows(p.clients, |c| {
                     let info = c.info.as_ref().map(Value::to_string).unwrap_or_else(|| "—".into());
                     view! {
                         <tr>
@@ -179,23 +163,6 @@ pub fn Presence(tenant: String) -> impl IntoView {
                         </tr>
                     }
                 })
-                .collect::<Vec<_>>();
-            view! {
-                <h3 class="subtle">
-                    "Subscribed to " <span class="mono">{p.channel.clone()}</span>
-                </h3>
-                <table class="table" data-table="presence">
-                    <thead>
-                        <tr>
-                            <th>"User"</th>
-                            <th>"Connection"</th>
-                            <th>"Token info"</th>
-                        </tr>
-                    </thead>
-                    <tbody>{rows}</tbody>
-                </table>
-            }
-            .into_any()
         })
     };
 
@@ -216,10 +183,7 @@ pub fn Presence(tenant: String) -> impl IntoView {
                     class="inline-form"
                     data-form="presence"
                     novalidate
-                    on:submit=move |ev: leptos::ev::SubmitEvent| {
-                        ev.prevent_default();
-                        ask.with_value(|a| a(channel.get_untracked()));
-                    }
+                    on:submit=on_submit(move || ask.with_value(|a| a(channel.get_untracked())))
                 >
                     <Field label="Channel" field="channel" errors=channel_errors>
                         {text_input(channel, "channel", "chat:lobby")}
@@ -298,10 +262,9 @@ fn UserLookup(base: String) -> impl IntoView {
                     }
                 });
             };
-            let rows = p
-                .connections
-                .iter()
-                .map(|c| {
+            let connections = Table::new("user-connections")
+                .cols(&["Connection", "Transport", "Node", "Connected"])
+                .rows(&p.connections, |c| {
                     view! {
                         <tr>
                             <td class="mono">{c.client.clone()}</td>
@@ -310,8 +273,7 @@ fn UserLookup(base: String) -> impl IntoView {
                             <td>{when(Some(&c.connected_at))}</td>
                         </tr>
                     }
-                })
-                .collect::<Vec<_>>();
+                });
             let online = p.online;
             view! {
                 <div class="user-result" data-user=p.user.clone()>
@@ -333,22 +295,7 @@ fn UserLookup(base: String) -> impl IntoView {
                                 }
                             })}
                     </div>
-                    {online
-                        .then(|| {
-                            view! {
-                                <table class="table" data-table="user-connections">
-                                    <thead>
-                                        <tr>
-                                            <th>"Connection"</th>
-                                            <th>"Transport"</th>
-                                            <th>"Node"</th>
-                                            <th>"Connected"</th>
-                                        </tr>
-                                    </thead>
-                                    <tbody>{rows}</tbody>
-                                </table>
-                            }
-                        })}
+                    {online.then_some(connections)}
                     {(online && can_send)
                         .then(|| {
                             view! {
@@ -378,11 +325,10 @@ fn UserLookup(base: String) -> impl IntoView {
                 class="inline-form"
                 data-form="user"
                 novalidate
-                on:submit=move |ev: leptos::ev::SubmitEvent| {
-                    ev.prevent_default();
+                on:submit=on_submit(move || {
                     note.set(None);
                     lookup();
-                }
+                })
             >
                 <Field label="User (sub)" field="user" errors=errors>
                     {text_input(user, "user", "alice")}

@@ -3,10 +3,10 @@
 use leptos::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::api::{self, LIMITS, Load, Page, Problem, Tenant};
+use crate::api::{self, LIMITS, Load, Problem, Tenant};
 use crate::router::{self, Tab};
 use crate::stats::{self, Scope};
-use crate::ui::{ConfirmButton, Empty, Field, Link, badge, form_error, load_view, number_input, when};
+use crate::ui::{ConfirmButton, Field, Link, Paged, Table, badge, form_error, load_view, number_input, when};
 
 /// The editable fields of a tenant, as text.
 #[derive(Clone, Copy)]
@@ -142,35 +142,11 @@ pub fn set_status(
 
 #[component]
 pub fn Tenants() -> impl IntoView {
-    let list = RwSignal::new(Load::<Vec<Tenant>>::Loading);
-    let next = RwSignal::new(None::<String>);
+    let paged = Paged::<Tenant>::new(|| "/v1/tenants?limit=100".to_owned());
+    paged.reload();
+    let list = paged.list;
     let show_form = RwSignal::new(false);
     let row_error = RwSignal::new(None::<Problem>);
-
-    let load = move |cursor: Option<String>| {
-        leptos::task::spawn_local(async move {
-            let path = match &cursor {
-                Some(c) => format!("/v1/tenants?limit=100&cursor={}", api::enc(c)),
-                None => "/v1/tenants?limit=100".to_owned(),
-            };
-            match api::get::<Page<Tenant>>(&path).await {
-                Ok(page) => {
-                    next.set(page.next_cursor);
-                    if cursor.is_some() {
-                        list.update(|l| {
-                            if let Load::Ready(v) = l {
-                                v.extend(page.items);
-                            }
-                        });
-                    } else {
-                        list.set(Load::Ready(page.items));
-                    }
-                }
-                Err(p) => list.set(Load::Failed(p)),
-            }
-        });
-    };
-    load(None);
 
     let replace = move |t: Tenant| {
         list.update(|l| {
@@ -184,18 +160,16 @@ pub fn Tenants() -> impl IntoView {
 
     let rows = move || {
         load_view(list.get(), "tenants", move |items: Vec<Tenant>| {
-            if items.is_empty() {
-                return view! {
-                    <Empty
-                        title="No tenants yet."
-                        hint="Create the first one: each tenant has its own channels, keys, limits and statistics."
-                    />
-                }
-                .into_any();
-            }
-            let rows = items
-                .into_iter()
-                .map(|t| {
+            Table::new("tenants")
+                .wide()
+                .cols(&["Tenant", "Status"])
+                .nums(&["Live conns"])
+                .cols(&["Allowed origins", "Limits", "Created", ""])
+                .empty(
+                    "No tenants yet.",
+                    "Create the first one: each tenant has its own channels, keys, limits and statistics.",
+                )
+                .rows(items, |t| {
                     // Its own reactive cell: the row (and its confirm buttons) stays put.
                     let scope = Scope::Tenant(t.id.clone());
                     let live = move || {
@@ -258,26 +232,6 @@ pub fn Tenants() -> impl IntoView {
                         </tr>
                     }
                 })
-                .collect::<Vec<_>>();
-            view! {
-                <div class="table-wrap">
-                    <table class="table" data-table="tenants">
-                        <thead>
-                            <tr>
-                                <th>"Tenant"</th>
-                                <th>"Status"</th>
-                                <th class="num">"Live conns"</th>
-                                <th>"Allowed origins"</th>
-                                <th>"Limits"</th>
-                                <th>"Created"</th>
-                                <th></th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                </div>
-            }
-            .into_any()
         })
     };
 
@@ -311,16 +265,7 @@ pub fn Tenants() -> impl IntoView {
         </Show>
         {form_error(row_error, &[])}
         <section class="card card-flush">{rows}</section>
-        {move || {
-            next.get()
-                .map(|c| {
-                    view! {
-                        <button type="button" class="btn btn-ghost load-more" on:click=move |_| load(Some(c.clone()))>
-                            "Load more"
-                        </button>
-                    }
-                })
-        }}
+        {paged.more()}
     }
 }
 

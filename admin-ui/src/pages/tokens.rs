@@ -3,21 +3,13 @@
 use leptos::prelude::*;
 use serde_json::{Value, json};
 
-use crate::api::{self, Capabilities, Load, MintedToken, Page, Problem, Revocation, SigningKey};
-use crate::ui::{
-    CopyButton, Empty, Field, SecretOnce, form_error, load_view, number_input, text_input, when,
-};
+use crate::api::{self, Capabilities, Load, MintedToken, Page, Problem, Revocation};
+use crate::pages::hs256::NewHs256Key;
+use crate::ui::{CopyButton, Field, Table, form_error, load_view, number_input, on_submit, text_input, when};
 
 pub const ACTIONS: [&str; 4] = ["subscribe", "publish", "presence", "history"];
-
-/// Creates an HS256 signing key so that Herald can mint tokens for the tenant.
-pub async fn create_hs256(tenant: &str) -> Result<SigningKey, Problem> {
-    api::post::<SigningKey>(
-        &format!("/v1/tenants/{}/signing-keys", api::enc(tenant)),
-        &json!({"algorithm": "HS256"}),
-    )
-    .await
-}
+/// Said with the secret of an HS256 key created to mint a token.
+const NEW_KEY_NOTE: &str = "Your backend may sign its own tokens with this secret. It is shown only once.";
 
 /// Mints a token through the API.
 pub async fn mint(tenant: &str, body: &Value) -> Result<MintedToken, Problem> {
@@ -36,45 +28,6 @@ fn claims(token: &str) -> String {
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(decoded)
-}
-
-/// The notice shown when the tenant has no HS256 key to mint with, with a button that adds one.
-#[component]
-pub fn NoSigningKey(tenant: String, on_created: Callback<SigningKey>) -> impl IntoView {
-    let errors = RwSignal::new(None::<Problem>);
-    let busy = RwSignal::new(false);
-    let create = move |_| {
-        let tenant = tenant.clone();
-        busy.set(true);
-        leptos::task::spawn_local(async move {
-            let r = create_hs256(&tenant).await;
-            busy.set(false);
-            match r {
-                Ok(k) => on_created.run(k),
-                Err(p) => errors.set(Some(p)),
-            }
-        });
-    };
-    view! {
-        <div class="alert alert-warn" role="alert" data-notice="no-signing-key">
-            <div>
-                <strong>"This tenant has no active HS256 signing key, so Herald cannot mint tokens for it."</strong>
-                <p class="muted">
-                    "Add one here (its secret is shown once), or on the Signing keys page."
-                </p>
-            </div>
-            <button
-                type="button"
-                class="btn btn-primary"
-                data-action="create-hs256"
-                disabled=move || busy.get()
-                on:click=create
-            >
-                "Create an HS256 signing key"
-            </button>
-            {form_error(errors, &[])}
-        </div>
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -104,7 +57,6 @@ pub fn Tokens(tenant: String) -> impl IntoView {
     let errors = RwSignal::new(None::<Problem>);
     let minted = RwSignal::new(None::<MintedToken>);
     let no_key = RwSignal::new(false);
-    let new_key = RwSignal::new(None::<SigningKey>);
     let busy = RwSignal::new(false);
     let revoked_note = RwSignal::new(None::<String>);
 
@@ -262,40 +214,8 @@ pub fn Tokens(tenant: String) -> impl IntoView {
         <p class="muted">
             "Herald signs client tokens with the tenant's newest active HS256 key. Use one to try a client, or copy the claims your backend should put in its own tokens."
         </p>
-        {move || {
-            new_key
-                .get()
-                .and_then(|k| k.secret.map(|s| (k.kid, s)))
-                .map(|(kid, secret)| {
-                    view! {
-                        <SecretOnce
-                            title=format!("HS256 key “{kid}” created")
-                            secret=secret
-                            note="Your backend may sign its own tokens with this secret. It is shown only once."
-                            on_done=Callback::new(move |_| new_key.set(None))
-                        />
-                    }
-                })
-        }}
-        <Show when=move || no_key.get()>
-            <NoSigningKey
-                tenant=tenant_s.get_value()
-                on_created=Callback::new(move |k: SigningKey| {
-                    new_key.set(Some(k));
-                    no_key.set(false);
-                    run_mint();
-                })
-            />
-        </Show>
-        <form
-            class="card form"
-            data-form="mint-token"
-            novalidate
-            on:submit=move |ev: leptos::ev::SubmitEvent| {
-                ev.prevent_default();
-                run_mint();
-            }
-        >
+        <NewHs256Key tenant=tenant_s.get_value() missing=no_key note=NEW_KEY_NOTE on_created=run_mint />
+        <form class="card form" data-form="mint-token" novalidate on:submit=on_submit(run_mint)>
             <div class="grid-3">
                 <Field label="User (sub)" field="sub" errors=errors>
                     {text_input(sub, "sub", "user-42")}
@@ -381,13 +301,15 @@ fn Revocations(tenant: String) -> impl IntoView {
     let table = |list: RwSignal<Load<Vec<Revocation>>>, users: bool| {
         move || {
             load_view(list.get(), "revocations", move |items: Vec<Revocation>| {
-                if items.is_empty() {
-                    return view! { <Empty title=if users { "No user revocations." } else { "No revoked tokens." } /> }
-                        .into_any();
-                }
-                let rows = items
-                    .into_iter()
-                    .map(|r| {
+                let (id_col, time_col) = if users {
+                    ("User (sub)", "Tokens issued before")
+                } else {
+                    ("Token (jti)", "Token expires")
+                };
+                Table::unnamed()
+                    .cols(&[id_col, time_col, "Revoked"])
+                    .empty(if users { "No user revocations." } else { "No revoked tokens." }, "")
+                    .rows(items, |r| {
                         let id = if users { r.sub.clone() } else { r.jti.clone() }.unwrap_or_default();
                         let extra = if users { r.issued_before.clone() } else { r.expires_at.clone() };
                         view! {
@@ -398,20 +320,6 @@ fn Revocations(tenant: String) -> impl IntoView {
                             </tr>
                         }
                     })
-                    .collect::<Vec<_>>();
-                view! {
-                    <table class="table">
-                        <thead>
-                            <tr>
-                                <th>{if users { "User (sub)" } else { "Token (jti)" }}</th>
-                                <th>{if users { "Tokens issued before" } else { "Token expires" }}</th>
-                                <th>"Revoked"</th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                }
-                .into_any()
             })
         }
     };
