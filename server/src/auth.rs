@@ -7,11 +7,11 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto;
-use crate::error::{ApiError, ApiResult};
-use crate::model::{Scope, TenantStatus};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::{AppState, SharedState};
-use crate::store::now;
+use herald_core::crypto;
+use herald_store::now;
+use herald_types::model::{Scope, TenantStatus};
 
 /// Prefix of tenant API key secrets, so a key is recognisable in logs and secret scanners.
 pub const API_KEY_PREFIX: &str = "hk_";
@@ -43,7 +43,7 @@ impl Principal {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::forbidden("admin_required", "this operation needs the admin credential"))
+            Err(ApiError::new(Code::AdminRequired, "this operation needs the admin credential"))
         }
     }
 
@@ -57,8 +57,8 @@ impl Principal {
                     return Err(tenant_not_found(tenant));
                 }
                 match scope {
-                    Some(needed) if !scopes.iter().any(|s| s.grants(needed)) => Err(ApiError::forbidden(
-                        "missing_scope",
+                    Some(needed) if !scopes.iter().any(|s| s.grants(needed)) => Err(ApiError::new(
+                        Code::MissingScope,
                         format!("this API key lacks the `{}` scope", needed.as_str()),
                     )),
                     _ => Ok(()),
@@ -69,7 +69,7 @@ impl Principal {
 }
 
 pub fn tenant_not_found(tenant: &str) -> ApiError {
-    ApiError::not_found("tenant_not_found", format!("tenant `{tenant}` does not exist"))
+    ApiError::new(Code::TenantNotFound, format!("tenant `{tenant}` does not exist"))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,14 +123,14 @@ pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Princip
             .directory
             .api_key(&hash)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid_credentials", "unknown API key"))?;
+            .ok_or_else(|| ApiError::new(Code::InvalidCredentials, "unknown API key"))?;
         let key = &cached.key;
         let now = now();
         if key.revoked_at.is_some() {
-            return Err(ApiError::unauthorized("api_key_revoked", "this API key has been revoked"));
+            return Err(ApiError::new(Code::ApiKeyRevoked, "this API key has been revoked"));
         }
         if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(ApiError::unauthorized("api_key_expired", "this API key has expired"));
+            return Err(ApiError::new(Code::ApiKeyExpired, "this API key has expired"));
         }
         let tenant = state
             .hub
@@ -139,8 +139,8 @@ pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Princip
             .await?
             .ok_or_else(|| tenant_not_found(&key.tenant_id))?;
         if tenant.tenant.status == TenantStatus::Suspended {
-            return Err(ApiError::forbidden(
-                "tenant_suspended",
+            return Err(ApiError::new(
+                Code::TenantSuspended,
                 format!("tenant `{}` is suspended", tenant.id()),
             ));
         }
@@ -165,9 +165,9 @@ pub async fn authenticate(state: &SharedState, token: &str) -> ApiResult<Princip
     match verify_admin_session(state, token) {
         Ok(()) => Ok(Principal::Admin { session: true }),
         Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-            Err(ApiError::unauthorized("session_expired", "the admin session has expired; log in again"))
+            Err(ApiError::new(Code::SessionExpired, "the admin session has expired; log in again"))
         }
-        Err(_) => Err(ApiError::unauthorized("invalid_credentials", "the bearer token is not valid")),
+        Err(_) => Err(ApiError::new(Code::InvalidCredentials, "the bearer token is not valid")),
     }
 }
 

@@ -192,7 +192,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url", &herald_core::crypto::redact_url(&self.database_url))
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
             .field("node_id", &self.node_id)
@@ -215,23 +215,12 @@ impl std::fmt::Debug for Config {
             .field("long_poll_max_timeout", &self.long_poll_max_timeout)
             .field("long_poll_session_idle", &self.long_poll_session_idle)
             .field("admin_dir", &self.admin_dir)
-            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_url", &self.nats_url.as_deref().map(herald_core::crypto::redact_url))
             .field("cluster_heartbeat", &self.cluster_heartbeat)
             .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
             .field("cluster_replicas", &self.cluster_replicas)
             .finish()
     }
-}
-
-/// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((creds, host)) = rest.split_once('@')
-        && let Some((user, _)) = creds.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    url.to_owned()
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -312,7 +301,7 @@ impl Config {
                         "database_url",
                         format!(
                             "`{}` must start with sqlite:, postgres:// or postgresql://",
-                            redact_url(&url)
+                            herald_core::crypto::redact_url(&url)
                         ),
                     ));
                 }
@@ -333,7 +322,7 @@ impl Config {
 
         let secret_key = match l.get("secret_key") {
             Some((key, _)) => {
-                crate::crypto::MasterKey::from_base64(key)
+                herald_core::crypto::MasterKey::from_base64(key)
                     .map_err(|e| l.invalid("secret_key", e.to_string()))?;
                 Some(key.to_owned())
             }
@@ -342,10 +331,10 @@ impl Config {
 
         let node_id = match l.get("node_id") {
             Some((id, _)) => {
-                crate::names::kid(id).map_err(|e| l.invalid("node_id", e.0))?;
+                herald_types::names::kid(id).map_err(|e| l.invalid("node_id", e.0))?;
                 id.to_owned()
             }
-            None => crate::crypto::random_token("node-", 6),
+            None => herald_core::crypto::random_token("node-", 6),
         };
 
         let log_format = match l.get("log_format") {
@@ -504,7 +493,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(herald_core::crypto::redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
         let flags = layer(&[("admin_token", "a-very-secret-token")]);
         let config = Config::resolve(&Layer::default(), &Layer::default(), &flags).unwrap();
         assert!(!format!("{config:?}").contains("very-secret"));

@@ -1,13 +1,17 @@
 //! The one error shape of the HTTP API: RFC 9457 problem details (`application/problem+json`)
 //! with a stable machine-readable `code`, and the offending `field` or `limit` when there is one.
 //! Every error a request can meet — from a handler, from request parsing, from routing — is
-//! turned into this shape; `docs/api.md` lists the codes.
+//! turned into this shape. Codes and their statuses come from the core's one table
+//! ([`herald_core::error::Code`]); a core [`herald_core::Error`] converts here, once, so REST,
+//! SSE and long polling answer a condition exactly as a WebSocket `error` frame names it.
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
+
+pub use herald_core::error::Code;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -40,7 +44,7 @@ pub struct Problem {
 #[error("{code}: {detail}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub detail: String,
     pub field: Option<String>,
     pub limit: Option<u64>,
@@ -49,7 +53,9 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    /// An error with its code's status.
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError { status, code, detail: detail.into(), field: None, limit: None }
     }
 
@@ -63,66 +69,62 @@ impl ApiError {
         self
     }
 
-    /// 400: the request cannot be parsed as the operation's input.
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
-    }
-
     /// 422: well-formed, but a value is not acceptable.
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", detail).with_field(field)
-    }
-
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, detail)
-    }
-
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, detail)
-    }
-
-    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, detail)
-    }
-
-    pub fn forbidden(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, detail)
+        Self::new(Code::InvalidValue, detail).with_field(field)
     }
 
     pub fn too_large(limit: u64) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body exceeds {limit} bytes"),
-        )
-        .with_limit(limit)
+        Self::new(Code::PayloadTooLarge, format!("request body exceeds {limit} bytes")).with_limit(limit)
     }
 
     /// 500. The cause is logged here and not shown to the client.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
+        Self::new(Code::Internal, "internal server error")
     }
 
     pub fn problem(&self) -> Problem {
         Problem {
-            kind: format!("urn:herald:problem:{}", self.code),
+            kind: format!("urn:herald:problem:{}", self.code.as_str()),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            code: self.code.to_owned(),
+            code: self.code.as_str().to_owned(),
             field: self.field.clone(),
             limit: self.limit,
         }
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(err: crate::store::StoreError) -> Self {
+impl From<herald_store::StoreError> for ApiError {
+    fn from(err: herald_store::StoreError) -> Self {
         match err {
-            crate::store::StoreError::Conflict => ApiError::conflict("conflict", "resource already exists"),
+            herald_store::StoreError::Conflict => ApiError::new(Code::Conflict, "resource already exists"),
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<herald_core::StoreError> for ApiError {
+    fn from(err: herald_core::StoreError) -> Self {
+        match err {
+            herald_core::StoreError::Conflict => ApiError::new(Code::Conflict, "resource already exists"),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// The one conversion from a core error: code, status, field and limit from the table.
+impl From<herald_core::Error> for ApiError {
+    fn from(err: herald_core::Error) -> Self {
+        if let herald_core::Error::Store(cause) = &err {
+            return ApiError::internal(cause);
+        }
+        let mut api = ApiError::new(err.code(), err.detail());
+        api.field = err.field().map(str::to_owned);
+        api.limit = err.limit();
+        api
     }
 }
 
@@ -160,7 +162,10 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (422, "A value is not acceptable; `field` names it"),
     (429, "Rate limit reached; `limit` holds the limit"),
     (500, "Internal error"),
-    (503, "Cluster mode: NATS is unreachable (`cluster_unavailable`); nothing was accepted"),
+    (
+        503,
+        "Unavailable: cluster mode with NATS unreachable (`cluster_unavailable`; nothing was accepted), or tokens cannot be checked",
+    ),
 ];
 
 impl ApiResponse for ApiError {
@@ -197,28 +202,25 @@ pub async fn any_error_to_problem(err: poem::Error) -> Response {
         return problem_response(&api.problem());
     }
     let api = if let Some(e) = err.downcast_ref::<ParseParamError>() {
-        ApiError::bad_request("invalid_parameter", e.reason.clone()).with_field(e.name)
+        ApiError::new(Code::InvalidParameter, e.reason.clone()).with_field(e.name)
     } else if let Some(e) = err.downcast_ref::<ParsePathError>() {
-        ApiError::bad_request("invalid_parameter", e.reason.clone()).with_field(e.name)
+        ApiError::new(Code::InvalidParameter, e.reason.clone()).with_field(e.name)
     } else if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
-        ApiError::bad_request("malformed_body", e.reason.clone())
+        ApiError::new(Code::MalformedBody, e.reason.clone())
     } else if let Some(e) = err.downcast_ref::<ContentTypeError>() {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string())
-            .with_field("Content-Type")
+        ApiError::new(Code::UnsupportedMediaType, e.to_string()).with_field("Content-Type")
     } else if err.is::<AuthorizationError>() {
-        ApiError::unauthorized("missing_credentials", "send `Authorization: Bearer <token>`")
+        ApiError::new(Code::MissingCredentials, "send `Authorization: Bearer <token>`")
             .with_field("Authorization")
     } else {
         match err.status() {
-            StatusCode::NOT_FOUND => ApiError::not_found("route_not_found", "no such route"),
+            StatusCode::NOT_FOUND => ApiError::new(Code::RouteNotFound, "no such route"),
             StatusCode::METHOD_NOT_ALLOWED => {
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+                ApiError::new(Code::MethodNotAllowed, "method not allowed here")
             }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
-            }
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(Code::PayloadTooLarge, "request body too large"),
             status if status.is_server_error() => ApiError::internal(&err),
-            status => ApiError::new(status, "bad_request", err.to_string()),
+            status => ApiError { status, ..ApiError::new(Code::BadRequest, err.to_string()) },
         }
     };
     api.into_response()

@@ -9,7 +9,7 @@ use poem::middleware::AddData;
 use poem::web::Json;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
 
-use crate::error::{ApiError, any_error_to_problem};
+use crate::error::{ApiError, Code, any_error_to_problem};
 use crate::state::SharedState;
 
 /// `/healthz`: the process is up and serving.
@@ -24,10 +24,13 @@ async fn readyz(state: poem::web::Data<&SharedState>) -> poem::Response {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return not_ready("shutting down".into());
     }
-    if let Err(why) = state.hub.cluster_health() {
+    if let Err(why) = state.hub.health() {
         return not_ready(format!("cluster backend unavailable: {why}"));
     }
-    let cluster = if state.hub.cluster().is_some() { "nats" } else { "none" };
+    let cluster = match state.hub.backend().kind {
+        "memory" => "none",
+        kind => kind,
+    };
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => Json(serde_json::json!({
             "status": "ready",
@@ -87,7 +90,7 @@ fn metrics(state: poem::web::Data<&SharedState>) -> poem::Response {
 
 fn not_ready(why: String) -> poem::Response {
     tracing::warn!(reason = %why, "not ready");
-    ApiError::new(poem::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response()
+    ApiError::new(Code::NotReady, why).into_response()
 }
 
 /// `/admin/*`: the dashboard's static files, with `index.html` for every path that is not a
@@ -202,7 +205,7 @@ pub async fn serve(
             ticks += 1;
             // Revocations of tokens that have expired anyway are dropped once a minute.
             if ticks % 60 == 0
-                && let Err(e) = state.store.prune_revoked_tokens(crate::store::now()).await
+                && let Err(e) = state.store.prune_revoked_tokens(herald_store::now()).await
             {
                 tracing::warn!(error = %e, "could not prune expired token revocations");
             }

@@ -6,11 +6,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::crypto::{self, MasterKey};
-use crate::realtime::directory::Directory;
-use crate::realtime::outbox::OutboxLimits;
-use crate::realtime::{Hub, HubSettings};
-use crate::store::Store;
+use herald_core::crypto::{self, MasterKey};
+use herald_core::directory::Directory;
+use herald_core::memory::Memory;
+use herald_core::outbox::OutboxLimits;
+use herald_core::{Hub, HubSettings};
+use herald_store::Store;
 
 pub type SharedState = Arc<AppState>;
 
@@ -61,7 +62,7 @@ pub const MASTER_KEY_CHECK: &str = "master_key_check";
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] herald_store::StoreError),
     #[error("cannot use data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
     #[error(
@@ -72,7 +73,7 @@ pub enum BootError {
     #[error("secret key file {path} is invalid: {message}")]
     BadKeyFile { path: String, message: String },
     #[error(transparent)]
-    Cluster(#[from] crate::realtime::ClusterError),
+    Cluster(#[from] herald_nats::ClusterError),
 }
 
 /// What start-up produced that the operator must see once.
@@ -166,24 +167,24 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     };
 
     let session_key = master.derive("admin-session");
-    let directory = Directory::new(store.clone(), master.clone(), DIRECTORY_TTL);
-    let cluster = match (&config.nats_url, serving) {
-        (Some(url), true) => Some(
-            crate::realtime::Cluster::connect(
-                url,
-                &config.node_id,
-                crate::realtime::cluster::ClusterSettings {
-                    heartbeat: config.cluster_heartbeat,
-                    idempotency_window: config.idempotency_window,
-                    history_max_bytes: config.cluster_history_max_bytes,
-                    replicas: config.cluster_replicas,
-                },
-            )
-            .await?,
-        ),
-        _ => None,
+    let directory = Directory::new(Arc::new(store.clone()), master.clone(), DIRECTORY_TTL);
+    // The one place that decides which backend the node runs on.
+    let backend = match (&config.nats_url, serving) {
+        (Some(url), true) => herald_nats::Cluster::connect(
+            url,
+            &config.node_id,
+            herald_nats::ClusterSettings {
+                heartbeat: config.cluster_heartbeat,
+                idempotency_window: config.idempotency_window,
+                history_max_bytes: config.cluster_history_max_bytes,
+                replicas: config.cluster_replicas,
+            },
+        )
+        .await?
+        .backend(),
+        _ => Memory::backend(config.idempotency_window),
     };
-    let hub = Hub::new(hub_settings(&config), directory, cluster);
+    let hub = Hub::new(hub_settings(&config), directory, backend);
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Client, Herald, PgDatabase, Sse, Start, poll, postgres_database};
-use crate::support_nats::NatsServer;
+use crate::support::{Client, Herald, NatsServer, PgDatabase, Sse, Start, poll, postgres_database};
 
 /// Presence heartbeat of the test nodes; entries expire after two.
 const HEARTBEAT_SECONDS: u64 = 1;
@@ -479,7 +478,17 @@ async fn shortening_history_ttl_never_hands_out_a_position_twice() {
         .expect(201);
     let token = c.token("u").await;
     let mut ws = c.nodes[1].ws(&token).await;
-    ws.subscribe("t:x").await;
+    // The new namespace reaches node 2 through the control plane, within moments.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = ws.call(json!({"type": "subscribe", "channel": "t:x"})).await;
+        if reply["type"] == "subscribed" {
+            break;
+        }
+        assert_eq!(reply["code"], "channel_not_found", "{reply}");
+        assert!(Instant::now() < deadline, "node 2 never learnt the namespace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for n in 1..=3 {
         c.publish(0, "t:x", json!(n)).await;
     }
@@ -601,4 +610,31 @@ async fn a_message_larger_than_nats_takes_is_refused_without_harm() {
     let ok = t.publish("big:x", json!("small")).await;
     assert_eq!(ok["position"], 1);
     assert_eq!(ws.read_pubs(1).await[0]["data"], "small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_long_poll_on_another_node_is_served_from_the_shared_stream() {
+    let Some(c) = cluster(2).await else { return };
+    let token = c.token("poller").await;
+    let base = format!("?channels=feed&token={token}");
+    // A session on node 1 that has seen positions 1-2.
+    let first = poll(&c.nodes[0].base, &format!("{base}&timeout=1")).await.expect(200);
+    c.publish(0, "feed", json!(1)).await;
+    c.publish(0, "feed", json!(2)).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let seen = poll(&c.nodes[0].base, &format!("{base}&cursor={cursor}&timeout=5")).await.expect(200);
+    assert_eq!(positions(seen["messages"].as_array().unwrap()), vec![1, 2]);
+    let at_two = seen["cursor"].as_str().unwrap().to_owned();
+    for n in 3..=5 {
+        c.publish(0, "feed", json!(n)).await;
+    }
+    // The client moves to node 2 with that cursor: the session is rebuilt there, 3-5 come from
+    // the stream (node 2's channel started after they were stored).
+    let moved = poll(&c.nodes[1].base, &format!("{base}&cursor={at_two}&timeout=5")).await.expect(200);
+    assert_eq!(positions(moved["messages"].as_array().unwrap()), vec![3, 4, 5], "{moved}");
+    // The answer was lost and the client retries with the same cursor: node 2 serves 3-5 again
+    // from the shared stream, not a gap.
+    let retried = poll(&c.nodes[1].base, &format!("{base}&cursor={at_two}&timeout=5")).await.expect(200);
+    assert!(retried.get("unrecovered").is_none(), "the stream still holds 3-5: {retried}");
+    assert_eq!(positions(retried["messages"].as_array().unwrap()), vec![3, 4, 5], "{retried}");
 }

@@ -1,16 +1,16 @@
 //! End-to-end tests: each one starts the real `herald` binary on port 0 and talks HTTP to it.
 //! Tests that touch the store run on SQLite and on PostgreSQL (see `on_both_backends!`).
 
-#[path = "../support.rs"]
+#[path = "../support/mod.rs"]
 pub mod support;
-#[path = "../support_nats.rs"]
-pub mod support_nats;
 
+mod architecture;
 mod auth;
 mod browser;
 mod channels;
 mod cli;
 mod cluster;
+mod consistency;
 mod dashboard;
 mod errors;
 mod isolation;

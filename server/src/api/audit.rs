@@ -6,9 +6,9 @@ use poem_openapi::{Object, OpenApi};
 
 use super::{Cursor, Tag, load_tenant};
 use crate::auth::BearerAuth;
-use crate::error::{ApiError, ApiResult};
-use crate::model::Scope;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
+use herald_types::model::Scope;
 
 #[derive(Default)]
 pub struct AuditApi;
@@ -39,12 +39,13 @@ async fn page(
     cursor: Option<String>,
 ) -> ApiResult<Json<AuditPage>> {
     let params = super::PageParams::new(limit, None)?;
-    let before = match cursor {
-        Some(c) => Some(Cursor::decode(&c)?.parse::<i64>().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor is malformed").with_field("cursor")
-        })?),
-        None => None,
-    };
+    let before =
+        match cursor {
+            Some(c) => Some(Cursor::decode(&c)?.parse::<i64>().map_err(|_| {
+                ApiError::new(Code::InvalidCursor, "cursor is malformed").with_field("cursor")
+            })?),
+            None => None,
+        };
     let mut items = state.store.list_audit(tenant, before, params.fetch()).await?;
     let next_cursor = params.finish(&mut items, |e| e.id.to_string());
     let items = items

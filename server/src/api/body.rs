@@ -9,7 +9,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::state::SharedState;
 
 pub struct JsonBody<T> {
@@ -64,13 +64,13 @@ fn join_path(path: &str, field: &str) -> String {
 fn body_error(path: String, message: String) -> ApiError {
     if message.starts_with("unknown field") {
         let field = backticked(&message).map(|f| join_path(&path, f)).unwrap_or(path);
-        ApiError::bad_request("unknown_field", format!("unknown field `{field}`")).with_field(field)
+        ApiError::new(Code::UnknownField, format!("unknown field `{field}`")).with_field(field)
     } else if message.starts_with("missing field") {
         let field = backticked(&message).map(|f| join_path(&path, f)).unwrap_or(path);
-        ApiError::bad_request("missing_field", format!("missing field `{field}`")).with_field(field)
+        ApiError::new(Code::MissingField, format!("missing field `{field}`")).with_field(field)
     } else {
         let field = if path == "." { String::new() } else { path };
-        let err = ApiError::bad_request("invalid_type", message);
+        let err = ApiError::new(Code::InvalidType, message);
         if field.is_empty() { err } else { err.with_field(field) }
     }
 }
@@ -84,16 +84,16 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
             .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |s| s.config.max_body_bytes);
         let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|e| match e {
             poem::error::ReadBodyError::PayloadTooLarge => ApiError::too_large(limit as u64),
-            other => ApiError::bad_request("malformed_body", other.to_string()),
+            other => ApiError::new(Code::MalformedBody, other.to_string()),
         })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("malformed_json", "the request body is empty").into());
+            return Err(ApiError::new(Code::MalformedJson, "the request body is empty").into());
         }
         // Syntax first, so that malformed JSON is told apart from a well-formed body of the
         // wrong shape; then the typed parse, straight from the bytes (raw JSON fields such as
         // message data are borrowed, not re-encoded).
         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            .map_err(|e| ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}")))?;
+            .map_err(|e| ApiError::new(Code::MalformedJson, format!("body is not valid JSON: {e}")))?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -130,19 +130,14 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
                 <Self as ParsePayload>::from_request(request, body).await
             }
             Some(ct) => Err(ApiError::new(
-                poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 format!("expected application/json, got `{ct}`"),
             )
             .with_field("Content-Type")
             .into()),
-            None => Err(ApiError::new(
-                poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send `Content-Type: application/json`",
-            )
-            .with_field("Content-Type")
-            .into()),
+            None => Err(ApiError::new(Code::UnsupportedMediaType, "send `Content-Type: application/json`")
+                .with_field("Content-Type")
+                .into()),
         }
     }
 }
@@ -175,12 +170,12 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = parse(r#"{"name": "x", "extra": 1}"#);
-        assert_eq!((e.code, e.field.as_deref()), ("unknown_field", Some("extra")));
+        assert_eq!((e.code, e.field.as_deref()), (Code::UnknownField, Some("extra")));
         let e = parse(r#"{"inner": {"n": 1}}"#);
-        assert_eq!((e.code, e.field.as_deref()), ("missing_field", Some("name")));
+        assert_eq!((e.code, e.field.as_deref()), (Code::MissingField, Some("name")));
         let e = parse(r#"{"name": "x", "inner": {"n": "one"}}"#);
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_type", Some("inner.n")));
+        assert_eq!((e.code, e.field.as_deref()), (Code::InvalidType, Some("inner.n")));
         let e = parse(r#"{"name": "x", "inner": {"n": 1, "m": 2}}"#);
-        assert_eq!((e.code, e.field.as_deref()), ("unknown_field", Some("inner.m")));
+        assert_eq!((e.code, e.field.as_deref()), (Code::UnknownField, Some("inner.m")));
     }
 }

@@ -8,11 +8,11 @@ use serde::Deserialize;
 use super::tenants::{Created, Deleted, merge_patch};
 use super::{JsonBody, PageParams, Tag, audit, load_tenant};
 use crate::auth::BearerAuth;
-use crate::error::{ApiError, ApiResult};
-use crate::model::{Channel, ChannelOptions, EffectiveChannelOptions, Namespace, Scope};
-use crate::names;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::{AppState, SharedState};
-use crate::store::{StoreError, now};
+use herald_store::{StoreError, now};
+use herald_types::model::{Channel, ChannelOptions, EffectiveChannelOptions, Namespace, Scope};
+use herald_types::names;
 
 #[derive(Default)]
 pub struct NamespacesApi;
@@ -102,11 +102,11 @@ fn check_options(options: &ChannelOptions) -> ApiResult<()> {
 }
 
 fn namespace_not_found(name: &str) -> ApiError {
-    ApiError::not_found("namespace_not_found", format!("namespace `{name}` does not exist"))
+    ApiError::new(Code::NamespaceNotFound, format!("namespace `{name}` does not exist"))
 }
 
 fn channel_not_found(name: &str) -> ApiError {
-    ApiError::not_found("channel_not_found", format!("channel `{name}` does not exist"))
+    ApiError::new(Code::ChannelNotFound, format!("channel `{name}` does not exist"))
 }
 
 async fn channel_view(state: &AppState, channel: Channel) -> ApiResult<ChannelView> {
@@ -155,11 +155,10 @@ impl NamespacesApi {
             updated_at: at,
         };
         state.store.create_namespace(&namespace).await.map_err(|e| match e {
-            StoreError::Conflict => ApiError::conflict(
-                "namespace_exists",
-                format!("namespace `{}` already exists", namespace.name),
-            )
-            .with_field("name"),
+            StoreError::Conflict => {
+                ApiError::new(Code::NamespaceExists, format!("namespace `{}` already exists", namespace.name))
+                    .with_field("name")
+            }
             other => other.into(),
         })?;
         audit(&state, &auth.0, "namespace.create", Some(&tenant), &namespace.name, raw).await;
@@ -293,8 +292,8 @@ impl ChannelsApi {
         if let Some(max) = t.limits.max_channels
             && state.store.count_channels(&tenant).await? >= u64::from(max)
         {
-            return Err(ApiError::forbidden(
-                "quota_exceeded",
+            return Err(ApiError::new(
+                Code::QuotaExceeded,
                 format!("tenant may have at most {max} channels"),
             )
             .with_limit(u64::from(max)));
@@ -304,7 +303,7 @@ impl ChannelsApi {
             Channel { tenant_id: tenant.0.clone(), name: req.name, options, created_at: at, updated_at: at };
         state.store.create_channel(&channel).await.map_err(|e| match e {
             StoreError::Conflict => {
-                ApiError::conflict("channel_exists", format!("channel `{}` already exists", channel.name))
+                ApiError::new(Code::ChannelExists, format!("channel `{}` already exists", channel.name))
                     .with_field("name")
             }
             other => other.into(),
@@ -333,8 +332,7 @@ impl ChannelsApi {
         auth.0.require(&tenant, Some(Scope::ChannelsRead))?;
         load_tenant(&state, &tenant).await?;
         if let Some(p) = prefix.0.as_deref().filter(|p| !p.is_empty()) {
-            names::channel(p)
-                .map_err(|e| ApiError::bad_request("invalid_parameter", e.0).with_field("prefix"))?;
+            names::channel(p).map_err(|e| ApiError::new(Code::InvalidParameter, e.0).with_field("prefix"))?;
         }
         let page = PageParams::new(limit.0, cursor.0)?;
         let prefix = prefix.0.filter(|p| !p.is_empty());

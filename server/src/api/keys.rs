@@ -8,12 +8,12 @@ use serde::Deserialize;
 use super::tenants::{Created, Deleted};
 use super::{JsonBody, PageParams, Tag, audit, load_tenant};
 use crate::auth::{API_KEY_PREFIX, BearerAuth, Principal};
-use crate::crypto;
-use crate::error::{ApiError, ApiResult};
-use crate::model::{ApiKey, KeyStatus, Scope, SigningAlgorithm, SigningKey};
-use crate::names;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
-use crate::store::{StoreError, now};
+use herald_core::crypto;
+use herald_store::{StoreError, now};
+use herald_types::model::{ApiKey, KeyStatus, Scope, SigningAlgorithm, SigningKey};
+use herald_types::names;
 
 #[derive(Default)]
 pub struct ApiKeysApi;
@@ -170,8 +170,8 @@ impl ApiKeysApi {
             && let Some((i, s)) =
                 req.scopes.iter().enumerate().find(|(_, s)| !own.iter().any(|o| o.grants(**s)))
         {
-            return Err(ApiError::forbidden(
-                "scope_escalation",
+            return Err(ApiError::new(
+                Code::ScopeEscalation,
                 format!("cannot grant `{}`, which this key lacks", s.as_str()),
             )
             .with_field(format!("scopes[{i}]")));
@@ -270,11 +270,11 @@ impl ApiKeysApi {
 }
 
 fn key_not_found(id: &str) -> ApiError {
-    ApiError::not_found("api_key_not_found", format!("API key `{id}` does not exist"))
+    ApiError::new(Code::ApiKeyNotFound, format!("API key `{id}` does not exist"))
 }
 
 fn signing_key_not_found(kid: &str) -> ApiError {
-    ApiError::not_found("signing_key_not_found", format!("signing key `{kid}` does not exist"))
+    ApiError::new(Code::SigningKeyNotFound, format!("signing key `{kid}` does not exist"))
 }
 
 #[OpenApi(tag = "Tag::SigningKeys")]
@@ -343,7 +343,7 @@ impl SigningKeysApi {
         };
         state.store.create_signing_key(&key).await.map_err(|e| match e {
             StoreError::Conflict => {
-                ApiError::conflict("signing_key_exists", format!("signing key `{}` already exists", key.kid))
+                ApiError::new(Code::SigningKeyExists, format!("signing key `{}` already exists", key.kid))
                     .with_field("kid")
             }
             other => other.into(),

@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -10,13 +9,14 @@ use serde::Deserialize;
 use super::raw_json::RawJson;
 use super::{JsonBody, Tag};
 use crate::auth::{BearerAuth, tenant_not_found};
-use crate::error::{ApiError, ApiResult};
-use crate::model::{Scope, TenantStatus};
-use crate::names;
-use crate::realtime::channel::{PublishOutcome, StreamPosition};
-use crate::realtime::directory::TenantSnapshot;
-use crate::realtime::{HubError, publication::Publication};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
+use herald_core::backend::NewMessage;
+use herald_core::channel::{PublishOutcome, StreamPosition};
+use herald_core::directory::TenantSnapshot;
+use herald_core::publication::Publication;
+use herald_types::model::{Scope, TenantStatus};
+use herald_types::names;
 
 #[derive(Default)]
 pub struct MessagesApi;
@@ -130,63 +130,16 @@ struct HistoryPage {
 pub(crate) async fn live_tenant(state: &SharedState, tenant: &str) -> ApiResult<Arc<TenantSnapshot>> {
     let snapshot = state.hub.directory.tenant(tenant).await?.ok_or_else(|| tenant_not_found(tenant))?;
     if snapshot.tenant.status == TenantStatus::Suspended {
-        return Err(ApiError::forbidden("tenant_suspended", format!("tenant `{tenant}` is suspended")));
+        return Err(ApiError::new(Code::TenantSuspended, format!("tenant `{tenant}` is suspended")));
     }
     Ok(snapshot)
 }
 
-fn check_publish_fields(event: &Option<String>, key: &Option<String>, prefix: &str) -> ApiResult<()> {
-    if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 64 || e.chars().any(char::is_control)) {
-        return Err(ApiError::invalid(
-            format!("{prefix}event"),
-            "must be 1-64 bytes without control characters",
-        ));
-    }
-    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128 || k.chars().any(char::is_control)) {
-        return Err(ApiError::invalid(
-            format!("{prefix}idempotency_key"),
-            "must be 1-128 bytes without control characters",
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn hub_error(e: HubError, channel: &str) -> ApiError {
-    match e {
-        HubError::ChannelNotFound => ApiError::not_found(
-            "channel_not_found",
-            format!("channel `{channel}` does not exist and its namespace does not allow implicit channels"),
-        ),
-        HubError::MessageTooLarge(limit) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            format!("data exceeds the limit of {limit} bytes (channel or tenant)"),
-        )
-        .with_limit(limit)
-        .with_field("data"),
-        HubError::TooDeep => ApiError::invalid(
-            "data",
-            format!("is nested deeper than {} levels", crate::realtime::MAX_DATA_DEPTH),
-        ),
-        HubError::RateLimited(limit) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("the tenant may publish {limit} messages per second"),
-        )
-        .with_limit(u64::from(limit)),
-        HubError::Store(e) => ApiError::internal(e),
-        HubError::ClusterUnavailable(why) => cluster_unavailable(&why),
-    }
-}
-
-/// 503 while the cluster backend (NATS) cannot take the request; nothing was accepted.
-pub(crate) fn cluster_unavailable(why: &str) -> ApiError {
-    tracing::warn!(error = %why, "cluster backend unavailable");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cluster_unavailable",
-        "the cluster backend (NATS) is unreachable; nothing was accepted, retry shortly",
-    )
+/// A core error about one channel, naming it.
+pub(crate) fn channel_error(e: herald_core::Error, channel: &str) -> ApiError {
+    let mut err = ApiError::from(e);
+    err.detail = format!("`{channel}`: {}", err.detail);
+    err
 }
 
 fn published(channel: &str, o: PublishOutcome) -> Published {
@@ -219,12 +172,9 @@ impl MessagesApi {
         let snapshot = live_tenant(&state, &tenant).await?;
         names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
         let req = body.value;
-        check_publish_fields(&req.event, &req.idempotency_key, "")?;
-        let outcome = state
-            .hub
-            .publish(&snapshot, &channel, req.data.0, req.event, req.idempotency_key)
-            .await
-            .map_err(|e| hub_error(e, &channel))?;
+        let message = NewMessage { data: req.data.0, event: req.event, idempotency_key: req.idempotency_key };
+        let outcome =
+            state.hub.publish(&snapshot, &channel, message).await.map_err(|e| channel_error(e, &channel))?;
         Ok(Json(published(&channel, outcome)))
     }
 
@@ -252,12 +202,13 @@ impl MessagesApi {
             let prefix = format!("messages[{i}].");
             let outcome = async {
                 names::channel(&m.channel).map_err(|e| ApiError::invalid(format!("{prefix}channel"), e.0))?;
-                check_publish_fields(&m.event, &m.idempotency_key, &prefix)?;
-                state
-                    .hub
-                    .publish(&snapshot, &m.channel, m.data.0, m.event, m.idempotency_key)
-                    .await
-                    .map_err(|e| hub_error(e, &m.channel))
+                let message =
+                    NewMessage { data: m.data.0, event: m.event, idempotency_key: m.idempotency_key };
+                state.hub.publish(&snapshot, &m.channel, message).await.map_err(|e| {
+                    let mut err = channel_error(e, &m.channel);
+                    err.field = err.field.map(|f| format!("{prefix}{f}"));
+                    err
+                })
             }
             .await;
             results.push(match outcome {
@@ -291,29 +242,28 @@ impl MessagesApi {
         names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
         let limit = limit.0.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
-            return Err(
-                ApiError::bad_request("invalid_parameter", "limit must be 1..=1000").with_field("limit")
-            );
+            return Err(ApiError::new(Code::InvalidParameter, "limit must be 1..=1000").with_field("limit"));
         }
-        let since =
-            match (since.0, epoch.0) {
-                (Some(position), Some(epoch)) => Some(StreamPosition { position, epoch }),
-                (None, None) => None,
-                (Some(_), None) => {
-                    return Err(ApiError::bad_request("invalid_parameter", "`since` needs `epoch`")
-                        .with_field("epoch"));
-                }
-                (None, Some(_)) => {
-                    return Err(ApiError::bad_request("invalid_parameter", "`epoch` needs `since`")
-                        .with_field("since"));
-                }
-            };
-        let ch = state.hub.channel(&snapshot, &channel).await.map_err(|e| hub_error(e, &channel))?;
+        let since = match (since.0, epoch.0) {
+            (Some(position), Some(epoch)) => Some(StreamPosition { position, epoch }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(
+                    ApiError::new(Code::InvalidParameter, "`since` needs `epoch`").with_field("epoch")
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    ApiError::new(Code::InvalidParameter, "`epoch` needs `since`").with_field("since")
+                );
+            }
+        };
+        let ch = state.hub.channel(&snapshot, &channel).await.map_err(|e| channel_error(e, &channel))?;
         let slice = state
             .hub
             .history(&ch, since.as_ref(), limit as usize)
             .await
-            .map_err(|e| hub_error(e, &channel))?;
+            .map_err(|e| channel_error(e, &channel))?;
         Ok(Json(HistoryPage {
             channel: channel.0,
             epoch: slice.epoch.to_string(),

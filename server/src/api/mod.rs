@@ -18,6 +18,7 @@ mod users;
 use poem_openapi::{OpenApiService, Tags};
 
 pub use body::JsonBody;
+pub(crate) use messages::channel_error;
 pub use page::{Cursor, PageParams};
 
 use crate::auth::Principal;
@@ -90,6 +91,6 @@ pub(crate) async fn audit(
 }
 
 /// Loads the tenant or answers 404.
-pub(crate) async fn load_tenant(state: &AppState, id: &str) -> ApiResult<crate::model::Tenant> {
+pub(crate) async fn load_tenant(state: &AppState, id: &str) -> ApiResult<herald_types::model::Tenant> {
     state.store.tenant(id).await?.ok_or_else(|| crate::auth::tenant_not_found(id))
 }

@@ -4,7 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
@@ -27,9 +27,7 @@ impl Cursor {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .filter(|s| !s.is_empty() && s.len() <= 512)
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_cursor", "cursor is malformed").with_field("cursor")
-            })
+            .ok_or_else(|| ApiError::new(Code::InvalidCursor, "cursor is malformed").with_field("cursor"))
     }
 }
 
@@ -37,7 +35,7 @@ impl PageParams {
     pub fn new(limit: Option<u32>, cursor: Option<String>) -> ApiResult<Self> {
         let limit = limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(ApiError::bad_request("invalid_parameter", format!("limit must be 1..={MAX_PAGE}"))
+            return Err(ApiError::new(Code::InvalidParameter, format!("limit must be 1..={MAX_PAGE}"))
                 .with_field("limit"));
         }
         let after = cursor.as_deref().map(Cursor::decode).transpose()?;

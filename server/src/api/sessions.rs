@@ -6,9 +6,9 @@ use serde::Deserialize;
 
 use super::{JsonBody, Tag};
 use crate::auth::{self, BearerAuth, Principal};
-use crate::error::{ApiError, ApiResult};
-use crate::model::Scope;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
+use herald_types::model::Scope;
 
 #[derive(Default)]
 pub struct SessionsApi;
@@ -60,8 +60,9 @@ impl SessionsApi {
         body: JsonBody<LoginRequest>,
     ) -> ApiResult<Json<Session>> {
         if !auth::is_admin_token(&state, &body.value.token) {
-            return Err(ApiError::unauthorized("invalid_credentials", "the admin token is not valid")
-                .with_field("token"));
+            return Err(
+                ApiError::new(Code::InvalidCredentials, "the admin token is not valid").with_field("token")
+            );
         }
         let (session_token, expires_at) = auth::issue_admin_session(&state);
         let who = Principal::Admin { session: false };

@@ -11,9 +11,9 @@ use poem_openapi::{Object, OpenApi, SecurityScheme};
 use super::Tag;
 use crate::auth::{BearerAuth, Principal};
 use crate::error::ApiResult;
-use crate::model::Scope;
-use crate::realtime::{Rated, StatsSample};
 use crate::state::SharedState;
+use herald_core::stats::{Rated, StatsSample};
+use herald_types::model::Scope;
 
 #[derive(Default)]
 pub struct StatsApi;
@@ -129,9 +129,7 @@ fn add(total: &mut Rated, r: &Rated) {
 /// every live peer's, with tenant figures summed over nodes.
 fn report(state: &SharedState, sample: &StatsSample, who: &Principal) -> StatsReport {
     let mut samples = vec![(state.hub.settings.node_id.clone(), std::sync::Arc::new(sample.clone()))];
-    if let Some(cluster) = state.hub.cluster() {
-        samples.extend(cluster.peer_samples());
-    }
+    samples.extend(state.hub.backend().control.peer_samples());
     let mut tenants: std::collections::BTreeMap<String, Rated> = std::collections::BTreeMap::new();
     for (_, s) in &samples {
         for (id, r) in &s.tenants {

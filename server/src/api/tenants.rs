@@ -7,11 +7,11 @@ use serde::Deserialize;
 
 use super::{JsonBody, PageParams, Tag, audit, load_tenant};
 use crate::auth::BearerAuth;
-use crate::error::{ApiError, ApiResult};
-use crate::model::{Tenant, TenantLimits, TenantStatus};
-use crate::names;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
-use crate::store::now;
+use herald_store::now;
+use herald_types::model::{Tenant, TenantLimits, TenantStatus};
+use herald_types::names;
 
 #[derive(Default)]
 pub struct TenantsApi;
@@ -149,11 +149,11 @@ fn validate_limits(limits: &TenantLimits) -> ApiResult<()> {
         }
     }
     if let Some(v) = limits.max_message_bytes
-        && v > crate::model::MAX_MESSAGE_BYTES
+        && v > herald_types::model::MAX_MESSAGE_BYTES
     {
         return Err(ApiError::invalid(
             "limits.max_message_bytes",
-            format!("must be at most {}", crate::model::MAX_MESSAGE_BYTES),
+            format!("must be at most {}", herald_types::model::MAX_MESSAGE_BYTES),
         ));
     }
     Ok(())
@@ -189,7 +189,7 @@ pub fn merge_patch<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
     let mut value = serde_json::to_value(current).expect("domain values serialise");
     merge(&mut value, patch);
     serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request("invalid_type", e.to_string()).with_field(field))
+        .map_err(|e| ApiError::new(Code::InvalidType, e.to_string()).with_field(field))
 }
 
 #[OpenApi(tag = "Tag::Tenants")]
@@ -222,8 +222,8 @@ impl TenantsApi {
             updated_at: at,
         };
         state.store.create_tenant(&tenant).await.map_err(|e| match e {
-            crate::store::StoreError::Conflict => {
-                ApiError::conflict("tenant_exists", format!("tenant `{}` already exists", tenant.id))
+            herald_store::StoreError::Conflict => {
+                ApiError::new(Code::TenantExists, format!("tenant `{}` already exists", tenant.id))
                     .with_field("id")
             }
             other => other.into(),

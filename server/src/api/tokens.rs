@@ -8,11 +8,11 @@ use serde::Deserialize;
 use super::tenants::Created;
 use super::{JsonBody, PageParams, Tag, audit, load_tenant};
 use crate::auth::BearerAuth;
-use crate::error::{ApiError, ApiResult};
-use crate::model::{RevokedToken, Scope, TenantStatus, UserRevocation};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::SharedState;
-use crate::store::now;
-use crate::tokens::{self, Capabilities, MAX_CAPABILITIES, MAX_INFO_BYTES, MAX_TOKEN_TTL_SECONDS};
+use herald_store::now;
+use herald_types::model::{RevokedToken, Scope, TenantStatus, UserRevocation};
+use herald_types::tokens::{self, Capabilities, MAX_CAPABILITIES, MAX_INFO_BYTES, MAX_TOKEN_TTL_SECONDS};
 
 #[derive(Default)]
 pub struct TokensApi;
@@ -119,7 +119,7 @@ impl TokensApi {
         auth.0.require(&tenant, Some(Scope::TokensIssue))?;
         let t = load_tenant(&state, &tenant).await?;
         if t.status == TenantStatus::Suspended {
-            return Err(ApiError::forbidden("tenant_suspended", format!("tenant `{}` is suspended", t.id)));
+            return Err(ApiError::new(Code::TenantSuspended, format!("tenant `{}` is suspended", t.id)));
         }
         let req = body.value;
         check_identifier("sub", &req.sub)?;
@@ -136,10 +136,7 @@ impl TokensApi {
                 .with_limit(MAX_INFO_BYTES as u64));
         }
         let key = state.store.newest_active_hs256_key(&tenant).await?.ok_or_else(|| {
-            ApiError::conflict(
-                "no_signing_key",
-                "the tenant has no active HS256 signing key; create one first",
-            )
+            ApiError::new(Code::NoSigningKey, "the tenant has no active HS256 signing key; create one first")
         })?;
         let secret = key
             .sealed_secret

@@ -9,9 +9,8 @@ use super::raw_json::RawJson;
 use super::{JsonBody, Tag, audit};
 use crate::auth::BearerAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::model::Scope;
-use crate::realtime::protocol;
 use crate::state::SharedState;
+use herald_types::model::Scope;
 
 #[derive(Default)]
 pub struct UsersApi;
@@ -109,31 +108,7 @@ impl UsersApi {
         let snapshot = super::messages::live_tenant(&state, &tenant).await?;
         check_user(&user)?;
         let req = body.value;
-        crate::realtime::validate_publish_fields(req.event.as_deref(), None)
-            .map_err(|(field, why)| ApiError::invalid(field, why))?;
-        let limit = snapshot.tenant.limits.max_message_bytes.unwrap_or(crate::model::MAX_MESSAGE_BYTES);
-        if req.data.0.get().len() > limit as usize {
-            return Err(ApiError::new(
-                poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "message_too_large",
-                format!("data exceeds the limit of {limit} bytes"),
-            )
-            .with_limit(u64::from(limit))
-            .with_field("data"));
-        }
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let frame = protocol::frame(&protocol::UserMessage {
-            kind: "message",
-            id: &id,
-            ts: Utc::now().timestamp_millis(),
-            event: req.event.as_deref(),
-            data: &req.data.0,
-        });
-        let delivered = state
-            .hub
-            .send_to_user(&tenant, &user, frame)
-            .await
-            .map_err(|e| super::messages::hub_error(e, ""))?;
+        let (id, delivered) = state.hub.send_to_user(&snapshot, &user, req.data.0, req.event).await?;
         Ok(Json(UserMessageResult { id, delivered }))
     }
 
@@ -152,32 +127,20 @@ impl UsersApi {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
         check_user(&user)?;
-        let connections: Vec<ConnectionView> = match state.hub.cluster() {
-            Some(cluster) => cluster
-                .presence
-                .user(&tenant, &user)
-                .await
-                .map_err(|e| super::messages::hub_error(e, ""))?
-                .into_iter()
-                .map(|c| ConnectionView {
-                    client: c.client,
-                    transport: c.transport,
-                    node: c.node,
-                    connected_at: c.connected_at,
-                })
-                .collect(),
-            None => state
-                .hub
-                .connections_of(&tenant, &user)
-                .iter()
-                .map(|c| ConnectionView {
-                    client: c.id.to_string(),
-                    transport: c.transport.as_str().to_owned(),
-                    node: state.hub.settings.node_id.clone(),
-                    connected_at: c.connected_at,
-                })
-                .collect(),
-        };
+        let connections: Vec<ConnectionView> = state
+            .hub
+            .backend()
+            .presence
+            .user(&tenant, &user)
+            .await?
+            .into_iter()
+            .map(|c| ConnectionView {
+                client: c.client,
+                transport: c.transport,
+                node: c.node,
+                connected_at: c.connected_at,
+            })
+            .collect();
         Ok(Json(UserPresence { user: user.0, online: !connections.is_empty(), connections }))
     }
 
@@ -201,8 +164,7 @@ impl UsersApi {
         auth.0.require(&tenant, Some(Scope::KeysWrite))?;
         super::load_tenant(&state, &tenant).await?;
         check_user(&user)?;
-        let n =
-            state.hub.disconnect_user(&tenant, &user).await.map_err(|e| super::messages::hub_error(e, ""))?;
+        let n = state.hub.disconnect_user(&tenant, &user).await?;
         audit(
             &state,
             &auth.0,
@@ -233,28 +195,16 @@ impl UsersApi {
     ) -> ApiResult<Json<ChannelPresence>> {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
-        crate::names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
-        let clients = match state.hub.cluster() {
-            Some(cluster) => cluster
-                .presence
-                .channel(&tenant, &channel)
-                .await
-                .map_err(|e| super::messages::hub_error(e, &channel))?
-                .into_iter()
-                .map(|p| PresenceEntry { client: p.client, user: p.user, info: p.info.map(RawJson) })
-                .collect(),
-            None => state
-                .hub
-                .channel_presence(&tenant, &channel)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(conn, user, info)| PresenceEntry {
-                    client: conn.to_string(),
-                    user: user.to_string(),
-                    info: info.map(|i| RawJson((*i).to_owned())),
-                })
-                .collect(),
-        };
+        herald_types::names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        let clients = state
+            .hub
+            .backend()
+            .presence
+            .channel(&tenant, &channel)
+            .await?
+            .into_iter()
+            .map(|p| PresenceEntry { client: p.client, user: p.user, info: p.info.map(RawJson) })
+            .collect();
         Ok(Json(ChannelPresence { channel: channel.0, clients }))
     }
 
@@ -271,17 +221,7 @@ impl UsersApi {
     ) -> ApiResult<Json<Occupancy>> {
         auth.0.require(&tenant, Some(Scope::PresenceRead))?;
         super::load_tenant(&state, &tenant).await?;
-        let counts: Vec<(String, u64)> = match state.hub.cluster() {
-            Some(cluster) => {
-                cluster.presence.occupancy(&tenant).await.map_err(|e| super::messages::hub_error(e, ""))?
-            }
-            None => state
-                .hub
-                .occupancy(&tenant)
-                .into_iter()
-                .map(|(name, n)| (name.to_string(), n as u64))
-                .collect(),
-        };
+        let counts = state.hub.backend().presence.occupancy(&tenant).await?;
         let channels = counts
             .into_iter()
             .take(1000)

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::realtime::channel::StreamPosition;
+use herald_core::channel::StreamPosition;
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 12;

@@ -4,8 +4,8 @@
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{IntoResponse, Request, Response};
 
-use crate::error::ApiError;
-use crate::realtime::{CommandError, Disconnect};
+use crate::error::{ApiError, Code};
+use herald_core::Disconnect;
 
 /// Channels one SSE stream or poll may name at most (the connection's subscription limit
 /// applies too).
@@ -23,8 +23,8 @@ pub fn token(req: &Request, query_token: Option<String>) -> Result<String, ApiEr
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_credentials",
+            ApiError::new(
+                Code::MissingCredentials,
                 "pass the client token as `token` or `Authorization: Bearer`",
             )
             .with_field("token")
@@ -37,16 +37,16 @@ pub fn channels(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     let names: Vec<String> =
         raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
     if names.is_empty() {
-        return Err(ApiError::bad_request("invalid_parameter", "name at least one channel: channels=a,b")
+        return Err(ApiError::new(Code::InvalidParameter, "name at least one channel: channels=a,b")
             .with_field("channels"));
     }
     if names.len() > MAX_CHANNELS {
-        return Err(ApiError::bad_request("invalid_parameter", format!("at most {MAX_CHANNELS} channels"))
+        return Err(ApiError::new(Code::InvalidParameter, format!("at most {MAX_CHANNELS} channels"))
             .with_field("channels")
             .with_limit(MAX_CHANNELS as u64));
     }
     for (i, name) in names.iter().enumerate() {
-        crate::names::channel(name)
+        herald_types::names::channel(name)
             .map_err(|e| ApiError::invalid("channels", format!("`{name}`: {}", e.0)))?;
         if names[..i].contains(name) {
             return Err(ApiError::invalid("channels", format!("`{name}` is named twice")));
@@ -61,63 +61,28 @@ pub fn origin(req: &Request) -> Option<String> {
 
 /// A refused connection as an HTTP problem.
 pub fn refused(reason: Disconnect) -> ApiError {
-    let code = match &reason {
-        Disconnect::AuthFailed(code) => code,
-        _ => "",
-    };
     match reason {
-        Disconnect::AuthFailed(_) => {
-            ApiError::unauthorized(code_static(code), "the client token was refused")
-        }
-        Disconnect::TokenExpired => ApiError::unauthorized("token_expired", "the client token has expired"),
-        Disconnect::TokenRevoked => {
-            ApiError::unauthorized("token_revoked", "the client token has been revoked")
-        }
-        Disconnect::TenantSuspended => ApiError::forbidden("tenant_suspended", "the tenant is suspended"),
+        Disconnect::AuthFailed(code) => ApiError::new(code, "the client token was refused"),
+        Disconnect::TokenExpired => ApiError::new(Code::TokenExpired, "the client token has expired"),
+        Disconnect::TokenRevoked => ApiError::new(Code::TokenRevoked, "the client token has been revoked"),
+        Disconnect::TenantSuspended => ApiError::new(Code::TenantSuspended, "the tenant is suspended"),
         Disconnect::OriginNotAllowed => {
-            ApiError::forbidden("origin_not_allowed", "this origin is not in the tenant's allowed origins")
+            ApiError::new(Code::OriginNotAllowed, "this origin is not in the tenant's allowed origins")
                 .with_field("Origin")
         }
-        Disconnect::ConnectionLimit => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "connection_limit",
-            "the tenant has reached its connection limit",
-        ),
-        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly"),
+        Disconnect::ConnectionLimit => {
+            ApiError::new(Code::ConnectionLimit, "the tenant has reached its connection limit")
+        }
+        _ => ApiError::new(Code::Unavailable, "try again shortly"),
     }
 }
 
-fn code_static(code: &str) -> &'static str {
-    use crate::realtime::client_auth::TokenError as T;
-    [
-        T::Malformed,
-        T::AlgorithmNotAllowed,
-        T::UnknownTenant,
-        T::WrongTenant,
-        T::UnknownKey,
-        T::AlgorithmMismatch,
-        T::BadSignature,
-        T::NotYetValid,
-    ]
-    .into_iter()
-    .map(T::code)
-    .find(|c| *c == code)
-    .unwrap_or("invalid_token")
-}
-
-/// A refused subscription as an HTTP problem.
-pub fn subscribe_refused(channel: &str, e: CommandError) -> ApiError {
-    let status = match e.code {
-        "permission_denied" => StatusCode::FORBIDDEN,
-        "channel_not_found" => StatusCode::NOT_FOUND,
-        "too_many_subscriptions" | "too_many_subscribers" | "invalid_channel" => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        "internal" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let mut err = ApiError::new(status, e.code, format!("`{channel}`: {}", e.message)).with_field("channels");
-    err.limit = e.limit;
+/// A refused subscription as an HTTP problem: the core error's own code and status, naming
+/// the channel.
+pub fn subscribe_refused(channel: &str, e: herald_core::Error) -> ApiError {
+    let mut err = ApiError::from(e);
+    err.detail = format!("`{channel}`: {}", err.detail);
+    err.field = Some("channels".into());
     err
 }
 

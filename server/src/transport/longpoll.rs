@@ -24,12 +24,12 @@ use tokio::time::Instant;
 
 use super::cursor::{Cursor, SESSION_LEN};
 use super::http;
-use crate::error::ApiError;
-use crate::realtime::channel::StreamPosition;
-use crate::realtime::outbox::Outgoing;
-use crate::realtime::publication::Publication;
-use crate::realtime::{Disconnect, Session, Transport};
+use crate::error::{ApiError, Code};
 use crate::state::SharedState;
+use herald_core::channel::StreamPosition;
+use herald_core::outbox::Outgoing;
+use herald_core::publication::Publication;
+use herald_core::{Disconnect, Session, Transport};
 
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 /// Messages read from history per channel when a poll catches up; the queue itself is bounded
@@ -122,7 +122,7 @@ pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<
 }
 
 fn invalid_cursor() -> ApiError {
-    ApiError::bad_request("invalid_cursor", "cursor is not one this endpoint issued for these channels")
+    ApiError::new(Code::InvalidCursor, "cursor is not one this endpoint issued for these channels")
         .with_field("cursor")
 }
 
@@ -137,16 +137,15 @@ async fn run(
     let max = state.config.long_poll_max_timeout.as_secs();
     let timeout = query.timeout.unwrap_or(DEFAULT_TIMEOUT_SECONDS.min(max));
     if timeout > max {
-        return Err(ApiError::bad_request("invalid_parameter", format!("timeout must be 0..={max} seconds"))
+        return Err(ApiError::new(Code::InvalidParameter, format!("timeout must be 0..={max} seconds"))
             .with_field("timeout")
             .with_limit(max));
     }
     // Every poll proves its token again, so expiry and revocation apply between polls too.
-    let verified =
-        crate::realtime::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
-            .await
-            .map_err(|e| http::refused(e.disconnect()))?;
-    if !crate::realtime::origin_allowed(&verified.tenant, origin) {
+    let verified = herald_core::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
+        .await
+        .map_err(|e| http::refused(e.disconnect()))?;
+    if !herald_core::origin_allowed(&verified.tenant, origin) {
         return Err(http::refused(Disconnect::OriginNotAllowed));
     }
     let tenant = verified.tenant.id().to_owned();
@@ -195,7 +194,12 @@ async fn run(
             else {
                 continue;
             };
-            let slice = channel.history(Some(asked), MAX_MESSAGES);
+            // From the channel's broker: the shared stream in cluster mode, which reaches
+            // further back than this node's recent messages.
+            let slice = match state.hub.history(&channel, Some(asked), MAX_MESSAGES).await {
+                Ok(slice) => slice,
+                Err(e) => return Err(crate::api::channel_error(e, &channels[i])),
+            };
             if !slice.complete {
                 unrecovered.push(&channels[i]);
                 continue;

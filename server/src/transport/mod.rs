@@ -1,5 +1,5 @@
 //! Transports: thin adapters that move bytes between a socket and a realtime
-//! [`Session`](crate::realtime::Session). Protocol meaning lives in the session, not here.
+//! [`Session`](herald_core::Session). Protocol meaning lives in the session, not here.
 
 pub mod cursor;
 pub mod http;

@@ -16,11 +16,11 @@ use tokio::time::Instant;
 
 use super::cursor::Cursor;
 use super::http;
-use crate::error::ApiError;
-use crate::realtime::channel::StreamPosition;
-use crate::realtime::outbox::{Outbox, Outgoing};
-use crate::realtime::{Disconnect, Session, Transport};
+use crate::error::{ApiError, Code};
 use crate::state::SharedState;
+use herald_core::channel::StreamPosition;
+use herald_core::outbox::{Outbox, Outgoing};
+use herald_core::{Disconnect, Session, Transport};
 
 #[derive(Deserialize)]
 pub struct SseQuery {
@@ -173,8 +173,8 @@ async fn open(
             Ok(c) => Some(c),
             Err(_) => {
                 session.close();
-                return Err(ApiError::bad_request(
-                    "invalid_cursor",
+                return Err(ApiError::new(
+                    Code::InvalidCursor,
                     "Last-Event-ID is not a cursor of this stream",
                 )
                 .with_field("Last-Event-ID"));

@@ -19,11 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use crate::error::ApiError;
-use crate::realtime::outbox::Outgoing;
-use crate::realtime::protocol::{self, Command};
-use crate::realtime::{CommandOutcome, Disconnect, Hub, Session, Transport};
+use crate::error::{ApiError, Code};
 use crate::state::SharedState;
+use herald_core::outbox::Outgoing;
+use herald_core::protocol::{self, Command, ServerFrame};
+use herald_core::{CommandOutcome, Disconnect, Hub, Session, Transport};
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -61,8 +61,7 @@ pub async fn websocket(req: &Request, state: Data<&SharedState>, Query(query): Q
     let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
         return ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_upgrade_required",
+            Code::WebsocketUpgradeRequired,
             "this endpoint speaks WebSocket (version 13) only",
         )
         .into_response();
@@ -70,7 +69,7 @@ pub async fn websocket(req: &Request, state: Data<&SharedState>, Query(query): Q
     let on_upgrade = match req.take_upgrade() {
         Ok(u) => u,
         Err(_) => {
-            return ApiError::bad_request("websocket_upgrade_required", "connection cannot be upgraded")
+            return ApiError::new(Code::WebsocketUpgradeRequired, "connection cannot be upgraded")
                 .into_response();
         }
     };
@@ -205,26 +204,22 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                             }
                         }
                         Err(bad) => {
-                            let frame = protocol::frame(&protocol::ErrorFrame {
-                                kind: "error",
-                                id: bad.id.as_deref(),
-                                code: "bad_request",
-                                message: &bad.message,
-                                channel: None,
-                                limit: None,
-                            });
+                            let frame = protocol::frame(&ServerFrame::error(
+                                bad.id.as_deref(),
+                                None,
+                                Code::BadRequest.as_str(),
+                                &bad.message,
+                            ));
                             let _ = outbox.push(Outgoing::Frame(frame));
                         }
                     },
                     Some(Ok(Message::Binary(_))) => {
-                        let frame = protocol::frame(&protocol::ErrorFrame {
-                            kind: "error",
-                            id: None,
-                            code: "bad_request",
-                            message: "binary frames are not supported; send JSON text frames",
-                            channel: None,
-                            limit: None,
-                        });
+                        let frame = protocol::frame(&ServerFrame::error(
+                            None,
+                            None,
+                            Code::BadRequest.as_str(),
+                            "binary frames are not supported; send JSON text frames",
+                        ));
                         let _ = outbox.push(Outgoing::Frame(frame));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
@@ -275,12 +270,12 @@ async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), W
 }
 
 pub(crate) fn token_expired(exp: i64) -> bool {
-    chrono::Utc::now().timestamp() >= exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64
+    chrono::Utc::now().timestamp() >= exp + herald_core::client_auth::LEEWAY_SECONDS as i64
 }
 
 /// The monotonic instant at which a Unix expiry time is reached (plus the verification leeway).
 pub(crate) fn expiry_instant(exp: i64) -> Instant {
     let now_unix = chrono::Utc::now().timestamp();
-    let remaining = (exp + crate::realtime::client_auth::LEEWAY_SECONDS as i64 - now_unix).max(0) as u64;
+    let remaining = (exp + herald_core::client_auth::LEEWAY_SECONDS as i64 - now_unix).max(0) as u64;
     Instant::now() + Duration::from_secs(remaining.min(365 * 86_400))
 }

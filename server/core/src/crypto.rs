@@ -1,0 +1,147 @@
+//! Secrets: generation, one-way hashing for credentials, and authenticated encryption for the
+//! few secrets Herald must be able to read back (tenant HS256 signing secrets).
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// `prefix` followed by `bytes` random bytes, base64url-encoded.
+pub fn random_token(prefix: &str, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// Hex SHA-256. Credentials Herald issues carry 256 bits of entropy, so a fast hash is enough
+/// to make the stored value useless to someone who reads the database.
+pub fn sha256_hex(input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Compares two strings in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("must be 32 bytes encoded as base64 (44 characters)")]
+    BadEncoding,
+    #[error("ciphertext is malformed or was sealed with another secret key")]
+    Unseal,
+}
+
+/// The node's secret key: seals secrets at rest and signs admin sessions. Every node of a
+/// cluster must use the same one.
+#[derive(Clone)]
+pub struct MasterKey {
+    bytes: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+const SEALED_PREFIX: &str = "v1:";
+
+impl MasterKey {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self { bytes }
+    }
+
+    pub fn from_base64(encoded: &str) -> Result<Self, KeyError> {
+        let raw = STANDARD.decode(encoded.trim()).map_err(|_| KeyError::BadEncoding)?;
+        let bytes: [u8; 32] = raw.try_into().map_err(|_| KeyError::BadEncoding)?;
+        Ok(Self { bytes })
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.bytes)
+    }
+
+    /// A key for one purpose, derived so that a leak of one use does not expose another.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes).expect("any key size");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        let cipher = XChaCha20Poly1305::new(&self.derive("seal").into());
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = cipher
+            .encrypt(XNonce::from_slice(&nonce), plaintext)
+            .expect("encryption cannot fail for in-memory buffers");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ciphertext);
+        format!("{SEALED_PREFIX}{}", STANDARD.encode(out))
+    }
+
+    pub fn unseal(&self, sealed: &str) -> Result<Vec<u8>, KeyError> {
+        let encoded = sealed.strip_prefix(SEALED_PREFIX).ok_or(KeyError::Unseal)?;
+        let raw = STANDARD.decode(encoded).map_err(|_| KeyError::Unseal)?;
+        if raw.len() < 24 {
+            return Err(KeyError::Unseal);
+        }
+        let (nonce, ciphertext) = raw.split_at(24);
+        let cipher = XChaCha20Poly1305::new(&self.derive("seal").into());
+        cipher.decrypt(XNonce::from_slice(nonce), ciphertext).map_err(|_| KeyError::Unseal)
+    }
+}
+
+/// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trips_and_rejects_other_keys() {
+        let key = MasterKey::generate();
+        let sealed = key.seal(b"tenant secret");
+        assert_eq!(key.unseal(&sealed).unwrap(), b"tenant secret");
+        assert!(MasterKey::generate().unseal(&sealed).is_err());
+        assert!(key.unseal("v1:AAAA").is_err());
+        assert!(key.unseal("garbage").is_err());
+    }
+
+    #[test]
+    fn master_key_parses_only_32_bytes() {
+        let key = MasterKey::generate();
+        assert_eq!(MasterKey::from_base64(&key.to_base64()).unwrap().bytes, key.bytes);
+        assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
+        assert!(MasterKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn hashes_are_stable_hex() {
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(constant_time_eq("same", "same"));
+        assert!(!constant_time_eq("same", "sane"));
+        assert!(!constant_time_eq("same", "same+"));
+    }
+}

@@ -1,0 +1,232 @@
+//! A node's cached view of tenant configuration: the tenant record, namespace options, active
+//! signing keys and revocations, loaded together on first use and dropped when the management
+//! API changes them (or after a short TTL, so changes made on other nodes arrive too).
+//! Publishing and subscribing read only this cache; the database is read when a tenant is
+//! (re)loaded and when a channel becomes live on the node (for its explicit options).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herald_types::model::{
+    ApiKey, Channel, ChannelOptions, EffectiveChannelOptions, KeyStatus, Namespace, RevokedToken,
+    SigningAlgorithm, SigningKey, Tenant, UserRevocation,
+};
+use herald_types::names;
+
+use crate::crypto::MasterKey;
+use crate::error::StoreError;
+
+/// Where the directory reads tenant configuration from: the store (`herald-store`), seen by
+/// the core only through this trait.
+#[async_trait]
+pub trait ConfigSource: Send + Sync {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError>;
+    /// At most `limit` of the tenant's namespaces.
+    async fn namespaces(&self, tenant: &str, limit: u64) -> Result<Vec<Namespace>, StoreError>;
+    /// At most `limit` of the tenant's signing keys, active or not.
+    async fn signing_keys(&self, tenant: &str, limit: u64) -> Result<Vec<SigningKey>, StoreError>;
+    async fn revoked_tokens(&self, tenant: &str, limit: u64) -> Result<Vec<RevokedToken>, StoreError>;
+    async fn user_revocations(&self, tenant: &str, limit: u64) -> Result<Vec<UserRevocation>, StoreError>;
+    /// An explicitly created channel.
+    async fn channel(&self, tenant: &str, name: &str) -> Result<Option<Channel>, StoreError>;
+    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+}
+
+pub struct VerifyKey {
+    pub algorithm: SigningAlgorithm,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+pub struct TenantSnapshot {
+    pub tenant: Tenant,
+    pub namespaces: HashMap<String, ChannelOptions>,
+    /// Active signing keys by `kid`.
+    pub keys: HashMap<String, VerifyKey>,
+    pub revoked_jti: HashSet<String>,
+    /// User → tokens issued before this Unix time are revoked.
+    pub revoked_users: HashMap<String, i64>,
+    loaded: Instant,
+}
+
+impl TenantSnapshot {
+    pub fn id(&self) -> &str {
+        &self.tenant.id
+    }
+
+    /// Whether a token is revoked. `iat` has second precision, so a user revocation also
+    /// covers tokens issued within the second it was made (erring on the side of refusing).
+    pub fn is_revoked(&self, jti: Option<&str>, sub: &str, iat: i64) -> bool {
+        jti.is_some_and(|j| !j.is_empty() && self.revoked_jti.contains(j))
+            || self.revoked_users.get(sub).is_some_and(|before| iat <= *before)
+    }
+}
+
+/// Revocations loaded per tenant at most; more are kept in the store but not enforced live.
+const MAX_REVOCATIONS: u64 = 100_000;
+
+/// How long a cached API key lookup is trusted.
+const API_KEY_TTL: Duration = Duration::from_secs(5);
+
+pub struct CachedKey {
+    pub key: ApiKey,
+    loaded: Instant,
+    /// Unix seconds of the last `last_used_at` write this node made for the key.
+    touched: std::sync::atomic::AtomicU64,
+}
+
+impl CachedKey {
+    /// Whether `last_used_at` is due to be written again (at most once per `every` seconds).
+    pub fn should_touch(&self, every: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let stored = self.key.last_used_at.map_or(0, |t| t.timestamp().max(0) as u64);
+        let last = self.touched.load(Ordering::Relaxed).max(stored);
+        now.saturating_sub(last) >= every
+            && self
+                .touched
+                .compare_exchange(
+                    self.touched.load(Ordering::Relaxed),
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+pub struct Directory {
+    store: Arc<dyn ConfigSource>,
+    master: MasterKey,
+    ttl: Duration,
+    tenants: Mutex<HashMap<String, Arc<TenantSnapshot>>>,
+    api_keys: Mutex<HashMap<String, Arc<CachedKey>>>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn ConfigSource>, master: MasterKey, ttl: Duration) -> Directory {
+        Directory { store, master, ttl, tenants: Mutex::default(), api_keys: Mutex::default() }
+    }
+
+    /// The tenant's snapshot, loading it if absent or stale; `None` if the tenant does not exist.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
+        if let Some(snapshot) = self.tenants.lock().expect("directory lock").get(id)
+            && snapshot.loaded.elapsed() < self.ttl
+        {
+            return Ok(Some(snapshot.clone()));
+        }
+        let Some(snapshot) = self.load(id).await? else {
+            self.tenants.lock().expect("directory lock").remove(id);
+            return Ok(None);
+        };
+        let snapshot = Arc::new(snapshot);
+        self.tenants.lock().expect("directory lock").insert(id.to_owned(), snapshot.clone());
+        Ok(Some(snapshot))
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<TenantSnapshot>, StoreError> {
+        let Some(tenant) = self.store.tenant(id).await? else { return Ok(None) };
+        let namespaces =
+            self.store.namespaces(id, 100_000).await?.into_iter().map(|n| (n.name, n.options)).collect();
+        let mut keys = HashMap::new();
+        for k in self.store.signing_keys(id, 10_000).await? {
+            if k.status != KeyStatus::Active {
+                continue;
+            }
+            let decoded = match (k.algorithm, &k.sealed_secret, &k.public_key_pem) {
+                (SigningAlgorithm::HS256, Some(sealed), _) => self
+                    .master
+                    .unseal(sealed)
+                    .ok()
+                    .and_then(|secret| jsonwebtoken::DecodingKey::from_secret(&secret).ok()),
+                (SigningAlgorithm::RS256, _, Some(pem)) => {
+                    jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).ok()
+                }
+                (SigningAlgorithm::ES256, _, Some(pem)) => {
+                    jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).ok()
+                }
+                (SigningAlgorithm::EdDSA, _, Some(pem)) => {
+                    jsonwebtoken::DecodingKey::from_ed_pem(pem.as_bytes()).ok()
+                }
+                _ => None,
+            };
+            match decoded {
+                Some(key) => {
+                    keys.insert(k.kid, VerifyKey { algorithm: k.algorithm, key });
+                }
+                None => {
+                    tracing::error!(tenant = id, kid = %k.kid, "signing key cannot be loaded; ignoring it")
+                }
+            }
+        }
+        let revoked_jti =
+            self.store.revoked_tokens(id, MAX_REVOCATIONS).await?.into_iter().map(|r| r.jti).collect();
+        let revoked_users = self
+            .store
+            .user_revocations(id, MAX_REVOCATIONS)
+            .await?
+            .into_iter()
+            .map(|r| (r.user_id, r.revoked_before.timestamp()))
+            .collect();
+        Ok(Some(TenantSnapshot {
+            tenant,
+            namespaces,
+            keys,
+            revoked_jti,
+            revoked_users,
+            loaded: Instant::now(),
+        }))
+    }
+
+    /// Forgets what is cached about the tenant, so the next use reloads it.
+    pub fn invalidate(&self, id: &str) {
+        self.tenants.lock().expect("directory lock").remove(id);
+        self.api_keys.lock().expect("directory lock").retain(|_, k| k.key.tenant_id != id);
+    }
+
+    /// Options of a channel, or `None` if it neither exists nor may exist implicitly.
+    pub async fn resolve_channel(
+        &self,
+        tenant: &TenantSnapshot,
+        name: &str,
+    ) -> Result<Option<EffectiveChannelOptions>, StoreError> {
+        let explicit = self.store.channel(tenant.id(), name).await?.map(|c| c.options);
+        let namespace = match names::namespace_of(name) {
+            Some(ns) => match tenant.namespaces.get(ns) {
+                Some(options) => Some(options),
+                // A namespaced name needs its namespace, unless the channel was created
+                // explicitly (its namespace may have been deleted since).
+                None if explicit.is_none() => return Ok(None),
+                None => None,
+            },
+            None => None,
+        };
+        let empty = ChannelOptions::default();
+        let options = EffectiveChannelOptions::resolve(&[
+            explicit.as_ref().unwrap_or(&empty),
+            namespace.unwrap_or(&empty),
+        ]);
+        if explicit.is_none() && !options.allow_implicit {
+            return Ok(None);
+        }
+        Ok(Some(options))
+    }
+
+    /// Looks an API key up by the hash of its secret, through a short-lived cache.
+    pub async fn api_key(&self, secret_hash: &str) -> Result<Option<Arc<CachedKey>>, StoreError> {
+        if let Some(k) = self.api_keys.lock().expect("directory lock").get(secret_hash)
+            && k.loaded.elapsed() < API_KEY_TTL
+        {
+            return Ok(Some(k.clone()));
+        }
+        let Some(key) = self.store.api_key_by_hash(secret_hash).await? else { return Ok(None) };
+        let cached = Arc::new(CachedKey { key, loaded: Instant::now(), touched: Default::default() });
+        let mut cache = self.api_keys.lock().expect("directory lock");
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(secret_hash.to_owned(), cached.clone());
+        Ok(Some(cached))
+    }
+}

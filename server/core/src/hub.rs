@@ -1,0 +1,556 @@
+//! The delivery core of one node: channels (created on first use, forgotten when idle), the
+//! registry of live connections, quotas, and counters. Transports talk to the hub through
+//! [`crate::Session`]; the REST API publishes through [`Hub::publish`]. Everything that
+//! depends on the backend goes through its roles ([`crate::backend`]); the hub never asks which
+//! backend it has.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herald_types::model::{EffectiveChannelOptions, TenantStatus};
+use serde_json::value::RawValue;
+
+use crate::backend::{Backend, Command, Join, NewMessage, Node, PublishError};
+use crate::channel::{
+    Channel, HistorySlice, PublishOutcome, ReplyBuilder, StreamPosition, SubscribeOutcome, Subscriber,
+};
+use crate::directory::{Directory, TenantSnapshot};
+use crate::error::Error;
+use crate::outbox::{Outbox, OutboxLimits, Outgoing};
+use crate::protocol::{self, ServerFrame};
+use crate::stats::StatsSample;
+use crate::{ConnId, Disconnect, Stats, Transport, validate};
+
+/// Node-wide realtime settings (from configuration).
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub node_id: String,
+    pub outbox: OutboxLimits,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub max_inbound_frame_bytes: usize,
+    pub max_subscriptions_per_connection: u32,
+    pub idempotency_window: Duration,
+    /// Clients told to reconnect on shutdown spread their reconnects over this window.
+    pub reconnect_spread: Duration,
+}
+
+/// A live connection as the hub knows it.
+pub struct Connection {
+    pub id: ConnId,
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+    /// `jti` and `iat` of the token in use; a `refresh` replaces them.
+    pub token: Mutex<(String, i64)>,
+    /// The token's `info` claim, shown in presence.
+    pub info: Option<Arc<serde_json::value::RawValue>>,
+    pub transport: Transport,
+    pub outbox: Arc<Outbox>,
+    /// The tenant's counters on this node.
+    pub counters: Arc<crate::Counters>,
+    pub connected_at: chrono::DateTime<chrono::Utc>,
+}
+
+const SHARDS: usize = 32;
+
+/// Tenant → channel name → channel. Nested so lookups borrow `&str` without allocating.
+type ChannelMap = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Channel>>>;
+
+/// Per-tenant publish rate limiter (token bucket, burst = one second's worth).
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+pub struct Hub {
+    pub settings: HubSettings,
+    pub directory: Directory,
+    pub stats: Stats,
+    shards: Vec<Mutex<ChannelMap>>,
+    connections: Mutex<HashMap<ConnId, Arc<Connection>>>,
+    tenant_connections: Mutex<HashMap<Arc<str>, u32>>,
+    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+    next_conn: AtomicU64,
+    /// The latest statistics sample (refreshed every second).
+    sample: Mutex<Arc<StatsSample>>,
+    /// Broker, presence and control: in process on one node, or shared over NATS.
+    backend: Backend,
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings, directory: Directory, backend: Backend) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            settings,
+            directory,
+            stats: Stats::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            connections: Mutex::default(),
+            tenant_connections: Mutex::default(),
+            buckets: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            sample: Mutex::default(),
+            backend,
+        });
+        let node: Arc<dyn Node> = hub.clone();
+        hub.backend.broker.start(Arc::downgrade(&node));
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.sweep();
+                let next = hub.sample().next(&hub.stats);
+                *hub.sample.lock().expect("sample lock") = Arc::new(next);
+            }
+        });
+        hub
+    }
+
+    fn shard(&self, tenant: &str, channel: &str) -> &Mutex<ChannelMap> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    fn lookup(&self, tenant: &str, channel: &str) -> Option<Arc<Channel>> {
+        self.shard(tenant, channel).lock().expect("shard lock").get(tenant)?.get(channel).cloned()
+    }
+
+    /// The live channel, created (with its options resolved) on first use.
+    pub async fn channel(&self, tenant: &TenantSnapshot, name: &str) -> Result<Arc<Channel>, Error> {
+        if let Some(channel) = self.lookup(tenant.id(), name) {
+            return Ok(channel);
+        }
+        let options = self.directory.resolve_channel(tenant, name).await?.ok_or(Error::ChannelNotFound)?;
+        let mut shard = self.shard(tenant.id(), name).lock().expect("shard lock");
+        let channels = shard.entry(Arc::from(tenant.id())).or_default();
+        if let Some(existing) = channels.get(name) {
+            return Ok(existing.clone());
+        }
+        let channel = Arc::new(Channel::new(
+            Arc::from(tenant.id()),
+            Arc::from(name),
+            options,
+            self.stats.tenant(tenant.id()),
+            self.backend.broker.open_channel(),
+        ));
+        channels.insert(channel.name.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Options of a channel without creating it.
+    pub async fn channel_options(
+        &self,
+        tenant: &TenantSnapshot,
+        name: &str,
+    ) -> Result<EffectiveChannelOptions, Error> {
+        if let Some(channel) = self.lookup(tenant.id(), name) {
+            return Ok(channel.options());
+        }
+        self.directory.resolve_channel(tenant, name).await?.ok_or(Error::ChannelNotFound)
+    }
+
+    /// Checks the tenant's publish rate; returns the limit when exceeded.
+    fn take_publish_token(&self, tenant: &TenantSnapshot) -> Result<(), u32> {
+        let Some(rate) = tenant.tenant.limits.max_publishes_per_second else { return Ok(()) };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        let bucket = buckets
+            .entry(Arc::from(tenant.id()))
+            .or_insert(Bucket { tokens: f64::from(rate), refilled: now });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return Err(rate);
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// The largest message data the tenant may send to a channel with these options.
+    fn max_message_bytes(tenant: &TenantSnapshot, options: Option<&EffectiveChannelOptions>) -> u32 {
+        let channel = options.map_or(herald_types::model::MAX_MESSAGE_BYTES, |o| o.max_message_bytes);
+        tenant.tenant.limits.max_message_bytes.map_or(channel, |t| t.min(channel))
+    }
+
+    /// The one limit path of every publish-like operation: the message passes the validator
+    /// and the tenant has a publish token left.
+    fn admit(&self, tenant: &TenantSnapshot, message: &NewMessage, max_bytes: u32) -> Result<(), Error> {
+        validate::fields(message.event.as_deref(), message.idempotency_key.as_deref())?;
+        validate::data(&message.data, max_bytes)?;
+        self.take_publish_token(tenant).map_err(|limit| Error::RateLimited { limit: u64::from(limit) })
+    }
+
+    /// Publishes to a channel after checking the message and the tenant's limits.
+    pub async fn publish(
+        &self,
+        tenant: &TenantSnapshot,
+        channel: &str,
+        message: NewMessage,
+    ) -> Result<PublishOutcome, Error> {
+        let mut message = message;
+        let mut admitted = false;
+        loop {
+            let ch = self.channel(tenant, channel).await?;
+            if !admitted {
+                self.admit(tenant, &message, Self::max_message_bytes(tenant, Some(&ch.options())))?;
+                admitted = true;
+            }
+            ch.touch();
+            match self.backend.broker.publish(&ch, message, &self.stats).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(PublishError::Failed(e)) => return Err(e),
+                // Forgotten between lookup and publish: look it up again.
+                Err(PublishError::Retired(returned)) => message = returned,
+            }
+        }
+    }
+
+    /// The backend's kind (`memory` or `nats`).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Why this node cannot serve its backend's traffic, if it cannot.
+    pub fn health(&self) -> Result<(), String> {
+        self.backend.broker.health()
+    }
+
+    /// Adds a subscriber to a channel. `reply` builds the confirmation frames, queued before
+    /// any replayed message; the broker fills a resume gap first (no gap, no duplicate).
+    pub async fn subscribe(
+        &self,
+        ch: &Arc<Channel>,
+        conn: ConnId,
+        subscriber: Subscriber,
+        since: Option<StreamPosition>,
+        reply: ReplyBuilder,
+    ) -> Result<SubscribeOutcome, crate::backend::SubscribeError> {
+        let outcome = self.backend.broker.subscribe(ch, Join { conn, subscriber, since, reply }).await;
+        if outcome.is_ok() {
+            self.backend.presence.changed();
+        }
+        outcome
+    }
+
+    /// Ends a subscription (the session owns the counters and leave events).
+    pub fn unsubscribe(&self, ch: &Channel, conn: ConnId) -> bool {
+        let was = ch.unsubscribe(conn);
+        self.backend.presence.changed();
+        was
+    }
+
+    /// Sends a join/leave frame to a channel's subscribers on every node, except `origin`
+    /// unless `include_origin`.
+    pub fn broadcast_event(
+        &self,
+        ch: &Arc<Channel>,
+        frame: tokio_tungstenite::tungstenite::Utf8Bytes,
+        origin: ConnId,
+        include_origin: bool,
+    ) {
+        self.backend.broker.broadcast_event(ch, frame, (!include_origin).then_some(origin));
+    }
+
+    /// A channel's history, from its broker.
+    pub async fn history(
+        &self,
+        ch: &Arc<Channel>,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistorySlice, Error> {
+        self.backend.broker.history(ch, since, limit).await
+    }
+
+    /// The id others see for a connection of this node (unique in the cluster).
+    pub fn client_id(&self, conn: ConnId) -> String {
+        self.backend.presence.client_id(conn)
+    }
+
+    /// Every live connection on this node.
+    pub fn all_connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.lock().expect("registry lock").values().cloned().collect()
+    }
+
+    /// Tenants with live connections or channels on this node.
+    pub fn tenants_in_use(&self) -> Vec<Arc<str>> {
+        let mut tenants: std::collections::BTreeSet<Arc<str>> =
+            self.tenant_connections.lock().expect("registry lock").keys().cloned().collect();
+        for shard in &self.shards {
+            tenants.extend(shard.lock().expect("shard lock").keys().cloned());
+        }
+        tenants.into_iter().collect()
+    }
+
+    /// Every live channel on this node.
+    pub fn live_channels(&self) -> Vec<Arc<Channel>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for channels in shard.lock().expect("shard lock").values() {
+                out.extend(channels.values().cloned());
+            }
+        }
+        out
+    }
+
+    /// Closes every connection of a user, on every node; returns how many.
+    pub async fn disconnect_user(&self, tenant: &str, user: &str) -> Result<u64, Error> {
+        self.backend
+            .control
+            .gather(Command::DisconnectUser { tenant: tenant.into(), user: user.into() })
+            .await
+    }
+
+    /// Sends a `message` frame to every connection of a user, on every node, after the same
+    /// checks as a publish; returns the message id and how many connections took it.
+    pub async fn send_to_user(
+        &self,
+        tenant: &TenantSnapshot,
+        user: &str,
+        data: Box<RawValue>,
+        event: Option<String>,
+    ) -> Result<(String, u64), Error> {
+        let message = NewMessage { data, event, idempotency_key: None };
+        self.admit(tenant, &message, Self::max_message_bytes(tenant, None))?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let frame = protocol::frame(&ServerFrame::Message {
+            id: &id,
+            ts: chrono::Utc::now().timestamp_millis(),
+            event: message.event.as_deref(),
+            data: &message.data,
+        });
+        let command = Command::UserMessage {
+            tenant: tenant.id().into(),
+            user: user.into(),
+            frame: frame.as_str().into(),
+        };
+        let delivered = self.backend.control.gather(command).await?;
+        Ok((id, delivered))
+    }
+
+    /// The latest statistics sample (at most a second old).
+    pub fn sample(&self) -> Arc<StatsSample> {
+        self.sample.lock().expect("sample lock").clone()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers a connection, enforcing the tenant's connection limit.
+    pub fn register(&self, conn: Arc<Connection>, tenant: &TenantSnapshot) -> Result<(), Disconnect> {
+        {
+            let mut counts = self.tenant_connections.lock().expect("registry lock");
+            let count = counts.entry(conn.tenant.clone()).or_insert(0);
+            if let Some(max) = tenant.tenant.limits.max_connections
+                && *count >= max
+            {
+                return Err(Disconnect::ConnectionLimit);
+            }
+            *count += 1;
+        }
+        self.stats.connection_opened(&conn.counters, conn.transport);
+        self.connections.lock().expect("registry lock").insert(conn.id, conn);
+        self.backend.presence.changed();
+        Ok(())
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        let Some(conn) = self.connections.lock().expect("registry lock").remove(&id) else { return };
+        let mut counts = self.tenant_connections.lock().expect("registry lock");
+        if let Some(count) = counts.get_mut(&conn.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&conn.tenant);
+            }
+        }
+        self.stats.connection_closed(&conn.counters, conn.transport);
+        self.backend.presence.changed();
+    }
+
+    /// Closes every connection of `tenant` for which `matches` holds; returns how many.
+    pub fn disconnect_where(
+        &self,
+        tenant: &str,
+        reason: Disconnect,
+        matches: impl Fn(&Connection) -> bool,
+    ) -> usize {
+        let conns: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .values()
+            .filter(|c| &*c.tenant == tenant && matches(c))
+            .cloned()
+            .collect();
+        for c in &conns {
+            c.outbox.close(reason.clone());
+        }
+        conns.len()
+    }
+
+    /// A tenant's configuration changed: applies it here, then on every other node.
+    pub async fn tenant_changed(&self, tenant_id: &str) {
+        self.apply_tenant_change(tenant_id).await;
+        if let Err(e) =
+            self.backend.control.broadcast(Command::TenantChanged { tenant: tenant_id.into() }).await
+        {
+            // Other nodes still reload it within the directory TTL.
+            tracing::warn!(error = ?e, tenant = tenant_id, "could not tell other nodes about a tenant change");
+        }
+    }
+
+    /// Reloads a tenant's configuration after a change: re-resolves the options of its live
+    /// channels and closes connections that may no longer stay (suspension, revocation,
+    /// deletion).
+    pub async fn apply_tenant_change(&self, tenant_id: &str) {
+        self.directory.invalidate(tenant_id);
+        let snapshot = match self.directory.tenant(tenant_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, tenant = tenant_id, "could not reload tenant configuration");
+                return;
+            }
+        };
+        let Some(snapshot) = snapshot else {
+            // Deleted: close everything and forget its channels.
+            self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
+            for shard in &self.shards {
+                shard.lock().expect("shard lock").remove(tenant_id);
+            }
+            return;
+        };
+        if snapshot.tenant.status == TenantStatus::Suspended {
+            self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
+        }
+        self.disconnect_where(tenant_id, Disconnect::TokenRevoked, |c| {
+            let (jti, iat) = &*c.token.lock().expect("token lock");
+            snapshot.is_revoked(Some(jti), &c.user, *iat)
+        });
+        let channels: Vec<Arc<Channel>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("shard lock")
+                    .get(tenant_id)
+                    .map(|m| m.values().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        for channel in channels {
+            match self.directory.resolve_channel(&snapshot, &channel.name).await {
+                Ok(Some(options)) => channel.set_options(options),
+                Ok(None) => {} // No longer allowed: existing subscribers keep it until they leave.
+                Err(e) => tracing::warn!(error = %e, "could not re-resolve channel options"),
+            }
+        }
+    }
+
+    /// Tells every client to reconnect elsewhere, each after its own delay within the spread
+    /// window, so a restart does not become a stampede.
+    pub fn shutdown(&self) {
+        use rand::Rng;
+        let spread = self.settings.reconnect_spread.as_millis() as u64;
+        let conns: Vec<Arc<Connection>> =
+            self.connections.lock().expect("registry lock").values().cloned().collect();
+        let mut rng = rand::thread_rng();
+        for c in conns {
+            let retry_after_ms = if spread == 0 { 0 } else { rng.gen_range(0..=spread) };
+            c.outbox.close(Disconnect::ShuttingDown { retry_after_ms });
+        }
+    }
+
+    /// Live connections of one user of a tenant on this node.
+    pub fn connections_of(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>> {
+        let mut conns: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .values()
+            .filter(|c| &*c.tenant == tenant && &*c.user == user)
+            .cloned()
+            .collect();
+        conns.sort_by_key(|c| c.id);
+        conns
+    }
+
+    /// Sends a frame to every connection of a user on this node; returns how many took it.
+    pub fn deliver_to_user_here(&self, tenant: &str, user: &str, frame: Outgoing) -> usize {
+        let delivered =
+            self.connections_of(tenant, user).iter().filter(|c| c.outbox.push(frame.clone()).is_ok()).count();
+        let counters = self.stats.tenant(tenant);
+        self.stats.record_user_delivery(&counters, delivered as u64);
+        delivered
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.connections.lock().expect("registry lock").len()
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("shard lock");
+            shard.retain(|_, channels| {
+                channels.retain(|_, channel| !self.backend.broker.sweep(channel, now));
+                !channels.is_empty()
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Node for Hub {
+    fn node_id(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn connections(&self) -> Vec<Arc<Connection>> {
+        self.all_connections()
+    }
+
+    fn channels(&self) -> Vec<Arc<Channel>> {
+        self.live_channels()
+    }
+
+    fn channel(&self, tenant: &str, channel: &str) -> Option<Arc<Channel>> {
+        self.lookup(tenant, channel)
+    }
+
+    fn tenants_in_use(&self) -> Vec<Arc<str>> {
+        Hub::tenants_in_use(self)
+    }
+
+    fn sample(&self) -> Arc<StatsSample> {
+        Hub::sample(self)
+    }
+
+    async fn apply(&self, command: Command) -> u64 {
+        match command {
+            Command::TenantChanged { tenant } => {
+                self.apply_tenant_change(&tenant).await;
+                0
+            }
+            Command::DisconnectUser { tenant, user } => {
+                self.disconnect_where(&tenant, Disconnect::Kicked, |c| *c.user == *user) as u64
+            }
+            Command::UserMessage { tenant, user, frame } => {
+                self.deliver_to_user_here(&tenant, &user, Outgoing::Frame(frame.into())) as u64
+            }
+        }
+    }
+}

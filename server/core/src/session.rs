@@ -1,0 +1,416 @@
+//! One client connection's protocol state, independent of the transport: authentication,
+//! capability checks, subscriptions and command handling. Replies go into the connection's
+//! outbox; the transport writes them out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use herald_types::names;
+use herald_types::tokens::{self, Action, ClientClaims};
+
+use crate::backend::NewMessage;
+use crate::channel::{Channel, PublishOutcome, StreamPosition, SubscribeError, SubscribeOutcome, Subscriber};
+use crate::client_auth::{self, TokenError};
+use crate::directory::TenantSnapshot;
+use crate::error::{Code, Error};
+use crate::hub::{Connection, Hub};
+use crate::outbox::{Outbox, Outgoing};
+use crate::protocol::{self, Command, Request, ServerFrame};
+use crate::{Disconnect, Transport};
+
+/// What the transport should do after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Continue,
+    Close(Disconnect),
+}
+
+pub struct Session {
+    pub hub: Arc<Hub>,
+    pub conn: Arc<Connection>,
+    tenant: Arc<TenantSnapshot>,
+    claims: ClientClaims,
+    subscriptions: HashMap<String, Arc<Channel>>,
+}
+
+/// Whether a browser page at `origin` may connect for `tenant`. Requests without an `Origin`
+/// header come from non-browser clients and are not restricted.
+pub fn origin_allowed(tenant: &TenantSnapshot, origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    tenant.tenant.allowed_origins.iter().any(|allowed| {
+        if allowed == "*" || *allowed == origin {
+            return true;
+        }
+        // `https://*.example.com` matches subdomains of example.com over https.
+        if let Some((scheme, host)) = allowed.split_once("://*.") {
+            return origin
+                .strip_prefix(scheme)
+                .and_then(|rest| rest.strip_prefix("://"))
+                .is_some_and(|rest| rest.ends_with(&format!(".{host}")));
+        }
+        false
+    })
+}
+
+impl Session {
+    /// Verifies the token, checks the origin and registers the connection.
+    pub async fn open(
+        hub: Arc<Hub>,
+        token: &str,
+        expected_tenant: Option<&str>,
+        transport: Transport,
+        origin: Option<&str>,
+    ) -> Result<Session, Disconnect> {
+        let verified = client_auth::verify(&hub.directory, token, expected_tenant)
+            .await
+            .map_err(TokenError::disconnect)?;
+        if !origin_allowed(&verified.tenant, origin) {
+            return Err(Disconnect::OriginNotAllowed);
+        }
+        let conn = Arc::new(Connection {
+            id: hub.next_conn_id(),
+            tenant: Arc::from(verified.tenant.id()),
+            user: Arc::from(verified.claims.sub.as_str()),
+            token: std::sync::Mutex::new((verified.claims.jti.clone(), verified.claims.iat)),
+            info: verified
+                .claims
+                .info
+                .as_ref()
+                .and_then(|i| serde_json::value::to_raw_value(i).ok())
+                .map(Arc::from),
+            transport,
+            outbox: Arc::new(Outbox::new(hub.settings.outbox)),
+            counters: hub.stats.tenant(verified.tenant.id()),
+            connected_at: chrono::Utc::now(),
+        });
+        hub.register(conn.clone(), &verified.tenant)?;
+        Ok(Session {
+            hub,
+            conn,
+            tenant: verified.tenant,
+            claims: verified.claims,
+            subscriptions: HashMap::new(),
+        })
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.conn.outbox
+    }
+
+    /// Unix time at which the token expires.
+    pub fn expires_at(&self) -> i64 {
+        self.claims.exp
+    }
+
+    pub fn user(&self) -> &str {
+        &self.claims.sub
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.conn.tenant
+    }
+
+    /// The channel object of a current subscription.
+    pub fn subscribed_channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.subscriptions.get(name)
+    }
+
+    pub fn connected_frame(&self, id: Option<&RawValue>) -> Outgoing {
+        Outgoing::Frame(protocol::frame(&ServerFrame::Connected {
+            id,
+            client: self.conn.id.to_string(),
+            user: &self.claims.sub,
+            node: &self.hub.settings.node_id,
+            ping_interval_ms: self.hub.settings.ping_interval.as_millis() as u64,
+            expires_at: self.claims.exp,
+        }))
+    }
+
+    fn reply(&self, frame: tokio_tungstenite::tungstenite::Utf8Bytes) {
+        let _ = self.conn.outbox.push(Outgoing::Frame(frame));
+    }
+
+    /// An `error` frame for a refused command: the same code as the REST API's for the same
+    /// condition ([`Error::code`]).
+    fn reply_error(&self, id: Option<&RawValue>, channel: Option<&str>, err: &Error) {
+        let message = err.detail();
+        self.reply(protocol::frame(&ServerFrame::Error {
+            id,
+            code: err.code().as_str(),
+            message: &message,
+            channel,
+            field: err.field(),
+            limit: err.limit(),
+        }));
+    }
+
+    fn reply_code(&self, id: Option<&RawValue>, code: Code, message: &str) {
+        self.reply(protocol::frame(&ServerFrame::error(id, None, code.as_str(), message)));
+    }
+
+    /// The tenant's current configuration (cached by the directory).
+    async fn tenant(&mut self) -> Result<Arc<TenantSnapshot>, Error> {
+        let t = self.hub.directory.tenant(&self.conn.tenant).await?.ok_or(Error::TenantNotFound)?;
+        self.tenant = t.clone();
+        Ok(t)
+    }
+
+    fn allows(&self, channel: &str, action: Action) -> bool {
+        tokens::allows(&self.claims.capabilities, channel, action)
+    }
+
+    /// Subscribes to `channel`, optionally resuming. The confirmation, replayed messages and
+    /// live messages reach the outbox in that order.
+    pub async fn subscribe(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<SubscribeOutcome, Error> {
+        names::channel(channel).map_err(|e| Error::InvalidChannel(e.0))?;
+        if self.subscriptions.contains_key(channel) {
+            return Err(Error::AlreadySubscribed);
+        }
+        let tenant = self.tenant().await?;
+        let max = tenant
+            .tenant
+            .limits
+            .max_subscriptions_per_connection
+            .unwrap_or(self.hub.settings.max_subscriptions_per_connection);
+        if self.subscriptions.len() >= max as usize {
+            return Err(Error::TooManySubscriptions { limit: u64::from(max) });
+        }
+        loop {
+            let ch = self.hub.channel(&tenant, channel).await?;
+            let options = ch.options();
+            if options.private && !self.allows(channel, Action::Subscribe) {
+                return Err(Error::PermissionDenied { action: "subscribe" });
+            }
+            let subscriber = Subscriber {
+                outbox: self.conn.outbox.clone(),
+                user: self.conn.user.clone(),
+                info: self.conn.info.clone(),
+            };
+            let reply_id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
+            let reply_channel = channel.to_owned();
+            let reply: crate::channel::ReplyBuilder = Box::new(move |outcome: &SubscribeOutcome| {
+                vec![Outgoing::Frame(protocol::frame(&ServerFrame::Subscribed {
+                    id: reply_id.as_deref(),
+                    channel: &reply_channel,
+                    epoch: &outcome.epoch,
+                    position: outcome.position,
+                    recovered: outcome.recovered,
+                }))]
+            });
+            let result = self.hub.subscribe(&ch, self.conn.id, subscriber, since.clone(), reply).await;
+            match result {
+                Ok(outcome) => {
+                    self.hub.stats.subscribed(&self.conn.counters, 1);
+                    if options.presence && options.join_leave {
+                        let join = protocol::frame(&ServerFrame::Join {
+                            channel,
+                            client: self.client_id(),
+                            user: &self.claims.sub,
+                        });
+                        self.hub.broadcast_event(&ch, join, self.conn.id, false);
+                    }
+                    self.subscriptions.insert(channel.to_owned(), ch);
+                    return Ok(outcome);
+                }
+                Err(SubscribeError::Retired) => continue,
+                Err(other) => return Err(other.into_error()),
+            }
+        }
+    }
+
+    /// The client id others see in presence and join/leave events: unique in the cluster.
+    fn client_id(&self) -> String {
+        self.hub.client_id(self.conn.id)
+    }
+
+    /// Ends one subscription. The channel may already have dropped this subscriber (slow
+    /// consumer); the session still owns the count and the leave event.
+    fn leave(&self, name: &str, ch: &Arc<Channel>) {
+        self.hub.unsubscribe(ch, self.conn.id);
+        self.hub.stats.subscribed(&self.conn.counters, -1);
+        let options = ch.options();
+        if options.presence && options.join_leave {
+            let leave = protocol::frame(&ServerFrame::Leave {
+                channel: name,
+                client: self.client_id(),
+                user: &self.claims.sub,
+            });
+            self.hub.broadcast_event(ch, leave, self.conn.id, true);
+        }
+    }
+
+    pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        match self.subscriptions.remove(channel) {
+            Some(ch) => {
+                self.leave(channel, &ch);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one parsed command; replies go to the outbox.
+    pub async fn handle(&mut self, request: Request) -> CommandOutcome {
+        let id = request.id.as_deref();
+        match request.command {
+            Command::Connect { .. } => {
+                self.reply_code(id, Code::AlreadyConnected, "this connection is already authenticated");
+            }
+            Command::Ping => self.reply(protocol::frame(&ServerFrame::Pong { id })),
+            Command::Subscribe { channel, since } => {
+                if let Err(e) = self.subscribe(id, &channel, since.map(Into::into)).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Unsubscribe { channel } => {
+                if self.unsubscribe(&channel) {
+                    self.reply(protocol::frame(&ServerFrame::Unsubscribed { id, channel: &channel }));
+                } else {
+                    self.reply_error(id, Some(&channel), &Error::NotSubscribed);
+                }
+            }
+            Command::Publish { channel, data, event, idempotency_key } => {
+                match self.publish(&channel, data, event, idempotency_key).await {
+                    Ok(o) => self.reply(protocol::frame(&ServerFrame::Published {
+                        id,
+                        channel: &channel,
+                        position: o.position,
+                        epoch: &o.epoch,
+                        message_id: &o.id,
+                        ts: o.timestamp_ms,
+                        duplicate: o.duplicate,
+                    })),
+                    Err(e) => self.reply_error(id, Some(&channel), &e),
+                }
+            }
+            Command::History { channel, since, limit } => {
+                if let Err(e) = self.history(id, &channel, since.map(Into::into), limit).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Presence { channel } => {
+                if let Err(e) = self.presence(id, &channel).await {
+                    self.reply_error(id, Some(&channel), &e);
+                }
+            }
+            Command::Refresh { token } => return self.refresh(id, &token).await,
+        }
+        CommandOutcome::Continue
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &str,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, Error> {
+        names::channel(channel).map_err(|e| Error::InvalidChannel(e.0))?;
+        let tenant = self.tenant().await?;
+        let options = self.hub.channel_options(&tenant, channel).await?;
+        if !options.client_publish {
+            return Err(Error::PublishNotAllowed);
+        }
+        if !self.allows(channel, Action::Publish) {
+            return Err(Error::PermissionDenied { action: "publish" });
+        }
+        self.hub.publish(&tenant, channel, NewMessage { data, event, idempotency_key }).await
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<u32>,
+    ) -> Result<(), Error> {
+        names::channel(channel).map_err(|e| Error::InvalidChannel(e.0))?;
+        let tenant = self.tenant().await?;
+        let ch = self.hub.channel(&tenant, channel).await?;
+        if ch.options().private && !self.allows(channel, Action::History) {
+            return Err(Error::PermissionDenied { action: "history" });
+        }
+        let limit = limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let slice = self.hub.history(&ch, since.as_ref(), limit).await?;
+        let raws: Vec<Box<RawValue>> = slice
+            .publications
+            .iter()
+            .map(|p| RawValue::from_string(p.frame.as_str().to_owned()).expect("frames are JSON"))
+            .collect();
+        self.reply(protocol::frame(&ServerFrame::History {
+            id,
+            channel,
+            epoch: &slice.epoch,
+            position: slice.position,
+            complete: slice.complete,
+            publications: raws.iter().map(|r| r.as_ref()).collect(),
+        }));
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: Option<&RawValue>, channel: &str) -> Result<(), Error> {
+        names::channel(channel).map_err(|e| Error::InvalidChannel(e.0))?;
+        let tenant = self.tenant().await?;
+        let options = self.hub.channel_options(&tenant, channel).await?;
+        if !options.presence {
+            return Err(Error::PresenceDisabled);
+        }
+        if options.private && !self.allows(channel, Action::Presence) {
+            return Err(Error::PermissionDenied { action: "presence" });
+        }
+        let clients = self.hub.backend().presence.channel(&self.conn.tenant, channel).await?;
+        self.reply(protocol::frame(&ServerFrame::Presence {
+            id,
+            channel,
+            clients: clients
+                .iter()
+                .map(|p| protocol::PresenceEntry {
+                    client: &p.client,
+                    user: &p.user,
+                    info: p.info.as_deref(),
+                })
+                .collect(),
+        }));
+        Ok(())
+    }
+
+    /// Replaces the token with a fresher one for the same user and tenant.
+    async fn refresh(&mut self, id: Option<&RawValue>, token: &str) -> CommandOutcome {
+        match client_auth::verify(&self.hub.directory, token, Some(&self.conn.tenant)).await {
+            Ok(v) if v.claims.sub == self.claims.sub => {
+                *self.conn.token.lock().expect("token lock") = (v.claims.jti.clone(), v.claims.iat);
+                self.claims = v.claims;
+                self.tenant = v.tenant;
+                self.reply(protocol::frame(&ServerFrame::Refreshed { id, expires_at: self.claims.exp }));
+                CommandOutcome::Continue
+            }
+            Ok(_) => {
+                self.reply_code(id, Code::TokenMismatch, "the new token is for another user");
+                CommandOutcome::Continue
+            }
+            Err(e @ (TokenError::Revoked | TokenError::TenantSuspended)) => {
+                CommandOutcome::Close(e.disconnect())
+            }
+            Err(e) => {
+                self.reply_code(id, e.code(), "the new token was refused");
+                CommandOutcome::Continue
+            }
+        }
+    }
+
+    /// Leaves every channel and unregisters. Call once when the transport ends.
+    pub fn close(mut self) {
+        for (name, ch) in std::mem::take(&mut self.subscriptions) {
+            self.leave(&name, &ch);
+        }
+        self.hub.unregister(self.conn.id);
+    }
+}

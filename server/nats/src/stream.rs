@@ -1,0 +1,634 @@
+//! Channel streams in JetStream: one stream, one subject per channel, contiguous positions.
+//!
+//! Each stored message is the channel's `pub` frame, with headers carrying its position, its
+//! epoch, and the JetStream sequence of the channel's previous message (so history can be
+//! walked backwards without an index). A publishing node caches the channel's head (sequence,
+//! position, epoch) and publishes position + 1 with `Nats-Expected-Last-Subject-Sequence`; if
+//! another node got there first the publish is refused, the node reloads the head and tries
+//! again. An empty subject (never used, or every message expired) starts a new epoch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use herald_core::Error;
+use herald_core::channel::{Channel, HistorySlice, PublishOutcome, StreamPosition, new_epoch};
+use herald_core::publication::Publication;
+use herald_types::model::{EffectiveChannelOptions, MAX_HISTORY_SIZE};
+
+use crate::{Cluster, ClusterChannel};
+
+/// The newest message of a channel's shared stream, cached by a publishing node: its JetStream
+/// sequence (0 when the stream is empty), position and epoch.
+#[derive(Debug, Clone, Default)]
+pub struct StreamHead {
+    pub seq: u64,
+    pub position: u64,
+    pub epoch: Arc<str>,
+    /// The head message's TTL in seconds, and when this node learnt the head: a later message
+    /// must not expire before it (see [`next_ttl`]).
+    pub ttl_seconds: u64,
+    pub seen: Option<std::time::Instant>,
+}
+
+/// A publish queued for a channel, stored with the next batch by the channel's drain task.
+pub struct PendingPublish {
+    pub data: Box<RawValue>,
+    pub event: Option<String>,
+    pub done: tokio::sync::oneshot::Sender<Result<PublishOutcome, Error>>,
+}
+
+pub const STREAM: &str = "HERALD";
+pub const HEADER_POSITION: &str = "Herald-Position";
+pub const HEADER_EPOCH: &str = "Herald-Epoch";
+/// JetStream sequence of the channel's previous message (0 for the first of an epoch).
+pub const HEADER_PREVIOUS: &str = "Herald-Previous-Seq";
+/// Marks a join/leave frame on a feed subject (not stored).
+pub const HEADER_EVENT: &str = "Herald-Event";
+/// `node/connection` that caused an event, so its own connection is skipped.
+pub const HEADER_ORIGIN: &str = "Herald-Origin";
+/// How many publications a stored batch holds (absent: one); `Herald-Position` is the last's.
+pub const HEADER_COUNT: &str = "Herald-Count";
+
+/// How often a publish retries after losing the race for a position to another node.
+const MAX_PUBLISH_ATTEMPTS: usize = 32;
+
+/// A subject token for a name: letters, digits, `_` and `-` stay; every other byte becomes
+/// `=XX` (hex), so `.` and `*` never reach a subject and the mapping is reversible.
+pub fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// The stored subject of a channel.
+pub fn history_subject(tenant: &str, channel: &str) -> String {
+    format!("herald.ch.{}.{}", token(tenant), token(channel))
+}
+
+/// The subject a channel's stored messages are republished on, and its events published on.
+pub fn feed_subject(tenant: &str, channel: &str) -> String {
+    format!("herald.fo.{}.{}", token(tenant), token(channel))
+}
+
+/// Creates the stream, or updates its settings to this version's.
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &crate::ClusterSettings,
+) -> Result<jetstream::stream::Stream, async_nats::Error> {
+    let config = jetstream::stream::Config {
+        name: STREAM.into(),
+        description: Some("Herald channel messages".into()),
+        subjects: vec!["herald.ch.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        // Per-channel history limits are applied on read; this caps what any channel keeps.
+        max_messages_per_subject: i64::from(MAX_HISTORY_SIZE),
+        allow_message_ttl: true,
+        allow_direct: true,
+        duplicate_window: settings.idempotency_window,
+        max_bytes: settings.history_max_bytes.min(i64::MAX as u64) as i64,
+        num_replicas: settings.replicas,
+        republish: Some(jetstream::stream::Republish {
+            source: "herald.ch.>".into(),
+            destination: "herald.fo.>".into(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    js.create_or_update_stream(config).await?;
+    Ok(js.get_stream(STREAM).await?)
+}
+
+/// A Herald header as a number. (Standard `Nats-*` headers must be looked up by their
+/// constants: a name given as `&str` never matches them.)
+pub fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
+
+pub fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+    Some(headers?.get(name)?.as_str())
+}
+
+/// Rebuilds a publication from a stored frame; `ttl` is the channel's history lifetime.
+fn publication(frame: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
+    let frame = Utf8Bytes::try_from(frame).ok()?;
+    let publication = Publication::from_frame(frame, Instant::now()).ok()?;
+    // Age it by the time it has already spent in the stream.
+    let age_ms = (chrono::Utc::now().timestamp_millis() - publication.timestamp_ms).max(0) as u64;
+    let remaining = ttl.saturating_sub(Duration::from_millis(age_ms));
+    Some(Arc::new(Publication { expires_at: Instant::now() + remaining, ..publication }))
+}
+
+/// The publications of a stored message, oldest first: one frame, or a JSON array of
+/// `count` frames (a batch). Each frame shares the payload's bytes.
+pub fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc<Publication>>> {
+    if count <= 1 {
+        return Some(vec![publication(payload, ttl)?]);
+    }
+    let frames: Vec<&RawValue> = serde_json::from_slice(&payload).ok()?;
+    if frames.len() as u64 != count {
+        return None;
+    }
+    let base = payload.as_ptr() as usize;
+    frames
+        .iter()
+        .map(|f| {
+            let start = f.get().as_ptr() as usize - base;
+            publication(payload.slice(start..start + f.get().len()), ttl)
+        })
+        .collect()
+}
+
+/// The JetStream sequence of a stored message as republished (`Nats-Sequence`).
+pub fn sequence_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    headers?.get(async_nats::header::NATS_SEQUENCE)?.as_str().parse().ok()
+}
+
+/// How many publications a stored message holds (its `Herald-Count`, 1 when absent).
+pub fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    header_u64(headers, HEADER_COUNT).unwrap_or(1).max(1)
+}
+
+/// At most this many queued publishes, and about this many bytes, go into one stored batch.
+const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Takes the oldest queued publishes for one batch (at least one when any is queued).
+fn take_batch(
+    pending: &std::sync::Mutex<std::collections::VecDeque<PendingPublish>>,
+    max_bytes: usize,
+) -> Vec<PendingPublish> {
+    let max_bytes = max_bytes.min(MAX_BATCH_BYTES);
+    let mut pending = pending.lock().expect("pending lock");
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = pending.front() {
+        // The frame around the data: channel name, ids, position, epoch, event.
+        let size = next.data.get().len() + 512;
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || bytes + size > max_bytes) {
+            break;
+        }
+        bytes += size;
+        batch.push(pending.pop_front().expect("front exists"));
+    }
+    batch
+}
+
+fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
+    Duration::from_secs(u64::from(options.history_ttl_seconds.max(1)))
+}
+
+/// A direct get's answer with "no such message" as `None`.
+fn found_direct(
+    result: Result<StreamMessage, async_nats::jetstream::stream::DirectGetError>,
+) -> Result<Option<StreamMessage>, Error> {
+    match result {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Cluster::unavailable(e)),
+    }
+}
+
+/// A leader read's answer with "no such message" as `None`.
+fn found_raw(
+    result: Result<StreamMessage, async_nats::jetstream::stream::RawMessageError>,
+) -> Result<Option<StreamMessage>, Error> {
+    match result {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(Cluster::unavailable(e)),
+    }
+}
+
+/// The `Nats-TTL` of a stored message, in seconds.
+fn ttl_header(headers: &async_nats::HeaderMap) -> u64 {
+    headers
+        .get(async_nats::header::NATS_MESSAGE_TTL)
+        .and_then(|v| v.as_str().trim_end_matches('s').parse().ok())
+        .unwrap_or(0)
+}
+
+/// The TTL for the message after `head`: the channel's, but never so short that it would
+/// expire before the head. Messages of a subject then expire in sequence order, so an expired
+/// message is never followed by a stored one and positions are never handed out twice (which
+/// lowering `history_ttl_seconds` would otherwise cause). The head's remaining life is
+/// measured from when this node learnt it, which is no earlier than when it was stored.
+fn next_ttl(channel_ttl: Duration, head: &StreamHead) -> u64 {
+    let channel = channel_ttl.as_secs().max(1);
+    let Some(seen) = head.seen else { return channel };
+    let remaining = head.ttl_seconds.saturating_sub(seen.elapsed().as_secs());
+    // One second of margin for rounding and clock granularity.
+    channel.max(remaining + 1)
+}
+
+impl Cluster {
+    /// A stored message by sequence, `None` if there is none (expired, trimmed). With several
+    /// replicas it is read through the stream leader: a lagging follower could miss it.
+    async fn message(&self, seq: u64) -> Result<Option<StreamMessage>, Error> {
+        if self.settings.replicas == 1 {
+            found_direct(self.stream.direct_get(seq).await)
+        } else {
+            found_raw(self.stream.get_raw_message(seq).await)
+        }
+    }
+
+    /// The newest stored message of a subject, `None` if it has none (see [`Self::message`]).
+    async fn last_message(&self, subject: &str) -> Result<Option<StreamMessage>, Error> {
+        if self.settings.replicas == 1 {
+            found_direct(self.stream.direct_get_last_for_subject(subject).await)
+        } else {
+            found_raw(self.stream.get_last_raw_message_by_subject(subject).await)
+        }
+    }
+
+    /// The newest stored message of a subject, or an empty head.
+    pub async fn head(&self, subject: &str) -> Result<StreamHead, Error> {
+        Ok(match self.last_message(subject).await? {
+            Some(msg) => StreamHead {
+                seq: msg.sequence,
+                position: header_u64(Some(&msg.headers), HEADER_POSITION).unwrap_or(0),
+                epoch: Arc::from(header_str(Some(&msg.headers), HEADER_EPOCH).unwrap_or("")),
+                ttl_seconds: ttl_header(&msg.headers),
+                seen: Some(Instant::now()),
+            },
+            None => StreamHead::default(),
+        })
+    }
+
+    /// The head of a channel's stream, starting a new epoch when the stream is empty: a marker
+    /// at position 0 (empty payload, never delivered) fixes the epoch, so subscribers learn it
+    /// before the first message, as on a single node.
+    pub async fn head_or_start(&self, subject: &str, ttl: Duration) -> Result<StreamHead, Error> {
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            let head = self.head(subject).await?;
+            if head.seq != 0 {
+                return Ok(head);
+            }
+            let epoch = new_epoch();
+            let marker = jetstream::message::PublishMessage::build()
+                .header(HEADER_POSITION, "0")
+                .header(HEADER_EPOCH, &*epoch)
+                .header(HEADER_PREVIOUS, "0")
+                .header("Nats-TTL", format!("{}s", ttl.as_secs()).as_str())
+                .expected_last_subject_sequence(0);
+            let ack =
+                self.js.send_publish(subject.to_owned(), marker).await.map_err(Self::unavailable)?.await;
+            match ack {
+                Ok(ack) => {
+                    return Ok(StreamHead {
+                        seq: ack.sequence,
+                        position: 0,
+                        epoch,
+                        ttl_seconds: ttl.as_secs(),
+                        seen: Some(Instant::now()),
+                    });
+                }
+                // Another node started it first: read its epoch.
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
+                Err(e) => return Err(Self::unavailable(e)),
+            }
+        }
+        Err(Error::ClusterUnavailable("could not start the channel's stream".into()))
+    }
+
+    /// Stores a message at the channel's next position; returns once JetStream has it.
+    ///
+    /// A node stores one channel's messages one JetStream publish at a time (each must name the
+    /// sequence of the one before). Publishes that arrive meanwhile wait in the channel's queue
+    /// and go out together as one stored batch, so a burst costs one round trip and reaches
+    /// subscribers in one wake-up. A publish with an idempotency key is stored on its own (the
+    /// key is the stored message's `Nats-Msg-Id`).
+    pub(crate) async fn store_publish(
+        self: &Arc<Self>,
+        ch: &Arc<Channel>,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, Error> {
+        // Refuse at once while disconnected: a publish queued now would be sent (and stored)
+        // after the reconnection, long after its caller was told it failed.
+        self.health().map_err(Error::ClusterUnavailable)?;
+        let slot = ch.state::<ClusterChannel>();
+        if let Some(key) = idempotency_key {
+            let mut head = slot.head.lock().await;
+            let mut outcomes = self.store(ch, &mut head, vec![(data, event)], Some(&key)).await?;
+            return Ok(outcomes.pop().expect("one outcome per message"));
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        slot.pending.lock().expect("pending lock").push_back(PendingPublish { data, event, done });
+        self.start_drain(ch);
+        answer.await.unwrap_or_else(|_| Err(Self::unavailable("the publish was abandoned")))
+    }
+
+    /// Makes sure a task is storing the channel's queued publishes. The task runs on its own,
+    /// so a caller that goes away mid-publish cannot leave the others of its batch unanswered.
+    fn start_drain(self: &Arc<Self>, ch: &Arc<Channel>) {
+        let slot = ch.state::<ClusterChannel>();
+        if slot.draining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return; // The running task will see it.
+        }
+        let (cluster, ch) = (self.clone(), ch.clone());
+        tokio::spawn(async move {
+            let slot = ch.state::<ClusterChannel>();
+            loop {
+                cluster.drain(&ch).await;
+                slot.draining.store(false, std::sync::atomic::Ordering::Release);
+                // A publish queued between the last take and the store above found the flag
+                // still set: pick it up unless another task already has.
+                if slot.pending.lock().expect("pending lock").is_empty()
+                    || slot.draining.swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stores queued publishes, a batch per JetStream publish, until the queue is empty.
+    async fn drain(&self, ch: &Channel) {
+        let slot = ch.state::<ClusterChannel>();
+        loop {
+            // The head is taken per batch: a publish with an idempotency key waiting for it
+            // gets its turn between batches (tokio's mutex is fair).
+            let mut head = slot.head.lock().await;
+            let batch = take_batch(&slot.pending, self.max_payload() / 2);
+            if batch.is_empty() {
+                return;
+            }
+            let (items, waiters): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
+            // Checked per batch, like a single publish: nothing is handed to a disconnected
+            // client, which would send it (and have it stored) after reconnecting.
+            let stored = match self.health() {
+                Ok(()) => self.store(ch, &mut head, items, None).await,
+                Err(why) => Err(Error::ClusterUnavailable(why)),
+            };
+            drop(head);
+            match stored {
+                Ok(outcomes) => {
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for waiter in waiters {
+                        let copy = match &e {
+                            Error::MessageTooLarge { limit } => Error::MessageTooLarge { limit: *limit },
+                            Error::ClusterUnavailable(why) => Error::ClusterUnavailable(why.clone()),
+                            other => Error::ClusterUnavailable(format!("{other:?}")),
+                        };
+                        let _ = waiter.send(Err(copy));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The largest message the NATS server accepts (`max_payload`).
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(64 * 1024)
+    }
+
+    /// Stores `items` as one message at the channel's next positions (one JetStream publish
+    /// with compare-and-set on the subject's last sequence, retried when another node got
+    /// there first).
+    async fn store(
+        &self,
+        ch: &Channel,
+        head: &mut Option<StreamHead>,
+        items: Vec<(Box<RawValue>, Option<String>)>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<PublishOutcome>, Error> {
+        let subject = history_subject(&ch.tenant, &ch.name);
+        let ttl = ttl_of(&ch.options());
+        if head.is_none() {
+            *head = Some(self.head(&subject).await?);
+        }
+        let count = items.len() as u64;
+        for _ in 0..MAX_PUBLISH_ATTEMPTS {
+            let current = head.clone().expect("head loaded");
+            let message_ttl = next_ttl(ttl, &current);
+            let (first, epoch) = if current.seq == 0 {
+                (1, new_epoch())
+            } else {
+                (current.position + 1, current.epoch.clone())
+            };
+            let last = first + count - 1;
+            let timestamp_ms = chrono::Utc::now().timestamp_millis();
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut frames = Vec::with_capacity(items.len());
+            for (i, (data, event)) in items.iter().enumerate() {
+                let position = first + i as u64;
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                frames.push(Publication::encode(
+                    &ch.name,
+                    position,
+                    &epoch,
+                    &id,
+                    timestamp_ms,
+                    event.as_deref(),
+                    data,
+                ));
+                outcomes.push(PublishOutcome {
+                    position,
+                    epoch: epoch.clone(),
+                    id,
+                    timestamp_ms,
+                    duplicate: false,
+                });
+            }
+            let payload = if frames.len() == 1 {
+                frames.pop().expect("one frame")
+            } else {
+                format!("[{}]", frames.join(","))
+            };
+            // NATS closes the whole connection of a client that sends more than its
+            // `max_payload`: refuse here instead (headers take well under 1 KiB).
+            if payload.len() + 1024 > self.max_payload() {
+                return Err(Error::MessageTooLarge { limit: (self.max_payload() - 2048) as u64 });
+            }
+            let mut message = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .header(HEADER_POSITION, last.to_string().as_str())
+                .header(HEADER_EPOCH, &*epoch)
+                .header(HEADER_PREVIOUS, current.seq.to_string().as_str())
+                .header("Nats-TTL", format!("{message_ttl}s").as_str())
+                .expected_last_subject_sequence(current.seq);
+            if count > 1 {
+                message = message.header(HEADER_COUNT, count.to_string().as_str());
+            }
+            if let Some(key) = idempotency_key {
+                message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
+            }
+            let ack = self.js.send_publish(subject.clone(), message).await.map_err(Self::unavailable)?.await;
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    // The first publish with this key is stored: answer with its outcome. If it
+                    // has left the stream since (expired, trimmed), only the fact is known.
+                    let first = self
+                        .message(ack.sequence)
+                        .await?
+                        .and_then(|m| Utf8Bytes::try_from(m.payload).ok())
+                        .and_then(|frame| Publication::from_frame(frame, Instant::now()).ok());
+                    return Ok(vec![match first {
+                        Some(first) => PublishOutcome {
+                            position: first.position,
+                            epoch: first.epoch,
+                            id: first.id,
+                            timestamp_ms: first.timestamp_ms,
+                            duplicate: true,
+                        },
+                        None => PublishOutcome {
+                            position: 0,
+                            epoch: Arc::from(""),
+                            id: String::new(),
+                            timestamp_ms: 0,
+                            duplicate: true,
+                        },
+                    }]);
+                }
+                Ok(ack) => {
+                    *head = Some(StreamHead {
+                        seq: ack.sequence,
+                        position: last,
+                        epoch,
+                        ttl_seconds: message_ttl,
+                        seen: Some(Instant::now()),
+                    });
+                    return Ok(outcomes);
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    *head = Some(self.head(&subject).await?);
+                }
+                Err(e) => {
+                    // Unknown state: reload the head before the next publish.
+                    *head = None;
+                    return Err(Self::unavailable(e));
+                }
+            }
+        }
+        Err(Error::ClusterUnavailable("too many concurrent publishers on this channel; retry".into()))
+    }
+
+    /// Sends a join/leave frame to the channel's subscribers on every node (not stored).
+    pub async fn publish_event(
+        &self,
+        ch: &Channel,
+        frame: Utf8Bytes,
+        except: Option<herald_core::ConnId>,
+    ) -> Result<(), Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_EVENT, "1");
+        if let Some(conn) = except {
+            headers.insert(HEADER_ORIGIN, format!("{}/{}", self.node_id, conn.0).as_str());
+        }
+        self.client
+            .publish_with_headers(feed_subject(&ch.tenant, &ch.name), headers, Bytes::from(frame))
+            .await
+            .map_err(Self::unavailable)
+    }
+
+    /// Walks a channel's stored messages backwards from sequence `from_seq` and collects
+    /// positions `after + 1 ..= upto` of `epoch`, oldest first. Returns them with whether the
+    /// run is complete; when some expired or were trimmed, the newest part that is still
+    /// stored comes back with `false`.
+    pub async fn read_back(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+        ttl: Duration,
+    ) -> Result<(Vec<Arc<Publication>>, bool), Error> {
+        let mut out = Vec::with_capacity(upto.saturating_sub(after).min(1024) as usize);
+        let mut seq = from_seq;
+        let complete = loop {
+            if seq == 0 {
+                break false;
+            }
+            let Some(msg) = self.message(seq).await? else { break false };
+            // After the stream was re-created a stale sequence may name another subject.
+            if msg.subject.as_str() != subject {
+                break false;
+            }
+            let headers = Some(&msg.headers);
+            let (Some(last), Some(previous)) =
+                (header_u64(headers, HEADER_POSITION), header_u64(headers, HEADER_PREVIOUS))
+            else {
+                break false;
+            };
+            let count = count_of(headers);
+            let first = (last + 1).saturating_sub(count);
+            if header_str(headers, HEADER_EPOCH) != Some(epoch) || last <= after || first == 0 {
+                break false;
+            }
+            if first <= upto {
+                let Some(stored) = publications(msg.payload, count, ttl) else { break false };
+                out.extend(stored.into_iter().rev().filter(|p| p.position > after && p.position <= upto));
+            }
+            if first <= after + 1 {
+                break true;
+            }
+            seq = previous;
+        };
+        out.reverse();
+        Ok((out, complete))
+    }
+
+    /// History of a channel from the stream (the REST API and the `history` command).
+    pub(crate) async fn stream_history(
+        &self,
+        ch: &Channel,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<HistorySlice, Error> {
+        let options = ch.options();
+        let ttl = ttl_of(&options);
+        let subject = history_subject(&ch.tenant, &ch.name);
+        let head = self.head(&subject).await?;
+        let size = u64::from(options.history_size);
+        let slice = |publications, complete| HistorySlice {
+            publications,
+            epoch: head.epoch.clone(),
+            position: head.position,
+            complete,
+        };
+        match since {
+            Some(since) => {
+                match since.missed_in(&head.epoch, head.position, options.history_size) {
+                    None => return Ok(slice(Vec::new(), false)),
+                    Some(0) => return Ok(slice(Vec::new(), true)),
+                    Some(_) => {}
+                }
+                let upto = head.position.min(since.position + limit as u64);
+                match self.read_back(&subject, head.seq, &head.epoch, since.position, upto, ttl).await? {
+                    (found, true) => Ok(slice(found, true)),
+                    (_, false) => Ok(slice(Vec::new(), false)),
+                }
+            }
+            None => {
+                // The newest messages still stored, oldest first.
+                let n = size.min(limit as u64).min(head.position);
+                let (found, _) = self
+                    .read_back(&subject, head.seq, &head.epoch, head.position - n, head.position, ttl)
+                    .await?;
+                Ok(slice(found, true))
+            }
+        }
+    }
+}

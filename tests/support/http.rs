@@ -1,0 +1,174 @@
+//! Talking REST to a node: a client bound to one credential, its replies (with problem
+//! assertions), and tenant setup (a tenant with an API key; a tenant ready for realtime tests).
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::process::Herald;
+
+/// An HTTP client bound to one node and one credential.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+/// A response: status, content type and JSON body (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        self.body
+    }
+
+    /// Asserts a problem response with this status and code; returns the problem.
+    #[track_caller]
+    pub fn problem(self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.body);
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert_eq!(self.body["status"], status, "body: {}", self.body);
+        assert_eq!(self.body["type"], format!("urn:herald:problem:{code}"));
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        self.body
+    }
+}
+
+impl Client {
+    pub async fn raw(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some((content_type, bytes)) = body {
+            req = req.header("content-type", content_type).body(bytes);
+        }
+        let resp = req.timeout(Duration::from_secs(30)).send().await.expect("request sent");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = resp.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply { status, content_type, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.raw(Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.raw(Method::DELETE, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.raw(Method::POST, path, Some(("application/json", body.to_string().into_bytes()))).await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Reply {
+        self.raw(Method::POST, path, None).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.raw(Method::PATCH, path, Some(("application/json", body.to_string().into_bytes()))).await
+    }
+
+    pub async fn post_bytes(&self, path: &str, content_type: &str, bytes: Vec<u8>) -> Reply {
+        self.raw(Method::POST, path, Some((content_type, bytes))).await
+    }
+}
+
+/// Creates a tenant and an API key with `scopes`; returns the key's secret.
+pub async fn tenant_with_key(admin: &Client, tenant: &str, scopes: &[&str]) -> String {
+    admin.post("/v1/tenants", serde_json::json!({"id": tenant, "name": tenant})).await.expect(201);
+    let key = admin
+        .post(
+            &format!("/v1/tenants/{tenant}/api-keys"),
+            serde_json::json!({"name": "test", "scopes": scopes}),
+        )
+        .await
+        .expect(201);
+    key["secret"].as_str().expect("secret").to_owned()
+}
+
+/// A tenant ready for realtime tests: an all-scope API key and an HS256 signing key.
+pub struct RealtimeTenant {
+    pub id: String,
+    pub key: Client,
+    pub hs_secret: String,
+}
+
+pub async fn realtime_tenant(h: &Herald, id: &str) -> RealtimeTenant {
+    let admin = h.admin();
+    admin.post("/v1/tenants", serde_json::json!({"id": id, "name": id})).await.expect(201);
+    let key = admin
+        .post(
+            &format!("/v1/tenants/{id}/api-keys"),
+            serde_json::json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read"]}),
+        )
+        .await
+        .expect(201);
+    let hs = admin
+        .post(
+            &format!("/v1/tenants/{id}/signing-keys"),
+            serde_json::json!({"algorithm": "HS256", "kid": "hs"}),
+        )
+        .await
+        .expect(201);
+    RealtimeTenant {
+        id: id.to_owned(),
+        key: h.client(key["secret"].as_str().unwrap()),
+        hs_secret: hs["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+impl RealtimeTenant {
+    /// Mints a client token through the API with these capabilities.
+    pub async fn token(&self, sub: &str, caps: Value) -> String {
+        self.token_ttl(sub, caps, 3600).await
+    }
+
+    pub async fn token_ttl(&self, sub: &str, caps: Value, ttl: u64) -> String {
+        let minted = self
+            .key
+            .post(
+                &format!("/v1/tenants/{}/tokens", self.id),
+                serde_json::json!({"sub": sub, "capabilities": caps, "ttl_seconds": ttl}),
+            )
+            .await
+            .expect(201);
+        minted["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        self.key
+            .post(
+                &format!("/v1/tenants/{}/channels/{channel}/messages", self.id),
+                serde_json::json!({"data": data}),
+            )
+            .await
+            .expect(200)
+    }
+}
