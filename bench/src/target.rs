@@ -149,6 +149,8 @@ impl Server {
             }
         }
         cmd.env("HERALD_ADMIN_TOKEN", node.admin_token);
+        // Load comes from a few source addresses, thousands of connections each.
+        cmd.env("HERALD_MAX_CONNECTIONS_PER_IP", "0");
         for (k, v) in node.env {
             cmd.env(k, v);
         }

@@ -65,6 +65,14 @@ pub const KEYS: &[&str] = &[
     "cluster_heartbeat_seconds",
     "cluster_history_max_bytes",
     "cluster_replicas",
+    "http_header_read_timeout_seconds",
+    "http_write_timeout_seconds",
+    "max_connections_per_ip",
+    "trusted_proxies",
+    "history_max_bytes",
+    "tenant_history_max_bytes",
+    "max_live_channels_per_tenant",
+    "admin_login_per_minute",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -184,6 +192,22 @@ pub struct Config {
     /// JetStream replicas of the history stream and the presence bucket (1 on a single NATS
     /// server; 3 on a NATS cluster so a NATS server can fail without losing history).
     pub cluster_replicas: usize,
+    /// A request head must arrive whole within this (also ends idle keep-alive connections).
+    pub http_header_read_timeout: Duration,
+    /// A write to a client that makes no progress for this long ends the connection.
+    pub http_write_timeout: Duration,
+    /// Open connections allowed per client address (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// Reverse proxies and load balancers: exempt from `max_connections_per_ip`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Bytes of message history one node keeps in memory for all tenants together.
+    pub history_max_bytes: u64,
+    /// Bytes of message history one node keeps per tenant (unless its limits say otherwise).
+    pub tenant_history_max_bytes: u64,
+    /// Channels (explicit and implicit) one tenant may have live on one node.
+    pub max_live_channels_per_tenant: u64,
+    /// Admin login attempts allowed per client address and minute (burst: as many at once).
+    pub admin_login_per_minute: std::num::NonZeroU32,
 }
 
 impl std::fmt::Debug for Config {
@@ -219,6 +243,14 @@ impl std::fmt::Debug for Config {
             .field("cluster_heartbeat", &self.cluster_heartbeat)
             .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
             .field("cluster_replicas", &self.cluster_replicas)
+            .field("http_header_read_timeout", &self.http_header_read_timeout)
+            .field("http_write_timeout", &self.http_write_timeout)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("history_max_bytes", &self.history_max_bytes)
+            .field("tenant_history_max_bytes", &self.tenant_history_max_bytes)
+            .field("max_live_channels_per_tenant", &self.max_live_channels_per_tenant)
+            .field("admin_login_per_minute", &self.admin_login_per_minute)
             .finish()
     }
 }
@@ -373,6 +405,22 @@ impl Config {
             None => None,
         };
 
+        let trusted_proxies = match l.get("trusted_proxies") {
+            Some((raw, _)) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            l.invalid("trusted_proxies", format!("`{p}` is not an IP address or CIDR range"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+
         let config = Config {
             listen,
             data_dir,
@@ -411,6 +459,27 @@ impl Config {
                 (1 << 20)..=(1 << 40),
             )?,
             cluster_replicas: l.number("cluster_replicas", 1, 1..=5)?,
+            http_header_read_timeout: l.seconds("http_header_read_timeout_seconds", 10, 1..=300)?,
+            http_write_timeout: l.seconds("http_write_timeout_seconds", 30, 1..=3600)?,
+            max_connections_per_ip: l.number("max_connections_per_ip", 4096, 0..=10_000_000)?,
+            trusted_proxies,
+            history_max_bytes: l.number("history_max_bytes", 1 << 30, (1 << 20)..=(1 << 40))?,
+            tenant_history_max_bytes: l.number(
+                "tenant_history_max_bytes",
+                128 << 20,
+                (1 << 16)..=(1 << 40),
+            )?,
+            max_live_channels_per_tenant: l.number(
+                "max_live_channels_per_tenant",
+                100_000,
+                1..=100_000_000,
+            )?,
+            admin_login_per_minute: std::num::NonZeroU32::new(l.number(
+                "admin_login_per_minute",
+                10,
+                1..=100_000,
+            )?)
+            .expect("the range starts at 1"),
         };
         Ok(config)
     }

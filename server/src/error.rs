@@ -17,6 +17,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// RFC 9457 problem details.
 #[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Problem {
     /// `urn:herald:problem:<code>`.
     #[oai(rename = "type")]

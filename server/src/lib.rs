@@ -7,7 +7,8 @@
 //! - [`api`]: the REST API (poem-openapi), one module per area; [`auth`] says who is calling.
 //! - [`error`]: the problem-details shape, built from the core's table of error codes.
 //! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`.
-//! - [`server`]: routes, health endpoints, graceful shutdown.
+//! - [`server`]: routes, health endpoints, graceful shutdown; [`listener`]: the connection
+//!   layer (accept loop, header-read and write timeouts, per-address limits).
 //!
 //! The delivery core is `herald-core`, the cluster backend `herald-nats`, persistence
 //! `herald-store`, the domain types `herald-types`.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod listener;
 pub mod server;
 pub mod state;
 pub mod transport;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem::endpoint::make_sync;
-use poem::listener::TcpAcceptor;
 use poem::middleware::AddData;
 use poem::web::Json;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
@@ -203,6 +202,9 @@ pub async fn serve(
             let Some(state) = sweeper.upgrade() else { return };
             state.long_polls.sweep();
             ticks += 1;
+            if ticks % 60 == 0 {
+                state.login_limiter.retain_recent();
+            }
             // Revocations of tokens that have expired anyway are dropped once a minute.
             if ticks % 60 == 0
                 && let Err(e) = state.store.prune_revoked_tokens(herald_store::now()).await
@@ -218,11 +220,14 @@ pub async fn serve(
             hub_state.hub.shutdown();
         }
     });
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
     let hub = state.hub.clone();
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), signal, Some(grace))
-        .await?;
+    let limits = crate::listener::ConnectionLimits {
+        header_read_timeout: state.config.http_header_read_timeout,
+        write_timeout: state.config.http_write_timeout,
+        max_connections_per_ip: state.config.max_connections_per_ip,
+        trusted_proxies: state.config.trusted_proxies.clone(),
+    };
+    crate::listener::serve(listener, app(state), limits, signal, grace).await?;
     // One grace period in all, counted from the signal.
     let started = signalled_at.lock().expect("shutdown lock").unwrap_or_else(tokio::time::Instant::now);
     let deadline = started + grace;

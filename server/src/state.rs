@@ -30,6 +30,8 @@ pub struct AppState {
     /// HMAC key for SSE and long-poll cursors, derived from the master key so that a cursor
     /// from one node is accepted by every node.
     pub cursor_key: [u8; 32],
+    /// Admin logins per client address (`admin_login_per_minute`).
+    pub login_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Long-poll sessions between polls.
     pub long_polls: crate::transport::longpoll::LongPolls,
 }
@@ -48,10 +50,14 @@ fn hub_settings(config: &Config) -> HubSettings {
         ping_interval: config.ping_interval,
         pong_timeout: config.pong_timeout,
         auth_timeout: config.auth_timeout,
+        write_timeout: config.http_write_timeout,
         max_inbound_frame_bytes: config.max_frame_bytes,
         max_subscriptions_per_connection: config.max_subscriptions_per_connection,
         idempotency_window: config.idempotency_window,
         reconnect_spread: config.reconnect_spread,
+        history_max_bytes: config.history_max_bytes,
+        tenant_history_max_bytes: config.tenant_history_max_bytes,
+        max_live_channels_per_tenant: config.max_live_channels_per_tenant,
     }
 }
 
@@ -188,6 +194,9 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),
+        login_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(
+            config.admin_login_per_minute,
+        )),
         config,
         store,
         master,

@@ -64,6 +64,7 @@ async fn cluster(n: usize) -> Option<Cluster> {
                     ("HERALD_SECRET_KEY".into(), key.clone()),
                     ("HERALD_CLUSTER_HEARTBEAT_SECONDS".into(), HEARTBEAT_SECONDS.to_string()),
                 ],
+                ..Default::default()
             })
             .await,
         );

@@ -51,6 +51,10 @@ async fn publish_refusals_are_the_same_on_rest_and_websocket() {
         frame["channel"] = json!("chat:room");
         same_answer(&ws.call(frame).await, &problem);
     }
+    // `null` is data on both.
+    t.key.post("/v1/tenants/acme/channels/chat:nulls/messages", json!({"data": null})).await.expect(200);
+    let frame = ws.call(json!({"type": "publish", "channel": "chat:nulls", "data": null})).await;
+    assert_eq!(frame["type"], "published", "{frame}");
     // Nothing refused was published.
     let history = t.key.get("/v1/tenants/acme/channels/chat:room/messages").await.expect(200);
     assert_eq!(history["publications"], json!([]), "{history}");

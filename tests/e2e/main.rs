@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 pub mod support;
 
+mod api_fuzz;
 mod architecture;
 mod auth;
 mod browser;
@@ -13,6 +14,7 @@ mod cluster;
 mod consistency;
 mod dashboard;
 mod errors;
+mod hardening;
 mod isolation;
 mod jwt;
 mod keys;

@@ -85,6 +85,8 @@ pub struct Start {
     pub admin_token: Option<String>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run the node with at most this many open file descriptors (`prlimit --nofile`).
+    pub fd_limit: Option<u64>,
 }
 
 impl Herald {
@@ -112,7 +114,14 @@ impl Herald {
     async fn spawn(opts: Start, data_dir: PathBuf, dir: Option<tempfile::TempDir>) -> Herald {
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = match opts.fd_limit {
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_herald"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        };
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(&data_dir);
         if let Some(url) = &opts.database_url {
             cmd.arg("--database-url").arg(url);
@@ -192,6 +201,16 @@ impl Herald {
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
+    }
+
+    /// CPU time the node has used so far (user + system), from /proc.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
     }
 
     /// The node's resident memory in KiB, from /proc.

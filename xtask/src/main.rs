@@ -169,6 +169,14 @@ fn test(args: &[String]) -> Result {
             tests.env_remove("HERALD_TEST_OPENAPI_PYTHON");
         }
     }
+    match schemathesis::ensure()? {
+        Some(cli) => {
+            tests.env("HERALD_TEST_SCHEMATHESIS", cli);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_SCHEMATHESIS");
+        }
+    }
     match nats::ensure()? {
         Some(nats_server) => {
             tests.env("HERALD_TEST_NATS_SERVER", nats_server);
@@ -412,6 +420,37 @@ mod python_generator {
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&venv);
                 missing("generated-client", &format!("{e}; needs python3-venv and access to PyPI"))
+            }
+        }
+    }
+}
+
+/// schemathesis (PyPI) for the API fuzzing test (`tests/e2e/api_fuzz.rs`).
+mod schemathesis {
+    use super::*;
+
+    /// Pinned so that a new release cannot change what the test proves overnight.
+    const PACKAGE: &str = "schemathesis==4.32.5";
+
+    pub fn ensure() -> Result<Option<PathBuf>> {
+        let venv = root().join(".cache/schemathesis");
+        let cli = venv.join("bin/schemathesis");
+        if cli.exists() {
+            return Ok(Some(cli));
+        }
+        if !have("python3") {
+            return missing("API fuzzing", "install Python 3 (python3 with venv and pip)");
+        }
+        eprintln!("xtask: installing {PACKAGE} into .cache/schemathesis");
+        let created = status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+        let installed = created.and_then(|()| {
+            status(Command::new(venv.join("bin/pip")).args(["install", "--quiet", PACKAGE]), "pip install")
+        });
+        match installed {
+            Ok(()) => Ok(Some(cli)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&venv);
+                missing("API fuzzing", &format!("{e}; needs python3-venv and access to PyPI"))
             }
         }
     }

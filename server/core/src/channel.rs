@@ -130,8 +130,10 @@ pub struct Retired;
 pub struct Channel {
     pub tenant: Arc<str>,
     pub name: Arc<str>,
-    /// The tenant's counters on this node.
+    /// The tenant's counters on this node (its history budget among them).
     pub counters: Arc<Counters>,
+    /// The node's counters: the node-wide history budget.
+    node: Arc<Counters>,
     /// The broker's own state for this channel ([`crate::backend::Broker::open_channel`]).
     pub backend: ChannelState,
     inner: Mutex<Inner>,
@@ -142,18 +144,34 @@ pub fn new_epoch() -> Arc<str> {
     Arc::from(crate::crypto::random_token("", 6).as_str())
 }
 
+/// A forgotten channel gives its recent messages' bytes back to the budgets.
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.counters.live_channels.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let inner = self.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in std::mem::take(&mut inner.recent) {
+            let n = p.weight() as u64;
+            self.counters.history.give(n);
+            self.node.history.give(n);
+        }
+    }
+}
+
 impl Channel {
     pub fn new(
         tenant: Arc<str>,
         name: Arc<str>,
         options: EffectiveChannelOptions,
         counters: Arc<Counters>,
+        node: Arc<Counters>,
         seed: ChannelSeed,
     ) -> Channel {
+        counters.live_channels.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Channel {
             tenant,
             name,
             counters,
+            node,
             backend: seed.state,
             inner: Mutex::new(Inner {
                 epoch: seed.epoch,
@@ -171,6 +189,55 @@ impl Channel {
         self.inner.lock().expect("channel lock")
     }
 
+    /// Gives the bytes of a dropped recent message back to the tenant's and node's budgets.
+    fn release(&self, p: &Publication) {
+        let n = p.weight() as u64;
+        self.counters.history.give(n);
+        self.node.history.give(n);
+    }
+
+    fn pop_oldest(&self, inner: &mut Inner) -> bool {
+        match inner.recent.pop_front() {
+            Some(p) => {
+                self.release(&p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn clear_recent(&self, inner: &mut Inner) {
+        while self.pop_oldest(inner) {}
+    }
+
+    /// Keeps a delivered message among the recent ones, within the channel's `history_size` and
+    /// the tenant's and node's history budgets. Over a budget the channel first drops its own
+    /// oldest messages; when that is not enough, it keeps nothing (the recent messages must stay
+    /// contiguous), so a later resume from before says `recovered: false`.
+    fn retain(&self, inner: &mut Inner, publication: &Arc<Publication>) {
+        debug_assert!(inner.recent.back().is_none_or(|p| p.position + 1 == publication.position));
+        let history_size = inner.options.history_size as usize;
+        if history_size == 0 {
+            return;
+        }
+        while inner.recent.len() >= history_size {
+            self.pop_oldest(inner);
+        }
+        let n = publication.weight() as u64;
+        loop {
+            if self.counters.history.try_take(n) {
+                if self.node.history.try_take(n) {
+                    inner.recent.push_back(publication.clone());
+                    return;
+                }
+                self.counters.history.give(n);
+            }
+            if !self.pop_oldest(inner) {
+                return; // Nothing of its own left to give up: this one is not kept.
+            }
+        }
+    }
+
     /// The broker's state for this channel, as the type the broker put there.
     pub fn state<T: 'static>(&self) -> &T {
         self.backend.downcast_ref().expect("a channel's state is its own broker's")
@@ -185,7 +252,7 @@ impl Channel {
         inner.options = options;
         let size = inner.options.history_size as usize;
         while inner.recent.len() > size {
-            inner.recent.pop_front();
+            self.pop_oldest(&mut inner);
         }
     }
 
@@ -227,7 +294,7 @@ impl Channel {
         let mut inner = self.lock();
         inner.epoch = epoch;
         inner.last_position = position;
-        inner.recent.clear();
+        self.clear_recent(&mut inner);
     }
 
     /// The one way a message reaches this node's subscribers: the broker hands over each
@@ -243,17 +310,13 @@ impl Channel {
             || Some(publication.position) != inner.last_position.checked_add(1)
         {
             inner.epoch = publication.epoch.clone();
-            inner.recent.clear();
+            self.clear_recent(&mut inner);
         }
         inner.last_position = publication.position;
         inner.last_active = Instant::now();
-        let history_size = inner.options.history_size as usize;
-        if history_size > 0 {
-            inner.recent.push_back(publication.clone());
-            while inner.recent.len() > history_size {
-                inner.recent.pop_front();
-            }
-        }
+        // When it is not kept, `retain` has given up every older one too: the recent messages
+        // stay a contiguous run ending at the newest position.
+        self.retain(&mut inner, &publication);
         let (delivered, overflowed) = Self::fan_out(&mut inner, &publication);
         stats.record_delivery(&self.counters, delivered, overflowed);
         Ok(())
@@ -269,17 +332,17 @@ impl Channel {
         self.lock().last_active = Instant::now();
     }
 
-    fn drop_expired(inner: &mut Inner, now: Instant) {
+    fn drop_expired(&self, inner: &mut Inner, now: Instant) {
         while inner.recent.front().is_some_and(|p| p.expires_at <= now) {
-            inner.recent.pop_front();
+            self.pop_oldest(inner);
         }
     }
 
     /// What the recent messages can say about the messages after `since`. An empty epoch with
     /// position 0 (a cluster channel that had no messages yet when the client subscribed)
     /// means "from the start of the current epoch".
-    fn replay(inner: &mut Inner, since: &StreamPosition) -> Replay {
-        Self::drop_expired(inner, Instant::now());
+    fn replay(&self, inner: &mut Inner, since: &StreamPosition) -> Replay {
+        self.drop_expired(inner, Instant::now());
         match since.missed_in(&inner.epoch, inner.last_position, inner.options.history_size) {
             None => return Replay::Unrecoverable,
             Some(0) => return Replay::Covered(Vec::new()),
@@ -299,7 +362,7 @@ impl Channel {
     /// What a subscription resuming from `since` would need from a deeper store, if anything.
     pub fn needs_backfill(&self, since: Option<&StreamPosition>) -> Option<Replay> {
         let since = since?;
-        match Self::replay(&mut self.lock(), since) {
+        match self.replay(&mut self.lock(), since) {
             older @ Replay::Older { .. } => Some(older),
             _ => None,
         }
@@ -330,7 +393,7 @@ impl Channel {
         }
         inner.last_active = Instant::now();
         let (recovered, missed) = match since {
-            Some(since) => match (Self::replay(&mut inner, since), backfill) {
+            Some(since) => match (self.replay(&mut inner, since), backfill) {
                 (Replay::Covered(missed), _) => (Some(true), missed),
                 (Replay::Older { .. }, Backfill::Filled(missed)) => (Some(true), missed),
                 _ => (Some(false), Vec::new()),
@@ -358,9 +421,9 @@ impl Channel {
     /// most `limit`. `complete` is false when `since` reaches further back than they do.
     pub fn history(&self, since: Option<&StreamPosition>, limit: usize) -> HistorySlice {
         let mut inner = self.lock();
-        Self::drop_expired(&mut inner, Instant::now());
+        self.drop_expired(&mut inner, Instant::now());
         let (complete, publications) = match since {
-            Some(since) => match Self::replay(&mut inner, since) {
+            Some(since) => match self.replay(&mut inner, since) {
                 Replay::Covered(mut missed) => {
                     missed.truncate(limit);
                     (true, missed)
@@ -372,6 +435,7 @@ impl Channel {
                 (true, inner.recent.iter().skip(skip).cloned().collect())
             }
         };
+        let publications = page_by_bytes(publications, since.is_some());
         HistorySlice { publications, epoch: inner.epoch.clone(), position: inner.last_position, complete }
     }
 
@@ -390,7 +454,7 @@ impl Channel {
     /// subscribers; the hub forgets it. Returns whether it is retired.
     pub fn retire_if(&self, now: Instant, idle: impl FnOnce(&ChannelUse) -> bool) -> bool {
         let mut inner = self.lock();
-        Self::drop_expired(&mut inner, now);
+        self.drop_expired(&mut inner, now);
         inner.subscribers.retain(|_, s| !s.outbox.is_closed());
         let usage = ChannelUse {
             subscribers: inner.subscribers.len(),
@@ -402,6 +466,33 @@ impl Channel {
         }
         inner.retired
     }
+}
+
+/// The most message bytes one history read returns (besides its count limit); a longer
+/// stretch is read in pages.
+pub const MAX_HISTORY_PAGE_BYTES: usize = 4 << 20;
+
+/// Cuts a history read to [`MAX_HISTORY_PAGE_BYTES`], always keeping one message: from the
+/// oldest when reading forward from a position (the next page continues after the last one),
+/// from the newest when reading the latest messages.
+pub fn page_by_bytes(mut publications: Vec<Arc<Publication>>, forward: bool) -> Vec<Arc<Publication>> {
+    let total: usize = publications.iter().map(|p| p.weight()).sum();
+    if total <= MAX_HISTORY_PAGE_BYTES {
+        return publications;
+    }
+    let mut bytes = 0;
+    let fits = |p: &Arc<Publication>, bytes: &mut usize| {
+        *bytes += p.weight();
+        *bytes <= MAX_HISTORY_PAGE_BYTES
+    };
+    if forward {
+        let keep = publications.iter().take_while(|p| fits(p, &mut bytes)).count().max(1);
+        publications.truncate(keep);
+    } else {
+        let keep = publications.iter().rev().take_while(|p| fits(p, &mut bytes)).count().max(1);
+        publications.drain(..publications.len() - keep);
+    }
+    publications
 }
 
 /// How a channel is used, as [`Channel::retire_if`] shows it to a broker.

@@ -104,20 +104,64 @@ impl MasterKey {
     }
 }
 
-/// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((creds, host)) = rest.split_once('@')
-        && let Some((user, _)) = creds.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
+/// A URL, or a comma-separated list of them, fit for a log line: passwords in the userinfo
+/// and secret-looking query parameters (`password`, `token`, `secret`, `key`, …) become `***`.
+/// Parsed with a real URL parser, so `@` or `:` inside a password, several servers and query
+/// strings are all handled; text that is not a URL is replaced whole when it could hold one.
+pub fn redact_url(text: &str) -> String {
+    text.split(',').map(|part| redact_one(part.trim())).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(part: &str) -> String {
+    const SECRET_PARAMS: &[&str] =
+        &["password", "pass", "pwd", "token", "secret", "key", "auth", "sslpassword"];
+    let Ok(mut url) = url::Url::parse(part) else {
+        return if part.contains('@') || part.contains('?') {
+            "<unparsable url>".into()
+        } else {
+            part.to_owned()
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
-    url.to_owned()
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|s| k.to_ascii_lowercase().contains(s));
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u:p@ss@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("nats://a:one@n1:4222, nats://b:two@n2:4222"),
+            "nats://a:***@n1:4222,nats://b:***@n2:4222"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=hunter2&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite://./data/herald.db?mode=rwc"), "sqlite://./data/herald.db?mode=rwc");
+        for secret in ["hunter2", "one", "two", "p@ss"] {
+            assert!(
+                !redact_url("postgres://u:p@ss@h/db?password=hunter2,nats://a:one@n,nats://b:two@n")
+                    .contains(secret)
+            );
+        }
+    }
 
     #[test]
     fn seal_round_trips_and_rejects_other_keys() {

@@ -66,6 +66,10 @@ impl TenantSnapshot {
 /// Revocations loaded per tenant at most; more are kept in the store but not enforced live.
 const MAX_REVOCATIONS: u64 = 100_000;
 
+/// How long "no such tenant" is remembered, and for how many ids at most.
+const MISSING_TTL: Duration = Duration::from_secs(2);
+const MAX_MISSING: usize = 10_000;
+
 /// How long a cached API key lookup is trusted.
 const API_KEY_TTL: Duration = Duration::from_secs(5);
 
@@ -102,15 +106,28 @@ pub struct Directory {
     ttl: Duration,
     tenants: Mutex<HashMap<String, Arc<TenantSnapshot>>>,
     api_keys: Mutex<HashMap<String, Arc<CachedKey>>>,
+    /// Tenant ids recently looked up and not found, so a flood of tokens naming unknown
+    /// tenants does not become a flood of database reads.
+    missing: Mutex<HashMap<String, Instant>>,
 }
 
 impl Directory {
     pub fn new(store: Arc<dyn ConfigSource>, master: MasterKey, ttl: Duration) -> Directory {
-        Directory { store, master, ttl, tenants: Mutex::default(), api_keys: Mutex::default() }
+        Directory {
+            store,
+            master,
+            ttl,
+            tenants: Mutex::default(),
+            api_keys: Mutex::default(),
+            missing: Mutex::default(),
+        }
     }
 
     /// The tenant's snapshot, loading it if absent or stale; `None` if the tenant does not exist.
     pub async fn tenant(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
+        if self.missing.lock().expect("directory lock").get(id).is_some_and(|at| at.elapsed() < MISSING_TTL) {
+            return Ok(None);
+        }
         if let Some(snapshot) = self.tenants.lock().expect("directory lock").get(id)
             && snapshot.loaded.elapsed() < self.ttl
         {
@@ -118,6 +135,11 @@ impl Directory {
         }
         let Some(snapshot) = self.load(id).await? else {
             self.tenants.lock().expect("directory lock").remove(id);
+            let mut missing = self.missing.lock().expect("directory lock");
+            if missing.len() >= MAX_MISSING {
+                missing.clear();
+            }
+            missing.insert(id.to_owned(), Instant::now());
             return Ok(None);
         };
         let snapshot = Arc::new(snapshot);
@@ -182,6 +204,7 @@ impl Directory {
     /// Forgets what is cached about the tenant, so the next use reloads it.
     pub fn invalidate(&self, id: &str) {
         self.tenants.lock().expect("directory lock").remove(id);
+        self.missing.lock().expect("directory lock").remove(id);
         self.api_keys.lock().expect("directory lock").retain(|_, k| k.key.tenant_id != id);
     }
 

@@ -84,6 +84,7 @@ codes! {
     OriginNotAllowed = "origin_not_allowed", 403, "The page's Origin is not in the tenant's allowed origins.";
     PermissionDenied = "permission_denied", 403, "The token has no capability for this action on this channel.";
     PublishNotAllowed = "publish_not_allowed", 403, "The channel's `client_publish` option is off.";
+    Disconnected = "disconnected", 403, "The user was disconnected through the API (close code 4006); do not reconnect.";
     PresenceDisabled = "presence_disabled", 403, "The channel's `presence` option is off.";
     TokenMismatch = "token_mismatch", 403, "A refreshed token is for another user.";
     // Not there.
@@ -171,6 +172,9 @@ pub enum Error {
     NotSubscribed,
     #[error("the tenant no longer exists")]
     TenantNotFound,
+    /// A tenant quota of this node (live channels) is used up.
+    #[error("the tenant may have at most {limit} {what} live on a node")]
+    QuotaExceeded { what: &'static str, limit: u64 },
     #[error("the connection is closing")]
     Closed,
     /// Cluster mode: NATS cannot be reached (or did not acknowledge); nothing was accepted.
@@ -196,6 +200,7 @@ impl Error {
             Error::AlreadySubscribed => Code::AlreadySubscribed,
             Error::NotSubscribed => Code::NotSubscribed,
             Error::TenantNotFound => Code::TenantNotFound,
+            Error::QuotaExceeded { .. } => Code::QuotaExceeded,
             Error::Closed => Code::Closed,
             Error::ClusterUnavailable(_) => Code::ClusterUnavailable,
             Error::Store(_) => Code::Internal,
@@ -208,7 +213,8 @@ impl Error {
             Error::MessageTooLarge { limit }
             | Error::RateLimited { limit }
             | Error::TooManySubscriptions { limit }
-            | Error::TooManySubscribers { limit } => Some(*limit),
+            | Error::TooManySubscribers { limit }
+            | Error::QuotaExceeded { limit, .. } => Some(*limit),
             _ => None,
         }
     }

@@ -33,11 +33,19 @@ pub struct HubSettings {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub auth_timeout: Duration,
+    /// A write to a client that makes no progress for this long ends the connection.
+    pub write_timeout: Duration,
     pub max_inbound_frame_bytes: usize,
     pub max_subscriptions_per_connection: u32,
     pub idempotency_window: Duration,
     /// Clients told to reconnect on shutdown spread their reconnects over this window.
     pub reconnect_spread: Duration,
+    /// Bytes of history (recent messages) this node keeps for all tenants together.
+    pub history_max_bytes: u64,
+    /// Bytes of history this node keeps per tenant, unless the tenant's limits say otherwise.
+    pub tenant_history_max_bytes: u64,
+    /// Channels (explicit and implicit) one tenant may have live on this node.
+    pub max_live_channels_per_tenant: u64,
 }
 
 /// A live connection as the hub knows it.
@@ -96,6 +104,7 @@ impl Hub {
             sample: Mutex::default(),
             backend,
         });
+        hub.stats.node().history.set_limit(hub.settings.history_max_bytes);
         let node: Arc<dyn Node> = hub.clone();
         hub.backend.broker.start(Arc::downgrade(&node));
         let weak = Arc::downgrade(&hub);
@@ -130,6 +139,12 @@ impl Hub {
             return Ok(channel);
         }
         let options = self.directory.resolve_channel(tenant, name).await?.ok_or(Error::ChannelNotFound)?;
+        let counters = self.stats.tenant(tenant.id());
+        counters.history.set_limit(self.tenant_history_limit(tenant));
+        let max = self.settings.max_live_channels_per_tenant;
+        if counters.live_channels.load(Ordering::Relaxed) >= max {
+            return Err(Error::QuotaExceeded { what: "channels", limit: max });
+        }
         let mut shard = self.shard(tenant.id(), name).lock().expect("shard lock");
         let channels = shard.entry(Arc::from(tenant.id())).or_default();
         if let Some(existing) = channels.get(name) {
@@ -139,11 +154,17 @@ impl Hub {
             Arc::from(tenant.id()),
             Arc::from(name),
             options,
-            self.stats.tenant(tenant.id()),
+            counters,
+            self.stats.node().clone(),
             self.backend.broker.open_channel(),
         ));
         channels.insert(channel.name.clone(), channel.clone());
         Ok(channel)
+    }
+
+    /// The history budget of a tenant on this node.
+    fn tenant_history_limit(&self, tenant: &TenantSnapshot) -> u64 {
+        tenant.tenant.limits.max_history_bytes.unwrap_or(self.settings.tenant_history_max_bytes)
     }
 
     /// Options of a channel without creating it.
@@ -429,6 +450,7 @@ impl Hub {
             }
             return;
         };
+        self.stats.tenant(tenant_id).history.set_limit(self.tenant_history_limit(&snapshot));
         if snapshot.tenant.status == TenantStatus::Suspended {
             self.disconnect_where(tenant_id, Disconnect::TenantSuspended, |_| true);
         }

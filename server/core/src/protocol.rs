@@ -32,7 +32,8 @@ struct RawCommand<'a> {
     token: Option<String>,
     channel: Option<String>,
     since: Option<Since>,
-    #[serde(borrow)]
+    /// `null` is data like any other JSON value; only a missing field is missing.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     event: Option<String>,
     idempotency_key: Option<String>,
@@ -64,6 +65,11 @@ pub struct Request {
 pub struct BadFrame {
     pub id: Option<Box<RawValue>>,
     pub message: String,
+}
+
+/// A field that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 fn need<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, String> {
@@ -273,6 +279,10 @@ mod tests {
         let r = parse(r#"{"type":"subscribe","id":"s1","channel":"c","since":{"position":3,"epoch":"e"}}"#)
             .unwrap();
         assert!(matches!(r.command, Command::Subscribe { since: Some(Since { position: 3, .. }), .. }));
+        // `null` is data; a missing `data` is not.
+        let r = parse(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
+        assert!(matches!(r.command, Command::Publish { data, .. } if data.get() == "null"));
+        assert!(parse(r#"{"type":"publish","channel":"c"}"#).unwrap_err().message.contains("data"));
     }
 
     #[test]

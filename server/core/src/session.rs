@@ -406,8 +406,15 @@ impl Session {
         }
     }
 
-    /// Leaves every channel and unregisters. Call once when the transport ends.
-    pub fn close(mut self) {
+    /// Leaves every channel and unregisters (the same as dropping the session). Call once when
+    /// the transport ends.
+    pub fn close(self) {}
+}
+
+/// Ending a session however its task ends — normally, on error, or by a panic unwinding
+/// through it — leaves its channels and unregisters its connection, so no ghost stays listed.
+impl Drop for Session {
+    fn drop(&mut self) {
         for (name, ch) in std::mem::take(&mut self.subscriptions) {
             self.leave(&name, &ch);
         }

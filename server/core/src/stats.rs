@@ -18,6 +18,43 @@ pub struct Counters {
     pub delivered: AtomicU64,
     /// Connections closed because their queue overflowed.
     pub slow_consumers: AtomicU64,
+    /// Bytes of history this node holds (for a tenant: its channels'), against its budget.
+    pub history: Budget,
+    /// Gauge: channels live on this node (explicit and implicit).
+    pub live_channels: AtomicU64,
+}
+
+/// A byte budget: what is used of it, and its limit (0: none).
+#[derive(Default)]
+pub struct Budget {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl Budget {
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes if they fit under the limit.
+    pub fn try_take(&self, n: u64) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
+                let next = used.checked_add(n)?;
+                (limit == 0 || next <= limit).then_some(next)
+            })
+            .is_ok()
+    }
+
+    pub fn give(&self, n: u64) {
+        let _ =
+            self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| Some(used.saturating_sub(n)));
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -49,7 +86,7 @@ impl Counters {
 /// The node's counters, and the same counters per tenant.
 #[derive(Default)]
 pub struct Stats {
-    node: Counters,
+    node: std::sync::Arc<Counters>,
     tenants: std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, std::sync::Arc<Counters>>>,
 }
 
@@ -66,33 +103,33 @@ impl Stats {
     }
 
     pub(crate) fn connection_opened(&self, tenant: &Counters, t: Transport) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.connections[t.index()].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn connection_closed(&self, tenant: &Counters, t: Transport) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.connections[t.index()].fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     pub fn subscribed(&self, tenant: &Counters, delta: i64) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.subscriptions.fetch_add(delta, Ordering::Relaxed);
         }
     }
 
     /// A message stored in the channel's stream (by its broker).
     pub fn record_published(&self, tenant: &Counters) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.published.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// A stored message fanned out to this node's subscribers.
     pub(crate) fn record_delivery(&self, tenant: &Counters, delivered: u64, overflowed: u64) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.delivered.fetch_add(delivered, Ordering::Relaxed);
             if overflowed > 0 {
                 c.slow_consumers.fetch_add(overflowed, Ordering::Relaxed);
@@ -102,7 +139,7 @@ impl Stats {
 
     /// A user-targeted message handed to `delivered` connections.
     pub(crate) fn record_user_delivery(&self, tenant: &Counters, delivered: u64) {
-        for c in [&self.node, tenant] {
+        for c in [&*self.node, tenant] {
             c.published.fetch_add(1, Ordering::Relaxed);
             c.delivered.fetch_add(delivered, Ordering::Relaxed);
         }
@@ -110,6 +147,11 @@ impl Stats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         self.node.snapshot()
+    }
+
+    /// The node's own counters (its history budget among them).
+    pub fn node(&self) -> &std::sync::Arc<Counters> {
+        &self.node
     }
 
     /// Every tenant with counters on this node, by id.

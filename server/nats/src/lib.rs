@@ -165,7 +165,8 @@ impl Cluster {
                     }
                 }
             })
-            .connect(url)
+            // A comma-separated list names several servers of one NATS cluster.
+            .connect(url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>())
             .await
             .map_err(|e| ClusterError::Connect {
                 url: herald_core::crypto::redact_url(url),

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use herald_core::Error;
-use herald_core::channel::{Channel, HistorySlice, PublishOutcome, StreamPosition, new_epoch};
+use herald_core::channel::{Channel, HistorySlice, PublishOutcome, StreamPosition, new_epoch, page_by_bytes};
 use herald_core::publication::Publication;
 use herald_types::model::{EffectiveChannelOptions, MAX_HISTORY_SIZE};
 
@@ -617,7 +617,7 @@ impl Cluster {
                 }
                 let upto = head.position.min(since.position + limit as u64);
                 match self.read_back(&subject, head.seq, &head.epoch, since.position, upto, ttl).await? {
-                    (found, true) => Ok(slice(found, true)),
+                    (found, true) => Ok(slice(page_by_bytes(found, true), true)),
                     (_, false) => Ok(slice(Vec::new(), false)),
                 }
             }
@@ -627,7 +627,7 @@ impl Cluster {
                 let (found, _) = self
                     .read_back(&subject, head.seq, &head.epoch, head.position - n, head.position, ttl)
                     .await?;
-                Ok(slice(found, true))
+                Ok(slice(page_by_bytes(found, false), true))
             }
         }
     }

@@ -84,10 +84,14 @@ fn settings(node: &str, queue: usize) -> HubSettings {
         ping_interval: Duration::from_secs(25),
         pong_timeout: Duration::from_secs(10),
         auth_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(10),
         max_inbound_frame_bytes: 1 << 20,
         max_subscriptions_per_connection: 100,
         idempotency_window: Duration::from_secs(300),
         reconnect_spread: Duration::ZERO,
+        history_max_bytes: 1 << 30,
+        tenant_history_max_bytes: 1 << 28,
+        max_live_channels_per_tenant: 10_000,
     }
 }
 

@@ -14,6 +14,7 @@ use herald_types::model::Scope;
 pub struct AuditApi;
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct AuditEntryView {
     id: i64,
     at: DateTime<Utc>,
@@ -27,6 +28,7 @@ struct AuditEntryView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct AuditPage {
     items: Vec<AuditEntryView>,
     next_cursor: Option<String>,

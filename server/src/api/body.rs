@@ -75,6 +75,22 @@ fn body_error(path: String, message: String) -> ApiError {
     }
 }
 
+/// Parses a request body. Syntax first, so that malformed JSON is told apart from a
+/// well-formed body of the wrong shape; then the typed parse, straight from the bytes (raw JSON
+/// fields such as message data are borrowed, not re-encoded).
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::new(Code::MalformedJson, "the request body is empty"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(Code::MalformedJson, format!("body is not valid JSON: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        body_error(path, e.into_inner().to_string())
+    })
+}
+
 impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
@@ -86,19 +102,7 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
             poem::error::ReadBodyError::PayloadTooLarge => ApiError::too_large(limit as u64),
             other => ApiError::new(Code::MalformedBody, other.to_string()),
         })?;
-        if bytes.is_empty() {
-            return Err(ApiError::new(Code::MalformedJson, "the request body is empty").into());
-        }
-        // Syntax first, so that malformed JSON is told apart from a well-formed body of the
-        // wrong shape; then the typed parse, straight from the bytes (raw JSON fields such as
-        // message data are borrowed, not re-encoded).
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-            .map_err(|e| ApiError::new(Code::MalformedJson, format!("body is not valid JSON: {e}")))?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            body_error(path, e.into_inner().to_string())
-        })?;
+        let value = parse_json(&bytes)?;
         Ok(JsonBody { value, bytes })
     }
 }
@@ -177,5 +181,27 @@ mod tests {
         assert_eq!((e.code, e.field.as_deref()), (Code::InvalidType, Some("inner.n")));
         let e = parse(r#"{"name": "x", "inner": {"n": 1, "m": 2}}"#);
         assert_eq!((e.code, e.field.as_deref()), (Code::UnknownField, Some("inner.m")));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: a value or a problem with one of the body codes, never a panic.
+        #[test]
+        fn any_body_is_parsed_or_refused_with_a_body_code(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Err(e) = parse_json::<Outer>(&bytes) {
+                proptest::prop_assert!(matches!(
+                    e.code,
+                    Code::MalformedJson | Code::UnknownField | Code::MissingField | Code::InvalidType
+                ), "{:?}", e.code);
+            }
+        }
+
+        /// Well-formed JSON of the wrong shape names the field at fault.
+        #[test]
+        fn wrong_shapes_name_their_field(key in "[a-z]{1,8}", n in proptest::prelude::any::<i64>()) {
+            let body = format!(r#"{{"name": "x", "inner": {{"n": 1, "{key}x": {n}}}}}"#);
+            let e = parse_json::<Outer>(body.as_bytes()).unwrap_err();
+            proptest::prop_assert_eq!(e.code, Code::UnknownField);
+            proptest::prop_assert_eq!(e.field, Some(format!("inner.{key}x")));
+        }
     }
 }

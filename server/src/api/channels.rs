@@ -20,6 +20,7 @@ pub struct NamespacesApi;
 pub struct ChannelsApi;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct CreateNamespace {
@@ -32,6 +33,7 @@ struct CreateNamespace {
 /// A JSON merge patch of the options: fields left out keep their value, `null` resets one, and
 /// `"options": null` resets them all.
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct UpdateOptions {
@@ -39,6 +41,7 @@ struct UpdateOptions {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct NamespaceView {
     name: String,
     /// Options as set on the namespace.
@@ -62,12 +65,14 @@ impl From<Namespace> for NamespaceView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct NamespacePage {
     items: Vec<NamespaceView>,
     next_cursor: Option<String>,
 }
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct CreateChannel {
@@ -79,6 +84,7 @@ struct CreateChannel {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ChannelView {
     name: String,
     /// The namespace whose options apply, if the name has one.
@@ -92,6 +98,7 @@ struct ChannelView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ChannelPage {
     items: Vec<ChannelView>,
     next_cursor: Option<String>,

@@ -21,6 +21,7 @@ pub struct ApiKeysApi;
 pub struct SigningKeysApi;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct CreateApiKey {
@@ -34,6 +35,7 @@ struct CreateApiKey {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ApiKeyView {
     id: String,
     name: String,
@@ -62,6 +64,7 @@ impl From<ApiKey> for ApiKeyView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct CreatedApiKey {
     #[oai(flatten)]
     key: ApiKeyView,
@@ -70,12 +73,14 @@ struct CreatedApiKey {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ApiKeyPage {
     items: Vec<ApiKeyView>,
     next_cursor: Option<String>,
 }
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct CreateSigningKey {
@@ -90,6 +95,7 @@ struct CreateSigningKey {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct SigningKeyView {
     kid: String,
     algorithm: SigningAlgorithm,
@@ -114,6 +120,7 @@ impl From<SigningKey> for SigningKeyView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct CreatedSigningKey {
     #[oai(flatten)]
     key: SigningKeyView,
@@ -123,6 +130,7 @@ struct CreatedSigningKey {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct SigningKeyPage {
     items: Vec<SigningKeyView>,
     next_cursor: Option<String>,

@@ -24,6 +24,7 @@ pub struct MessagesApi;
 pub const MAX_BATCH: usize = 100;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct PublishRequest {
@@ -39,6 +40,7 @@ struct PublishRequest {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Published {
     channel: String,
     /// Position in the channel's stream; strictly increasing within an epoch.
@@ -54,6 +56,7 @@ struct Published {
 }
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct BatchItem {
@@ -66,6 +69,7 @@ struct BatchItem {
 }
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct BatchRequest {
@@ -74,6 +78,7 @@ struct BatchRequest {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct BatchResult {
     /// Set when this message was published.
     published: Option<Published>,
@@ -82,12 +87,14 @@ struct BatchResult {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct BatchResponse {
     /// One result per message, in request order.
     results: Vec<BatchResult>,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct PublicationView {
     channel: String,
     position: u64,
@@ -113,6 +120,7 @@ impl From<&Publication> for PublicationView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct HistoryPage {
     channel: String,
     /// The stream's current epoch.

@@ -14,6 +14,7 @@ use herald_types::model::Scope;
 pub struct SessionsApi;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct LoginRequest {
@@ -22,6 +23,7 @@ struct LoginRequest {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Session {
     /// Send as `Authorization: Bearer <session_token>` until it expires.
     session_token: String,
@@ -37,6 +39,7 @@ enum CallerKind {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Caller {
     kind: CallerKind,
     /// For API keys: the tenant the key belongs to.
@@ -52,13 +55,26 @@ impl SessionsApi {
     /// Log in
     ///
     /// Exchanges the admin token for a short-lived admin session JWT (see
-    /// `admin_session_ttl_seconds`), as used by the dashboard.
+    /// `admin_session_ttl_seconds`), as used by the dashboard. Attempts are limited per client
+    /// address (`admin_login_per_minute`, default 10): beyond it, 429 `rate_limited`.
     #[oai(path = "/v1/auth/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
+        req: &poem::Request,
         state: Data<&SharedState>,
         body: JsonBody<LoginRequest>,
     ) -> ApiResult<Json<Session>> {
+        // Guessing the admin token is throttled per client address (right or wrong guesses).
+        if let Some(ip) = req.remote_addr().as_socket_addr().map(|a| a.ip().to_canonical())
+            && state.login_limiter.check_key(&ip).is_err()
+        {
+            let per_minute = u64::from(state.config.admin_login_per_minute.get());
+            return Err(ApiError::new(
+                Code::RateLimited,
+                format!("at most {per_minute} login attempts per minute from one address"),
+            )
+            .with_limit(per_minute));
+        }
         if !auth::is_admin_token(&state, &body.value.token) {
             return Err(
                 ApiError::new(Code::InvalidCredentials, "the admin token is not valid").with_field("token")

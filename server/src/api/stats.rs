@@ -4,12 +4,12 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use poem::Request;
 use poem::web::Data;
-use poem_openapi::auth::ApiKey;
+use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{Object, OpenApi, SecurityScheme};
 
 use super::Tag;
-use crate::auth::{BearerAuth, Principal};
+use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::state::SharedState;
 use herald_core::stats::{Rated, StatsSample};
@@ -18,33 +18,64 @@ use herald_types::model::Scope;
 #[derive(Default)]
 pub struct StatsApi;
 
+/// A credential as presented, and what it resolved to. The schemes below never fail on their
+/// own, so the handler answers with the credential's real problem (`api_key_revoked`,
+/// `session_expired`, …) rather than the generic "no credentials" of a failed scheme, and the
+/// stream can check the same credential again while it runs.
+pub struct Presented {
+    token: String,
+    principal: ApiResult<Principal>,
+}
+
+async fn present(req: &Request, token: String) -> poem::Result<Presented> {
+    let state = req.data::<SharedState>().expect("state is attached to every request");
+    let principal = crate::auth::authenticate(state, &token).await;
+    Ok(Presented { token, principal })
+}
+
+/// `Authorization: Bearer <admin token | admin session JWT | tenant API key>`.
+#[derive(SecurityScheme)]
+#[oai(rename = "BearerAuth", ty = "bearer", checker = "check_bearer")]
+pub struct StatsBearer(Presented);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Presented> {
+    present(req, bearer.token).await
+}
+
 /// The same credentials as `Authorization: Bearer`, passed as `?token=` for EventSource, which
 /// cannot set headers.
 #[derive(SecurityScheme)]
 #[oai(ty = "api_key", key_in = "query", key_name = "token", checker = "check_query_token")]
-pub struct QueryToken(Principal);
+pub struct QueryToken(Presented);
 
-async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Principal> {
-    let state = req.data::<SharedState>().expect("state is attached to every request");
-    crate::auth::authenticate(state, &key.key).await.map_err(Into::into)
+async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Presented> {
+    present(req, key.key).await
 }
 
 #[derive(SecurityScheme)]
 pub enum StatsAuth {
-    Bearer(BearerAuth),
+    Bearer(StatsBearer),
     Query(QueryToken),
 }
 
 impl StatsAuth {
-    fn principal(&self) -> &Principal {
+    fn presented(&self) -> &Presented {
         match self {
             StatsAuth::Bearer(b) => &b.0,
             StatsAuth::Query(q) => &q.0,
         }
     }
+
+    /// The caller, allowed to read statistics.
+    fn principal(&self) -> ApiResult<Principal> {
+        let who = self.presented().principal.clone()?;
+        check(&who)?;
+        Ok(who)
+    }
 }
 
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 struct Connections {
     websocket: i64,
     sse: i64,
@@ -52,6 +83,7 @@ struct Connections {
 }
 
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 struct Figures {
     /// Open connections by transport.
     connections: Connections,
@@ -87,6 +119,7 @@ impl From<&Rated> for Figures {
 }
 
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 struct NodeStats {
     node: String,
     #[oai(flatten)]
@@ -94,6 +127,7 @@ struct NodeStats {
 }
 
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 struct TenantStats {
     tenant: String,
     #[oai(flatten)]
@@ -101,6 +135,7 @@ struct TenantStats {
 }
 
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 struct StatsReport {
     /// Sample time, milliseconds since the Unix epoch.
     ts: i64,
@@ -167,25 +202,37 @@ impl StatsApi {
     /// Rates are over the last second.
     #[oai(path = "/v1/stats", method = "get", operation_id = "stats")]
     async fn stats(&self, state: Data<&SharedState>, auth: StatsAuth) -> ApiResult<Json<StatsReport>> {
-        check(auth.principal())?;
-        Ok(Json(report(&state, &state.hub.sample(), auth.principal())))
+        let who = auth.principal()?;
+        Ok(Json(report(&state, &state.hub.sample(), &who)))
     }
 
     /// Live statistics
     ///
     /// Server-Sent Events: one `StatsReport` per second. EventSource clients pass the admin
-    /// session token (or a `stats:read` key) as `?token=`.
+    /// session token (or a `stats:read` key) as `?token=`. The credential is checked again
+    /// before every report: the stream ends once it is revoked, expires or loses its scope.
     #[oai(path = "/v1/stats/stream", method = "get", operation_id = "statsStream")]
     async fn stream(
         &self,
         state: Data<&SharedState>,
         auth: StatsAuth,
     ) -> ApiResult<EventStream<BoxStream<'static, StatsReport>>> {
-        check(auth.principal())?;
-        let who = auth.principal().clone();
+        auth.principal()?;
+        let token = auth.presented().token.clone();
         let state = (*state).clone();
         let ticks = tokio_stream_interval(Duration::from_secs(1));
-        let stream = ticks.map(move |_| report(&state, &state.hub.sample(), &who)).boxed();
+        let stream = ticks
+            .then(move |_| {
+                let (state, token) = (state.clone(), token.clone());
+                async move {
+                    let who = crate::auth::authenticate(&state, &token).await.ok()?;
+                    check(&who).ok()?;
+                    Some(report(&state, &state.hub.sample(), &who))
+                }
+            })
+            .take_while(|report| std::future::ready(report.is_some()))
+            .filter_map(std::future::ready)
+            .boxed();
         Ok(EventStream::new(stream).keep_alive(Duration::from_secs(15)))
     }
 }

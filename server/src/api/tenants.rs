@@ -17,6 +17,7 @@ use herald_types::names;
 pub struct TenantsApi;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct CreateTenant {
@@ -36,6 +37,7 @@ struct CreateTenant {
 /// removes a limit, and `"limits": null` removes them all. `status: suspended` closes the
 /// tenant's connections and refuses its API keys; `active` resumes it.
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct UpdateTenant {
@@ -48,6 +50,7 @@ struct UpdateTenant {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TenantView {
     id: String,
     name: String,
@@ -73,6 +76,7 @@ impl From<Tenant> for TenantView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct TenantPage {
     items: Vec<TenantView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -228,6 +232,8 @@ impl TenantsApi {
             }
             other => other.into(),
         })?;
+        // Nodes that looked the id up before it existed forget that it did not.
+        state.hub.tenant_changed(&tenant.id).await;
         audit(
             &state,
             &auth.0,

@@ -20,6 +20,7 @@ pub struct TokensApi;
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 3600;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct MintToken {
@@ -37,6 +38,7 @@ struct MintToken {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct MintedToken {
     token: String,
     expires_at: DateTime<Utc>,
@@ -47,6 +49,7 @@ struct MintedToken {
 }
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct Revoke {
@@ -65,6 +68,7 @@ struct Revoke {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Revocation {
     jti: Option<String>,
     sub: Option<String>,
@@ -74,6 +78,7 @@ struct Revocation {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct RevocationPage {
     items: Vec<Revocation>,
     next_cursor: Option<String>,

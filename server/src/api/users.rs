@@ -16,6 +16,7 @@ use herald_types::model::Scope;
 pub struct UsersApi;
 
 #[derive(Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 struct UserMessageRequest {
@@ -26,6 +27,7 @@ struct UserMessageRequest {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct UserMessageResult {
     /// Message id.
     id: String,
@@ -34,6 +36,7 @@ struct UserMessageResult {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ConnectionView {
     client: String,
     /// `websocket`, `sse` or `long_poll`.
@@ -43,6 +46,7 @@ struct ConnectionView {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct UserPresence {
     user: String,
     online: bool,
@@ -50,12 +54,14 @@ struct UserPresence {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Disconnected {
     /// Connections closed (with code 4006).
     disconnected: u64,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct PresenceEntry {
     client: String,
     user: String,
@@ -64,18 +70,21 @@ struct PresenceEntry {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ChannelPresence {
     channel: String,
     clients: Vec<PresenceEntry>,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ChannelOccupancy {
     channel: String,
     subscribers: u64,
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Occupancy {
     /// Live channels, busiest first (at most 1000).
     channels: Vec<ChannelOccupancy>,

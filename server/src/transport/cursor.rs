@@ -183,4 +183,36 @@ mod tests {
             assert!(Cursor::decode(bad, &key, "acme", &channels).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_refused_without_panicking(text in proptest::prelude::any::<String>()) {
+            let channels = chans(&["a", "b"]);
+            proptest::prop_assert!(Cursor::decode(&text, &[3; 32], "acme", &channels).is_err());
+        }
+
+        #[test]
+        fn cursors_round_trip_and_any_change_is_refused(
+            positions in proptest::collection::vec((proptest::prelude::any::<u64>(), "[A-Za-z0-9_-]{0,20}"), 1..8),
+            session in proptest::option::of(proptest::prelude::any::<[u8; SESSION_LEN]>()),
+            flip in proptest::prelude::any::<usize>(),
+        ) {
+            let key = [9; 32];
+            let channels: Vec<String> = (0..positions.len()).map(|i| format!("c{i}")).collect();
+            let cursor = Cursor {
+                session,
+                positions: positions.into_iter().map(|(position, epoch)| StreamPosition { position, epoch }).collect(),
+            };
+            let text = cursor.encode(&key, "acme", &channels);
+            proptest::prop_assert_eq!(Cursor::decode(&text, &key, "acme", &channels).unwrap(), cursor);
+            // Any single changed character is refused (or decodes to the very same bytes).
+            let mut bytes = text.clone().into_bytes();
+            let i = flip % bytes.len();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).unwrap();
+            if changed != text {
+                proptest::prop_assert!(Cursor::decode(&changed, &key, "acme", &channels).is_err());
+            }
+        }
+    }
 }

@@ -73,6 +73,7 @@ pub fn refused(reason: Disconnect) -> ApiError {
         Disconnect::ConnectionLimit => {
             ApiError::new(Code::ConnectionLimit, "the tenant has reached its connection limit")
         }
+        Disconnect::Kicked => ApiError::new(Code::Disconnected, "the user was disconnected through the API"),
         _ => ApiError::new(Code::Unavailable, "try again shortly"),
     }
 }
@@ -96,7 +97,8 @@ pub fn allow_origin(mut resp: Response, origin: Option<&str>) -> Response {
     resp
 }
 
-/// Errors of these endpoints also carry CORS headers, so browser code can read them.
+/// Errors of these endpoints carry CORS headers for an origin the tenant allows, so browser
+/// code can read them; `origin` must be `None` unless it was checked.
 pub fn error_response(err: ApiError, origin: Option<&str>) -> Response {
     allow_origin(err.into_response(), origin)
 }

@@ -115,9 +115,11 @@ impl LongPolls {
 #[handler]
 pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<PollQuery>) -> Response {
     let origin = http::origin(req);
-    match run(req, &state, query, origin.as_deref()).await {
+    let mut origin_checked = false;
+    match run(req, &state, query, origin.as_deref(), &mut origin_checked).await {
         Ok(resp) => http::allow_origin(resp, origin.as_deref()),
-        Err(err) => http::error_response(err, origin.as_deref()),
+        // Only an origin the tenant allows is ever echoed, on errors too.
+        Err(err) => http::error_response(err, origin.as_deref().filter(|_| origin_checked)),
     }
 }
 
@@ -131,6 +133,7 @@ async fn run(
     state: &SharedState,
     query: PollQuery,
     origin: Option<&str>,
+    origin_checked: &mut bool,
 ) -> Result<Response, ApiError> {
     let token = http::token(req, query.token)?;
     let channels = http::channels(query.channels.as_deref())?;
@@ -148,6 +151,7 @@ async fn run(
     if !herald_core::origin_allowed(&verified.tenant, origin) {
         return Err(http::refused(Disconnect::OriginNotAllowed));
     }
+    *origin_checked = true;
     let tenant = verified.tenant.id().to_owned();
     let cursor = match &query.cursor {
         Some(text) if !text.is_empty() => {
@@ -209,7 +213,14 @@ async fn run(
     }
 
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let outbox = inner.session.as_ref().expect("a live session").outbox().clone();
+    // The idle sweep or a concurrent poll may have ended the session between the lookup and
+    // the lock: the client polls again with the same cursor and gets a new one.
+    let Some(outbox) = inner.session.as_ref().map(|s| s.outbox().clone()) else {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "the long-poll session ended; poll again with the same cursor",
+        ));
+    };
     let mut batch = Vec::new();
     loop {
         match outbox.drain(&mut batch) {
@@ -322,15 +333,20 @@ async fn session_for(
     origin: Option<&str>,
     tenant_param: &Option<String>,
 ) -> Result<Arc<LongPollSession>, ApiError> {
+    // Whether the cursor's session id may be taken over: only by its own user (a session of
+    // another user, or another tenant, is never replaced; this poll gets a session of its own).
+    let mut reuse_id = true;
     if let Some(id) = cursor.and_then(|c| c.session) {
         let existing = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
         if let Some(lp) = existing {
             // Not `inner.lock()`: a poll in progress holds it, and this poll must get past
             // here to supersede that one.
             let alive = lp.alive.load(Ordering::SeqCst);
-            if alive && lp.tenant == tenant && lp.user == user && lp.channels == channels {
+            let owner = lp.tenant == tenant && lp.user == user;
+            if alive && owner && lp.channels == channels {
                 return Ok(lp);
             }
+            reuse_id = owner || !alive;
         }
     }
     let mut session =
@@ -359,7 +375,7 @@ async fn session_for(
         discard.into_iter().filter(|o| matches!(o, Outgoing::Publication(_))).collect();
     let _ = session.outbox().push_all(replayed);
     let mut id = [0u8; SESSION_LEN];
-    match cursor.and_then(|c| c.session) {
+    match cursor.and_then(|c| c.session).filter(|_| reuse_id) {
         Some(existing) => id = existing,
         None => rand::rngs::OsRng.fill_bytes(&mut id),
     }

@@ -142,9 +142,11 @@ impl Stream {
 #[handler]
 pub async fn sse(req: &Request, state: Data<&SharedState>, Query(query): Query<SseQuery>) -> Response {
     let origin = http::origin(req);
-    match open(req, &state, query, origin.as_deref()).await {
+    let mut origin_checked = false;
+    match open(req, &state, query, origin.as_deref(), &mut origin_checked).await {
         Ok(resp) => http::allow_origin(resp, origin.as_deref()),
-        Err(err) => http::error_response(err, origin.as_deref()),
+        // Only an origin the tenant allows is ever echoed, on errors too.
+        Err(err) => http::error_response(err, origin.as_deref().filter(|_| origin_checked)),
     }
 }
 
@@ -153,6 +155,7 @@ async fn open(
     state: &SharedState,
     query: SseQuery,
     origin: Option<&str>,
+    origin_checked: &mut bool,
 ) -> Result<Response, ApiError> {
     let token = http::token(req, query.token)?;
     let channels = http::channels(query.channels.as_deref())?;
@@ -167,6 +170,7 @@ async fn open(
         Session::open(state.hub.clone(), &token, query.tenant.as_deref(), Transport::Sse, origin)
             .await
             .map_err(http::refused)?;
+    *origin_checked = true; // Session::open checked it against the tenant's allowed origins.
     let tenant = session.tenant_id().to_owned();
     let resume = match last_event_id {
         Some(id) => match Cursor::decode(&id, &state.cursor_key, &tenant, &channels) {

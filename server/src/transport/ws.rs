@@ -33,9 +33,6 @@ pub struct WsQuery {
     tenant: Option<String>,
 }
 
-/// How long a write may block on a peer that does not read before it counts as gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn socket_config(hub: &Hub) -> WebSocketConfig {
     // Small read buffer: most connections are idle, client frames are small commands, and a
     // large default buffer per socket dominates memory at scale (tungstenite grows it for a
@@ -157,6 +154,8 @@ async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<Str
 /// Runs the connection until it ends; returns the close to send, if one can still be sent.
 async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disconnect> {
     let ping_interval = hub.settings.ping_interval;
+    // How long a write may block on a peer that does not read before it counts as gone.
+    let write_timeout = hub.settings.write_timeout;
     let pong_timeout = hub.settings.pong_timeout;
     let outbox = session.outbox().clone();
     let mut batch: Vec<Outgoing> = Vec::new();
@@ -181,7 +180,7 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
             _ = outbox.ready() => {
                 match outbox.drain(&mut batch) {
                     Ok(()) => {
-                        let written = tokio::time::timeout(WRITE_TIMEOUT, write_batch(ws, &mut batch)).await;
+                        let written = tokio::time::timeout(write_timeout, write_batch(ws, &mut batch)).await;
                         if batch.capacity() > 256 {
                             batch = Vec::new();
                         }
@@ -223,9 +222,12 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                         let _ = outbox.push(Outgoing::Frame(frame));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        // tungstenite queues the pong; make sure it goes out.
-                        if ws.flush().await.is_err() {
-                            break None;
+                        // tungstenite queues the pong; make sure it goes out, within the write
+                        // bound: a peer that pings but never reads must not stall the loop.
+                        match tokio::time::timeout(write_timeout, ws.flush()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break None,
+                            Err(_) => break Some(Disconnect::SlowConsumer),
                         }
                     }
                     Some(Ok(Message::Close(_))) => break Some(Disconnect::Normal),
@@ -244,7 +246,7 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                     if now.duration_since(last_heard) > ping_interval + pong_timeout {
                         break Some(Disconnect::PingTimeout);
                     }
-                    let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await;
+                    let ping = tokio::time::timeout(write_timeout, ws.send(Message::Ping(Default::default()))).await;
                     if !matches!(ping, Ok(Ok(()))) {
                         break None;
                     }
@@ -270,12 +272,14 @@ async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), W
 }
 
 pub(crate) fn token_expired(exp: i64) -> bool {
-    chrono::Utc::now().timestamp() >= exp + herald_core::client_auth::LEEWAY_SECONDS as i64
+    chrono::Utc::now().timestamp() >= exp.saturating_add(herald_core::client_auth::LEEWAY_SECONDS as i64)
 }
 
 /// The monotonic instant at which a Unix expiry time is reached (plus the verification leeway).
 pub(crate) fn expiry_instant(exp: i64) -> Instant {
     let now_unix = chrono::Utc::now().timestamp();
-    let remaining = (exp + herald_core::client_auth::LEEWAY_SECONDS as i64 - now_unix).max(0) as u64;
+    let remaining =
+        exp.saturating_add(herald_core::client_auth::LEEWAY_SECONDS as i64).saturating_sub(now_unix).max(0)
+            as u64;
     Instant::now() + Duration::from_secs(remaining.min(365 * 86_400))
 }

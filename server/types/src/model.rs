@@ -30,6 +30,7 @@ impl TenantStatus {
 /// Per-tenant quotas. `null` means "no tenant-specific limit" (server-wide limits still apply).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", oai(deny_unknown_fields))]
 pub struct TenantLimits {
@@ -43,6 +44,9 @@ pub struct TenantLimits {
     pub max_channels: Option<u32>,
     /// Channels one connection may subscribe to.
     pub max_subscriptions_per_connection: Option<u32>,
+    /// Bytes of message history a node keeps for the tenant's channels together (null: the
+    /// node's `tenant_history_max_bytes`). Over it, a channel drops its own oldest messages.
+    pub max_history_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +64,7 @@ pub struct Tenant {
 /// channel, unset fields fall back to its namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", oai(deny_unknown_fields))]
 pub struct ChannelOptions {
@@ -86,6 +91,7 @@ pub struct ChannelOptions {
 /// Options with every field resolved: channel override, then namespace, then server default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
 pub struct EffectiveChannelOptions {
     pub history_size: u32,
     pub history_ttl_seconds: u32,
