@@ -106,3 +106,36 @@ async fn channel_quota_and_namespace_rules(h: Herald) {
         .problem(400, "invalid_type");
     assert_eq!(p["field"], "options.history_size");
 }
+
+on_both_backends!(concurrent_creates_never_pass_the_channel_quota);
+
+async fn concurrent_creates_never_pass_the_channel_quota(h: Herald) {
+    let admin = h.admin();
+    admin
+        .post("/v1/tenants", json!({"id": "race", "name": "Race", "limits": {"max_channels": 5}}))
+        .await
+        .expect(201);
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let admin = admin.clone();
+        creates.spawn(async move {
+            admin.post("/v1/tenants/race/channels", json!({"name": format!("c{i}")})).await
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(reply) = creates.join_next().await {
+        let reply = reply.unwrap();
+        if reply.status != 201 {
+            assert_eq!(
+                (reply.status.as_u16(), reply.body["code"].as_str()),
+                (403, Some("quota_exceeded")),
+                "{}",
+                reply.body
+            );
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 5, "{statuses:?}");
+    let listed = admin.get("/v1/tenants/race/channels?limit=100").await.expect(200);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 5);
+}

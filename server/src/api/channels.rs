@@ -296,25 +296,25 @@ impl ChannelsApi {
                 "is a namespace option, not a channel option",
             ));
         }
-        if let Some(max) = t.limits.max_channels
-            && state.store.count_channels(&tenant).await? >= u64::from(max)
-        {
-            return Err(ApiError::new(
-                Code::QuotaExceeded,
-                format!("tenant may have at most {max} channels"),
-            )
-            .with_limit(u64::from(max)));
-        }
         let at = now();
         let channel =
             Channel { tenant_id: tenant.0.clone(), name: req.name, options, created_at: at, updated_at: at };
-        state.store.create_channel(&channel).await.map_err(|e| match e {
+        let max = t.limits.max_channels;
+        let created = state.store.create_channel_within(&channel, max).await.map_err(|e| match e {
             StoreError::Conflict => {
                 ApiError::new(Code::ChannelExists, format!("channel `{}` already exists", channel.name))
                     .with_field("name")
             }
             other => other.into(),
         })?;
+        if !created {
+            let max = max.unwrap_or_default();
+            return Err(ApiError::new(
+                Code::QuotaExceeded,
+                format!("tenant may have at most {max} channels"),
+            )
+            .with_limit(u64::from(max)));
+        }
         audit(&state, &auth.0, "channel.create", Some(&tenant), &channel.name, raw).await;
         state.hub.tenant_changed(&tenant).await;
         Ok(Created::Created(Json(channel_view(&state, channel).await?)))

@@ -335,6 +335,56 @@ impl Store {
         Ok(())
     }
 
+    /// Creates a channel unless the tenant already has `max` (`None`: no limit); returns false
+    /// when it is full. The count and the insert are one atomic step on both backends, so
+    /// concurrent creates never pass the quota: one statement on SQLite (writes are serialised),
+    /// and on PostgreSQL the same statement after locking the tenant's row.
+    pub async fn create_channel_within(&self, c: &Channel, max: Option<u32>) -> StoreResult<bool> {
+        let Some(max) = max else {
+            self.create_channel(c).await?;
+            return Ok(true);
+        };
+        let backend = self.db.get_database_backend();
+        let insert = |placeholders: [&str; 6]| {
+            let [t, n, o, ca, ua, m] = placeholders;
+            format!(
+                "INSERT INTO channels (tenant_id, name, options, created_at, updated_at) \
+                 SELECT {t}, {n}, {o}, {ca}, {ua} \
+                 WHERE (SELECT COUNT(*) FROM channels WHERE tenant_id = {t}) < {m}"
+            )
+        };
+        let values: Vec<sea_orm::Value> = vec![
+            c.tenant_id.clone().into(),
+            c.name.clone().into(),
+            to_json(&c.options).into(),
+            c.created_at.into(),
+            c.updated_at.into(),
+            i64::from(max).into(),
+        ];
+        let result = match backend {
+            sea_orm::DatabaseBackend::Postgres => {
+                use sea_orm::TransactionTrait;
+                let txn = self.db.begin().await?;
+                tenants::Entity::find_by_id(c.tenant_id.clone()).lock_exclusive().one(&txn).await?;
+                let sql = insert(["$1", "$2", "$3", "$4", "$5", "$6"]);
+                let done = txn
+                    .execute(sea_orm::Statement::from_sql_and_values(backend, sql, values))
+                    .await
+                    .map_err(conflict_or_db)?;
+                txn.commit().await?;
+                done
+            }
+            _ => {
+                let sql = insert(["?1", "?2", "?3", "?4", "?5", "?6"]);
+                self.db
+                    .execute(sea_orm::Statement::from_sql_and_values(backend, sql, values))
+                    .await
+                    .map_err(conflict_or_db)?
+            }
+        };
+        Ok(result.rows_affected() == 1)
+    }
+
     pub async fn channel(&self, tenant: &str, name: &str) -> StoreResult<Option<Channel>> {
         channels::Entity::find_by_id((tenant.to_owned(), name.to_owned()))
             .one(&self.db)
