@@ -21,6 +21,7 @@ mod keys;
 mod openapi_client;
 mod persistence;
 mod publish;
+mod soak;
 mod sse_poll;
 mod stats;
 mod tenants;
