@@ -109,6 +109,8 @@ pub struct Directory {
     /// Tenant ids recently looked up and not found, so a flood of tokens naming unknown
     /// tenants does not become a flood of database reads.
     missing: Mutex<HashMap<String, Instant>>,
+    /// One load at a time per tenant id (single flight).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Directory {
@@ -120,19 +122,39 @@ impl Directory {
             tenants: Mutex::default(),
             api_keys: Mutex::default(),
             missing: Mutex::default(),
+            loading: Mutex::default(),
         }
     }
 
-    /// The tenant's snapshot, loading it if absent or stale; `None` if the tenant does not exist.
-    pub async fn tenant(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
+    /// What the cache knows of a tenant: `Some(answer)` when it is fresh.
+    fn cached(&self, id: &str) -> Option<Option<Arc<TenantSnapshot>>> {
         if self.missing.lock().expect("directory lock").get(id).is_some_and(|at| at.elapsed() < MISSING_TTL) {
-            return Ok(None);
+            return Some(None);
         }
-        if let Some(snapshot) = self.tenants.lock().expect("directory lock").get(id)
-            && snapshot.loaded.elapsed() < self.ttl
-        {
-            return Ok(Some(snapshot.clone()));
+        let tenants = self.tenants.lock().expect("directory lock");
+        tenants.get(id).filter(|s| s.loaded.elapsed() < self.ttl).map(|s| Some(s.clone()))
+    }
+
+    /// The tenant's snapshot, loading it if absent or stale; `None` if the tenant does not exist.
+    /// Concurrent lookups of one tenant that is not cached wait for a single load.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
+        if let Some(answer) = self.cached(id) {
+            return Ok(answer);
         }
+        let gate = self.loading.lock().expect("directory lock").entry(id.to_owned()).or_default().clone();
+        let _loading = gate.lock().await;
+        let result = match self.cached(id) {
+            Some(answer) => Ok(answer),
+            None => self.load_and_cache(id).await,
+        };
+        let mut loading = self.loading.lock().expect("directory lock");
+        if Arc::strong_count(&gate) <= 2 {
+            loading.remove(id); // Nobody else waits on it.
+        }
+        result
+    }
+
+    async fn load_and_cache(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
         let Some(snapshot) = self.load(id).await? else {
             self.tenants.lock().expect("directory lock").remove(id);
             let mut missing = self.missing.lock().expect("directory lock");

@@ -1,0 +1,80 @@
+//! The directory's cache in front of the store: concurrent lookups of an uncached tenant wait
+//! for one load, and an unknown tenant is remembered briefly, so a flood of tokens naming one
+//! tenant (or unknown ones) does not become a flood of database reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use herald_core::StoreError;
+use herald_core::crypto::MasterKey;
+use herald_core::directory::{ConfigSource, Directory};
+use herald_types::model::{
+    ApiKey, Channel, Namespace, RevokedToken, SigningKey, Tenant, TenantLimits, TenantStatus, UserRevocation,
+};
+
+/// A slow store that counts tenant loads.
+#[derive(Default)]
+struct Counting {
+    loads: AtomicUsize,
+}
+
+#[async_trait]
+impl ConfigSource for Counting {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok((id == "acme").then(|| Tenant {
+            id: id.into(),
+            name: "Acme".into(),
+            status: TenantStatus::Active,
+            allowed_origins: vec![],
+            limits: TenantLimits::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }))
+    }
+    async fn namespaces(&self, _: &str, _: u64) -> Result<Vec<Namespace>, StoreError> {
+        Ok(vec![])
+    }
+    async fn signing_keys(&self, _: &str, _: u64) -> Result<Vec<SigningKey>, StoreError> {
+        Ok(vec![])
+    }
+    async fn revoked_tokens(&self, _: &str, _: u64) -> Result<Vec<RevokedToken>, StoreError> {
+        Ok(vec![])
+    }
+    async fn user_revocations(&self, _: &str, _: u64) -> Result<Vec<UserRevocation>, StoreError> {
+        Ok(vec![])
+    }
+    async fn channel(&self, _: &str, _: &str) -> Result<Option<Channel>, StoreError> {
+        Ok(None)
+    }
+    async fn api_key_by_hash(&self, _: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_one_load_and_misses_are_remembered() {
+    let store = Arc::new(Counting::default());
+    let directory = Arc::new(Directory::new(store.clone(), MasterKey::generate(), Duration::from_secs(60)));
+    let mut lookups = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let d = directory.clone();
+        lookups.spawn(async move { d.tenant("acme").await.unwrap().is_some() });
+    }
+    while let Some(found) = lookups.join_next().await {
+        assert!(found.unwrap());
+    }
+    assert_eq!(store.loads.load(Ordering::SeqCst), 1, "one load for 50 concurrent lookups");
+
+    for _ in 0..50 {
+        assert!(directory.tenant("nobody").await.unwrap().is_none());
+    }
+    assert_eq!(store.loads.load(Ordering::SeqCst), 2, "an unknown tenant is looked up once");
+    directory.invalidate("nobody");
+    assert!(directory.tenant("nobody").await.unwrap().is_none());
+    assert_eq!(store.loads.load(Ordering::SeqCst), 3, "invalidating forgets the miss");
+}
