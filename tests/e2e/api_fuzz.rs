@@ -8,16 +8,7 @@ use crate::support::{ADMIN_TOKEN, Herald, realtime_tenant};
 
 /// The schemathesis CLI from `HERALD_TEST_SCHEMATHESIS` (set by `cargo xtask test`).
 fn schemathesis() -> Option<std::path::PathBuf> {
-    match std::env::var_os("HERALD_TEST_SCHEMATHESIS") {
-        Some(p) => Some(p.into()),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but HERALD_TEST_SCHEMATHESIS is unset: run the tests with `cargo xtask test`")
-        }
-        None => {
-            eprintln!("skipping API fuzzing: run `cargo xtask test` (installs schemathesis from PyPI)");
-            None
-        }
-    }
+    crate::support::tool_from_env("HERALD_TEST_SCHEMATHESIS", "API fuzzing (schemathesis from PyPI)")
 }
 
 async fn fuzz(cli: &std::path::Path, h: &Herald, credential: &str) {

@@ -50,6 +50,14 @@ fn only_the_store_imports_the_database_and_only_the_nats_crate_imports_nats() {
     assert_eq!(uses(".", NATS), Vec::<String>::new(), "the server goes through herald-nats");
     assert_eq!(uses("store", DATABASE), vec!["herald-migrations".to_owned(), "sea-orm".to_owned()]);
     assert_eq!(uses("nats", NATS), vec!["async-nats".to_owned()]);
+    // The receivers' helper stands alone.
+    for forbidden in [HTTP, DATABASE, NATS] {
+        assert_eq!(uses("webhooks", forbidden), Vec::<String>::new());
+    }
+    assert!(
+        dependencies("webhooks").iter().all(|d| !d.starts_with("herald")),
+        "herald-webhooks stands alone"
+    );
 }
 
 #[test]

@@ -90,6 +90,26 @@ fn caps() -> Value {
 }
 
 impl Cluster {
+    /// Waits until every node can serve `channel` (use a channel of its own, e.g.
+    /// `ns:probe`): configuration made through one node (a new namespace) reaches the others
+    /// through the control plane, within moments. The probe's connections are closed after.
+    async fn usable_everywhere(&self, channel: &str) {
+        let token = self.token("settle").await;
+        for node in &self.nodes {
+            let mut ws = node.ws(&token).await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let reply = ws.call(json!({"type": "subscribe", "channel": channel})).await;
+                if reply["type"] == "subscribed" {
+                    break;
+                }
+                assert_eq!(reply["code"], "channel_not_found", "{reply}");
+                assert!(Instant::now() < deadline, "{} never learnt of {channel}", node.base);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// Starts node `i` again (it must have stopped or been killed) on its data, as it was
     /// started; it listens on a new port.
     async fn restart_node(&mut self, i: usize) {
@@ -289,6 +309,7 @@ async fn presence_is_cluster_wide_and_a_killed_node_leaves_it_within_two_heartbe
         )
         .await
         .expect(201);
+    c.usable_everywhere("room:probe").await;
     let alice = c.token("alice").await;
     let bob = c.token("bob").await;
     let mut on_node1 = c.nodes[0].ws(&alice).await;
@@ -485,17 +506,8 @@ async fn shortening_history_ttl_never_hands_out_a_position_twice() {
         .expect(201);
     let token = c.token("u").await;
     let mut ws = c.nodes[1].ws(&token).await;
-    // The new namespace reaches node 2 through the control plane, within moments.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let reply = ws.call(json!({"type": "subscribe", "channel": "t:x"})).await;
-        if reply["type"] == "subscribed" {
-            break;
-        }
-        assert_eq!(reply["code"], "channel_not_found", "{reply}");
-        assert!(Instant::now() < deadline, "node 2 never learnt the namespace");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.usable_everywhere("t:probe").await;
+    ws.subscribe("t:x").await;
     for n in 1..=3 {
         c.publish(0, "t:x", json!(n)).await;
     }
@@ -662,6 +674,7 @@ async fn chaos_kills_nodes_and_nats_without_losing_or_repeating_acknowledged_mes
         .post("/v1/tenants/acme/namespaces", json!({"name": "chaos", "options": {"history_size": 10000}}))
         .await
         .expect(201);
+    c.usable_everywhere("chaos:probe").await;
     let secret = c.keys[0].token.clone().unwrap();
     let token = c.token("watcher").await;
     let bases: Arc<Mutex<Vec<String>>> =

@@ -27,4 +27,5 @@ mod stats;
 mod tenants;
 mod tokens;
 mod users;
+mod webhook_signatures;
 mod ws;

@@ -8,18 +8,10 @@ use crate::support::{Herald, realtime_tenant};
 /// The Python interpreter of an environment with `openapi-python-client` installed, from
 /// `HERALD_TEST_OPENAPI_PYTHON` (set by `cargo xtask test`).
 fn generator_python() -> Option<std::path::PathBuf> {
-    match std::env::var_os("HERALD_TEST_OPENAPI_PYTHON") {
-        Some(p) => Some(p.into()),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but HERALD_TEST_OPENAPI_PYTHON is unset: run the tests with `cargo xtask test`")
-        }
-        None => {
-            eprintln!(
-                "skipping generated-client test: run `cargo xtask test` (installs openapi-python-client from PyPI)"
-            );
-            None
-        }
-    }
+    crate::support::tool_from_env(
+        "HERALD_TEST_OPENAPI_PYTHON",
+        "the generated-client test (openapi-python-client from PyPI)",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

