@@ -19,6 +19,7 @@ mod isolation;
 mod jwt;
 mod keys;
 mod openapi_client;
+mod outbound;
 mod persistence;
 mod publish;
 mod soak;
