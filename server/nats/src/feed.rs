@@ -30,7 +30,7 @@ use crate::stream::{
 use crate::{Cluster, ClusterChannel};
 
 /// A request to the node's feed of a channel: admit a subscriber.
-pub struct JoinRequest {
+pub(crate) struct JoinRequest {
     pub conn: ConnId,
     pub subscriber: Subscriber,
     pub since: Option<StreamPosition>,
@@ -42,7 +42,7 @@ pub struct JoinRequest {
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// Starts the feed of `ch`; joins are sent through the returned sender.
-pub fn start(
+pub(crate) fn start(
     cluster: Arc<Cluster>,
     node: Arc<dyn Node>,
     ch: Arc<Channel>,

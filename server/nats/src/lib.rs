@@ -16,9 +16,9 @@
 //! - This module: the connection, the control plane (configuration changes, user commands)
 //!   and statistics shared between nodes.
 
-pub mod feed;
-pub mod presence;
-pub mod stream;
+mod feed;
+mod presence;
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
@@ -37,8 +37,8 @@ use herald_core::{ConnId, Error, Stats, StatsSample};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub use feed::JoinRequest;
-pub use stream::{PendingPublish, StreamHead};
+use feed::JoinRequest;
+use stream::{PendingPublish, StreamHead};
 
 /// Subject of control messages, seen by every node.
 const CONTROL_SUBJECT: &str = "herald.ctl";
@@ -97,7 +97,7 @@ const FEED_BUFFER: usize = 8192;
 
 /// A channel's state in cluster mode, kept inside the core's [`Channel`].
 #[derive(Default)]
-pub struct ClusterChannel {
+pub(crate) struct ClusterChannel {
     /// The stream head as this node last saw it (`None` until read); held across a publish so
     /// one node never races itself for the next position.
     pub head: tokio::sync::Mutex<Option<StreamHead>>,
@@ -117,12 +117,12 @@ const IDLE_KEEP: Duration = Duration::from_secs(30);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Cluster {
-    pub node_id: String,
+    node_id: String,
     this: Weak<Cluster>,
     client: async_nats::Client,
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
-    pub registry: presence::Registry,
+    registry: presence::Registry,
     settings: ClusterSettings,
     node: OnceLock<Weak<dyn Node>>,
     peers: Mutex<HashMap<String, (Instant, Arc<StatsSample>)>>,

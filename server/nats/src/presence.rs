@@ -31,7 +31,7 @@ const MAX_OCCUPANCY_CHANNELS: usize = 1000;
 /// below NATS' 1 MiB message limit.
 const MAX_PRESENT_PER_ENTRY: usize = 1000;
 
-pub struct Registry {
+pub(crate) struct Registry {
     kv: kv::Store,
     node_id: String,
     heartbeat: Duration,
@@ -42,12 +42,12 @@ pub struct Registry {
 }
 
 /// A client id that is unique in the cluster: the node's id and the connection's.
-pub fn cluster_client_id(node: &str, conn: ConnId) -> String {
+pub(crate) fn cluster_client_id(node: &str, conn: ConnId) -> String {
     format!("{node}/{conn}")
 }
 
 impl Registry {
-    pub async fn open(
+    pub(crate) async fn open(
         js: &jetstream::Context,
         node_id: &str,
         settings: &crate::ClusterSettings,
@@ -64,7 +64,7 @@ impl Registry {
     }
 
     /// Creates the bucket, or updates it to this node's heartbeat.
-    pub async fn ensure_bucket(
+    pub(crate) async fn ensure_bucket(
         js: &jetstream::Context,
         settings: &crate::ClusterSettings,
     ) -> Result<kv::Store, async_nats::Error> {
@@ -85,12 +85,12 @@ impl Registry {
     }
 
     /// Local presence changed: write it out soon.
-    pub fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.dirty.notify_one();
     }
 
     /// Waits for a change or the next heartbeat, whichever is first.
-    pub async fn wait(&self, heartbeat_due: tokio::time::Instant) {
+    pub(crate) async fn wait(&self, heartbeat_due: tokio::time::Instant) {
         tokio::select! {
             _ = self.dirty.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
             _ = tokio::time::sleep_until(heartbeat_due) => {}
@@ -150,7 +150,7 @@ impl Registry {
 
     /// Writes changed entries (all of them when a heartbeat is due) and deletes those that no
     /// longer exist.
-    pub async fn refresh(&self, node: &dyn Node) -> Result<(), Error> {
+    pub(crate) async fn refresh(&self, node: &dyn Node) -> Result<(), Error> {
         let entries = self.entries(node);
         let mut written = self.written.lock().await;
         let now = Instant::now();
@@ -230,7 +230,7 @@ impl Registry {
     }
 
     /// Follows the presence entries of one channel on every node (current values first).
-    pub async fn watch_channel(&self, tenant: &str, channel: &str) -> Result<kv::Watch, Error> {
+    pub(crate) async fn watch_channel(&self, tenant: &str, channel: &str) -> Result<kv::Watch, Error> {
         self.kv
             .watch(format!("{}.c.{}.*", token(tenant), token(channel)))
             .await
@@ -238,12 +238,12 @@ impl Registry {
     }
 
     /// This node's token in presence keys.
-    pub fn node_token(&self) -> String {
+    pub(crate) fn node_token(&self) -> String {
         token(&self.node_id)
     }
 
     /// Who is subscribed to a channel, on every node.
-    pub async fn channel(&self, tenant: &str, channel: &str) -> Result<Vec<PresentClient>, Error> {
+    pub(crate) async fn channel(&self, tenant: &str, channel: &str) -> Result<Vec<PresentClient>, Error> {
         let mut out: Vec<PresentClient> = Vec::new();
         for value in self.read(&format!("{}.c.{}.*", token(tenant), token(channel))).await? {
             out.extend(serde_json::from_slice::<Vec<PresentClient>>(&value).unwrap_or_default());
@@ -253,7 +253,7 @@ impl Registry {
     }
 
     /// A user's connections, on every node.
-    pub async fn user(&self, tenant: &str, user: &str) -> Result<Vec<UserConnection>, Error> {
+    pub(crate) async fn user(&self, tenant: &str, user: &str) -> Result<Vec<UserConnection>, Error> {
         let mut out: Vec<UserConnection> = Vec::new();
         for value in self.read(&format!("{}.u.{}.*", token(tenant), token(user))).await? {
             out.extend(serde_json::from_slice::<Vec<UserConnection>>(&value).unwrap_or_default());
@@ -263,7 +263,7 @@ impl Registry {
     }
 
     /// Channels of a tenant with subscribers anywhere, and how many, largest first.
-    pub async fn occupancy(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error> {
+    pub(crate) async fn occupancy(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error> {
         let mut counts: HashMap<String, u64> = HashMap::new();
         for value in self.read(&format!("{}.o.*", token(tenant))).await? {
             for (name, n) in serde_json::from_slice::<HashMap<String, u64>>(&value).unwrap_or_default() {

@@ -28,7 +28,7 @@ use crate::{Cluster, ClusterChannel};
 /// The newest message of a channel's shared stream, cached by a publishing node: its JetStream
 /// sequence (0 when the stream is empty), position and epoch.
 #[derive(Debug, Clone, Default)]
-pub struct StreamHead {
+pub(crate) struct StreamHead {
     pub seq: u64,
     pub position: u64,
     pub epoch: Arc<str>,
@@ -39,30 +39,30 @@ pub struct StreamHead {
 }
 
 /// A publish queued for a channel, stored with the next batch by the channel's drain task.
-pub struct PendingPublish {
+pub(crate) struct PendingPublish {
     pub data: Box<RawValue>,
     pub event: Option<String>,
     pub done: tokio::sync::oneshot::Sender<Result<PublishOutcome, Error>>,
 }
 
-pub const STREAM: &str = "HERALD";
-pub const HEADER_POSITION: &str = "Herald-Position";
-pub const HEADER_EPOCH: &str = "Herald-Epoch";
+pub(crate) const STREAM: &str = "HERALD";
+pub(crate) const HEADER_POSITION: &str = "Herald-Position";
+pub(crate) const HEADER_EPOCH: &str = "Herald-Epoch";
 /// JetStream sequence of the channel's previous message (0 for the first of an epoch).
-pub const HEADER_PREVIOUS: &str = "Herald-Previous-Seq";
+pub(crate) const HEADER_PREVIOUS: &str = "Herald-Previous-Seq";
 /// Marks a join/leave frame on a feed subject (not stored).
-pub const HEADER_EVENT: &str = "Herald-Event";
+pub(crate) const HEADER_EVENT: &str = "Herald-Event";
 /// `node/connection` that caused an event, so its own connection is skipped.
-pub const HEADER_ORIGIN: &str = "Herald-Origin";
+pub(crate) const HEADER_ORIGIN: &str = "Herald-Origin";
 /// How many publications a stored batch holds (absent: one); `Herald-Position` is the last's.
-pub const HEADER_COUNT: &str = "Herald-Count";
+pub(crate) const HEADER_COUNT: &str = "Herald-Count";
 
 /// How often a publish retries after losing the race for a position to another node.
 const MAX_PUBLISH_ATTEMPTS: usize = 32;
 
 /// A subject token for a name: letters, digits, `_` and `-` stay; every other byte becomes
 /// `=XX` (hex), so `.` and `*` never reach a subject and the mapping is reversible.
-pub fn token(name: &str) -> String {
+pub(crate) fn token(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -75,17 +75,17 @@ pub fn token(name: &str) -> String {
 }
 
 /// The stored subject of a channel.
-pub fn history_subject(tenant: &str, channel: &str) -> String {
+pub(crate) fn history_subject(tenant: &str, channel: &str) -> String {
     format!("herald.ch.{}.{}", token(tenant), token(channel))
 }
 
 /// The subject a channel's stored messages are republished on, and its events published on.
-pub fn feed_subject(tenant: &str, channel: &str) -> String {
+pub(crate) fn feed_subject(tenant: &str, channel: &str) -> String {
     format!("herald.fo.{}.{}", token(tenant), token(channel))
 }
 
 /// Creates the stream, or updates its settings to this version's.
-pub async fn ensure(
+pub(crate) async fn ensure(
     js: &jetstream::Context,
     settings: &crate::ClusterSettings,
 ) -> Result<jetstream::stream::Stream, async_nats::Error> {
@@ -115,11 +115,11 @@ pub async fn ensure(
 
 /// A Herald header as a number. (Standard `Nats-*` headers must be looked up by their
 /// constants: a name given as `&str` never matches them.)
-pub fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
+pub(crate) fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
 }
 
-pub fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
     Some(headers?.get(name)?.as_str())
 }
 
@@ -135,7 +135,7 @@ fn publication(frame: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
 
 /// The publications of a stored message, oldest first: one frame, or a JSON array of
 /// `count` frames (a batch). Each frame shares the payload's bytes.
-pub fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc<Publication>>> {
+pub(crate) fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc<Publication>>> {
     if count <= 1 {
         return Some(vec![publication(payload, ttl)?]);
     }
@@ -154,12 +154,12 @@ pub fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc
 }
 
 /// The JetStream sequence of a stored message as republished (`Nats-Sequence`).
-pub fn sequence_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+pub(crate) fn sequence_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
     headers?.get(async_nats::header::NATS_SEQUENCE)?.as_str().parse().ok()
 }
 
 /// How many publications a stored message holds (its `Herald-Count`, 1 when absent).
-pub fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+pub(crate) fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
     header_u64(headers, HEADER_COUNT).unwrap_or(1).max(1)
 }
 
@@ -256,7 +256,7 @@ impl Cluster {
     }
 
     /// The newest stored message of a subject, or an empty head.
-    pub async fn head(&self, subject: &str) -> Result<StreamHead, Error> {
+    pub(crate) async fn head(&self, subject: &str) -> Result<StreamHead, Error> {
         Ok(match self.last_message(subject).await? {
             Some(msg) => StreamHead {
                 seq: msg.sequence,
@@ -272,7 +272,7 @@ impl Cluster {
     /// The head of a channel's stream, starting a new epoch when the stream is empty: a marker
     /// at position 0 (empty payload, never delivered) fixes the epoch, so subscribers learn it
     /// before the first message, as on a single node.
-    pub async fn head_or_start(&self, subject: &str, ttl: Duration) -> Result<StreamHead, Error> {
+    pub(crate) async fn head_or_start(&self, subject: &str, ttl: Duration) -> Result<StreamHead, Error> {
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             let head = self.head(subject).await?;
             if head.seq != 0 {
@@ -525,7 +525,7 @@ impl Cluster {
     }
 
     /// Sends a join/leave frame to the channel's subscribers on every node (not stored).
-    pub async fn publish_event(
+    pub(crate) async fn publish_event(
         &self,
         ch: &Channel,
         frame: Utf8Bytes,
@@ -546,7 +546,7 @@ impl Cluster {
     /// positions `after + 1 ..= upto` of `epoch`, oldest first. Returns them with whether the
     /// run is complete; when some expired or were trimmed, the newest part that is still
     /// stored comes back with `false`.
-    pub async fn read_back(
+    pub(crate) async fn read_back(
         &self,
         subject: &str,
         from_seq: u64,
