@@ -207,14 +207,16 @@ pub struct Limits {
     pub max_message_bytes: Option<i64>,
     pub max_channels: Option<i64>,
     pub max_subscriptions_per_connection: Option<i64>,
+    pub max_history_bytes: Option<i64>,
 }
 
-pub const LIMITS: [(&str, &str, &str); 5] = [
+pub const LIMITS: [(&str, &str, &str); 6] = [
     ("max_connections", "Connections", "Real-time connections per node"),
     ("max_publishes_per_second", "Publishes / s", "REST and client publishes per node"),
     ("max_message_bytes", "Message bytes", "At most 1048576"),
     ("max_channels", "Channels", "Explicitly created channels"),
     ("max_subscriptions_per_connection", "Subscriptions / connection", "Replaces the server default"),
+    ("max_history_bytes", "History bytes", "History kept per node; replaces the server default"),
 ];
 
 impl Limits {
@@ -225,6 +227,7 @@ impl Limits {
             "max_message_bytes" => self.max_message_bytes,
             "max_channels" => self.max_channels,
             "max_subscriptions_per_connection" => self.max_subscriptions_per_connection,
+            "max_history_bytes" => self.max_history_bytes,
             _ => None,
         }
     }

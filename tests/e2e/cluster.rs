@@ -528,6 +528,7 @@ async fn shortening_history_ttl_never_hands_out_a_position_twice() {
         .post("/v1/tenants/acme/namespaces", json!({"name": "brief", "options": {"history_ttl_seconds": 1}}))
         .await
         .expect(201);
+    c.usable_everywhere("brief:probe").await;
     let body = json!({"data": "once", "idempotency_key": "k"});
     let first = c.keys[0].post("/v1/tenants/acme/channels/brief:y/messages", body.clone()).await.expect(200);
     assert_eq!(first["duplicate"], false);
@@ -543,6 +544,7 @@ async fn concurrent_publishes_are_stored_in_batches_and_read_back_exactly() {
         .post("/v1/tenants/acme/namespaces", json!({"name": "b", "options": {"history_size": 1000}}))
         .await
         .expect(201);
+    c.usable_everywhere("b:probe").await;
     let token = c.token("u").await;
     let mut ws = c.nodes[0].ws(&token).await;
     ws.subscribe("b:burst").await;

@@ -14,7 +14,7 @@ pub struct TenantFields {
     pub id: RwSignal<String>,
     pub name: RwSignal<String>,
     pub origins: RwSignal<String>,
-    pub limits: [RwSignal<String>; 5],
+    pub limits: [RwSignal<String>; LIMITS.len()],
 }
 
 impl TenantFields {

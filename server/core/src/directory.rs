@@ -141,9 +141,22 @@ impl Directory {
         if let Some(answer) = self.cached(id) {
             return Ok(answer);
         }
+        self.load_once(id, false).await
+    }
+
+    /// Reads the tenant again after a change, whatever is cached: a load that was already
+    /// running when the change was made may have read the old configuration, so this one waits
+    /// for it and then reads afresh.
+    pub async fn reload(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
+        self.invalidate(id);
+        self.load_once(id, true).await
+    }
+
+    /// One load at a time per tenant; `fresh` skips the cache another load may just have filled.
+    async fn load_once(&self, id: &str, fresh: bool) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
         let gate = self.loading.lock().expect("directory lock").entry(id.to_owned()).or_default().clone();
         let _loading = gate.lock().await;
-        let result = match self.cached(id) {
+        let result = match self.cached(id).filter(|_| !fresh) {
             Some(answer) => Ok(answer),
             None => self.load_and_cache(id).await,
         };

@@ -434,8 +434,7 @@ impl Hub {
     /// channels and closes connections that may no longer stay (suspension, revocation,
     /// deletion).
     pub async fn apply_tenant_change(&self, tenant_id: &str) {
-        self.directory.invalidate(tenant_id);
-        let snapshot = match self.directory.tenant(tenant_id).await {
+        let snapshot = match self.directory.reload(tenant_id).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, tenant = tenant_id, "could not reload tenant configuration");

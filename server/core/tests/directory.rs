@@ -15,21 +15,24 @@ use herald_types::model::{
     ApiKey, Channel, Namespace, RevokedToken, SigningKey, Tenant, TenantLimits, TenantStatus, UserRevocation,
 };
 
-/// A slow store that counts tenant loads.
+/// A slow store that counts tenant loads; `suspended` is read at the start of a load (the
+/// moment a real database answers), the answer arrives 50 ms later.
 #[derive(Default)]
 struct Counting {
     loads: AtomicUsize,
+    suspended: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl ConfigSource for Counting {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
+        let suspended = self.suspended.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
         Ok((id == "acme").then(|| Tenant {
             id: id.into(),
             name: "Acme".into(),
-            status: TenantStatus::Active,
+            status: if suspended { TenantStatus::Suspended } else { TenantStatus::Active },
             allowed_origins: vec![],
             limits: TenantLimits::default(),
             created_at: Utc::now(),
@@ -77,4 +80,26 @@ async fn concurrent_lookups_share_one_load_and_misses_are_remembered() {
     directory.invalidate("nobody");
     assert!(directory.tenant("nobody").await.unwrap().is_none());
     assert_eq!(store.loads.load(Ordering::SeqCst), 3, "invalidating forgets the miss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_after_a_change_is_not_served_by_a_load_that_began_before_it() {
+    let store = Arc::new(Counting::default());
+    let directory = Arc::new(Directory::new(store.clone(), MasterKey::generate(), Duration::from_secs(60)));
+    // A lookup starts reading the old configuration…
+    let early = {
+        let d = directory.clone();
+        tokio::spawn(async move { d.tenant("acme").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // …the tenant is suspended meanwhile, and the change is applied while that read runs.
+    store.suspended.store(true, Ordering::SeqCst);
+    let reloaded = directory.reload("acme").await.unwrap().unwrap();
+    assert_eq!(
+        early.await.unwrap().unwrap().tenant.status,
+        TenantStatus::Active,
+        "the early read saw the old state"
+    );
+    assert_eq!(reloaded.tenant.status, TenantStatus::Suspended, "the reload saw the change");
+    assert_eq!(directory.tenant("acme").await.unwrap().unwrap().tenant.status, TenantStatus::Suspended);
 }
