@@ -1,15 +1,10 @@
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, Herald, Start};
+use crate::support::{ADMIN_TOKEN, Herald};
 
 #[tokio::test]
 async fn admin_session_login() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_ADMIN_SESSION_TTL_SECONDS".into(), "2".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_ADMIN_SESSION_TTL_SECONDS", "2")]).await;
     let anon = h.anonymous();
     let p = anon
         .post("/v1/auth/login", json!({"token": "wrong-token-wrong-token"}))

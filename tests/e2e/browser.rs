@@ -3,19 +3,14 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, BrowserPage, CutProxy, Herald, PageServer, Start, realtime_tenant};
+use crate::support::{BrowserPage, CutProxy, Herald, PageServer, realtime_tenant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_event_source_resumes_after_a_dropped_connection() {
     if crate::support::browser_tooling().is_none() {
         return;
     }
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_SSE_RETRY_MS".into(), "1500".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_SSE_RETRY_MS", "1500")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let proxy = CutProxy::start(&h.base).await;
     let token = t.token("browser", json!({"*": ["subscribe"]})).await;

@@ -14,12 +14,10 @@ use crate::support::{ADMIN_TOKEN, Herald, RealtimeTenant, Sse, Start, poll, real
 
 /// A node with short connection bounds, so a stalled peer is noticed within a test.
 async fn strict_node(extra: &[(&str, &str)]) -> Herald {
-    let mut env: Vec<(String, String)> = vec![
-        ("HERALD_HTTP_WRITE_TIMEOUT_SECONDS".into(), "2".into()),
-        ("HERALD_HTTP_HEADER_READ_TIMEOUT_SECONDS".into(), "2".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Herald::start(Start { admin_token: Some(ADMIN_TOKEN.into()), env, ..Default::default() }).await
+    let mut env =
+        vec![("HERALD_HTTP_WRITE_TIMEOUT_SECONDS", "2"), ("HERALD_HTTP_HEADER_READ_TIMEOUT_SECONDS", "2")];
+    env.extend_from_slice(extra);
+    Herald::with_env(&env).await
 }
 
 fn caps() -> Value {
@@ -220,12 +218,7 @@ async fn per_address_connection_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stats_stream_ends_when_its_credential_is_revoked_or_expires() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_ADMIN_SESSION_TTL_SECONDS".into(), "3".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_ADMIN_SESSION_TTL_SECONDS", "3")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let admin = h.admin();
     let key = admin
@@ -456,14 +449,10 @@ async fn secrets_in_urls_never_reach_the_log_and_server_lists_parse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_hold_more_history_or_live_channels_than_its_budget() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![
-            ("HERALD_TENANT_HISTORY_MAX_BYTES".into(), (1u64 << 20).to_string()),
-            ("HERALD_MAX_LIVE_CHANNELS_PER_TENANT".into(), "5".into()),
-        ],
-        ..Default::default()
-    })
+    let h = Herald::with_env(&[
+        ("HERALD_TENANT_HISTORY_MAX_BYTES", "1048576"),
+        ("HERALD_MAX_LIVE_CHANNELS_PER_TENANT", "5"),
+    ])
     .await;
     let greedy = realtime_tenant(&h, "greedy").await;
     let modest = realtime_tenant(&h, "modest").await;
@@ -676,12 +665,7 @@ async fn abuse_by_one_tenant_leaves_another_tenant_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_login_is_throttled_per_address() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_ADMIN_LOGIN_PER_MINUTE".into(), "3".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_ADMIN_LOGIN_PER_MINUTE", "3")]).await;
     let anon = h.anonymous();
     for _ in 0..3 {
         anon.post("/v1/auth/login", json!({"token": "wrong-guess-wrong-guess"}))

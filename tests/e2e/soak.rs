@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, Herald, Sse, Start, Ws, poll, realtime_tenant};
+use crate::support::{Herald, Sse, Ws, poll, realtime_tenant};
 
 fn open_fds(h: &Herald) -> usize {
     std::fs::read_dir(format!("/proc/{}/fd", h.pid())).map(|d| d.count()).unwrap_or(0)
@@ -17,12 +17,7 @@ fn open_fds(h: &Herald) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_on_every_transport_leaves_descriptors_and_memory_flat() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_LONG_POLL_SESSION_IDLE_SECONDS".into(), "2".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_LONG_POLL_SESSION_IDLE_SECONDS", "2")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("soaker", json!({"*": ["subscribe"]})).await;
     let (fds_start, rss_start) = (open_fds(&h), h.rss_kib());

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Herald, Sse, Start, poll, realtime_tenant};
+use crate::support::{Herald, Sse, poll, realtime_tenant};
 
 fn caps() -> Value {
     json!({"*": ["subscribe", "publish", "history", "presence"]})
@@ -90,12 +90,7 @@ async fn sse_stream_resumes_every_channel_from_last_event_id(h: Herald) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_refusals_and_heartbeats() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_SSE_HEARTBEAT_SECONDS".into(), "1".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_SSE_HEARTBEAT_SECONDS", "1")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let other = realtime_tenant(&h, "other").await;
     let token = t.token("u", json!({"mine": ["subscribe"]})).await;
@@ -310,12 +305,7 @@ async fn concurrent_polls_neither_lose_nor_duplicate(h: Herald) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_sessions_count_as_connections_until_idle() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_LONG_POLL_SESSION_IDLE_SECONDS".into(), "1".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_LONG_POLL_SESSION_IDLE_SECONDS", "1")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", caps()).await;
     poll(&h.base, &format!("?channels=x&token={token}&timeout=0")).await.expect(200);

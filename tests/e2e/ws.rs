@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Herald, Start, realtime_tenant};
+use crate::support::{Herald, realtime_tenant};
 
 fn all_caps() -> Value {
     json!({"*": ["subscribe", "publish", "presence", "history"]})
@@ -296,12 +296,7 @@ async fn capabilities_are_enforced_per_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_refused_with_their_codes() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_MAX_FRAME_BYTES".into(), "65536".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_MAX_FRAME_BYTES", "65536")]).await;
     let t = realtime_tenant(&h, "acme").await;
     h.admin()
         .patch(
@@ -350,12 +345,7 @@ async fn limits_are_refused_with_their_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_with_bounded_memory() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_CLIENT_QUEUE_BYTES".into(), "1048576".into())],
-        ..Default::default()
-    })
-    .await;
+    let h = Herald::with_env(&[("HERALD_CLIENT_QUEUE_BYTES", "1048576")]).await;
     let t = realtime_tenant(&h, "acme").await;
     t.key
         .post("/v1/tenants/acme/namespaces", json!({"name": "bulk", "options": {"history_size": 0}}))
@@ -427,15 +417,11 @@ async fn revocation_and_suspension_close_live_connections(h: Herald) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_auth_timeout_and_token_expiry() {
-    let h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![
-            ("HERALD_PING_INTERVAL_SECONDS".into(), "1".into()),
-            ("HERALD_PONG_TIMEOUT_SECONDS".into(), "1".into()),
-            ("HERALD_AUTH_TIMEOUT_SECONDS".into(), "1".into()),
-        ],
-        ..Default::default()
-    })
+    let h = Herald::with_env(&[
+        ("HERALD_PING_INTERVAL_SECONDS", "1"),
+        ("HERALD_PONG_TIMEOUT_SECONDS", "1"),
+        ("HERALD_AUTH_TIMEOUT_SECONDS", "1"),
+    ])
     .await;
     let t = realtime_tenant(&h, "acme").await;
 
@@ -530,12 +516,7 @@ async fn raw_peer_that_ignores_pings(h: &Herald, token: &str) -> (u16, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_clients_when_to_reconnect() {
-    let mut h = Herald::start(Start {
-        admin_token: Some(ADMIN_TOKEN.into()),
-        env: vec![("HERALD_RECONNECT_SPREAD_MS".into(), "3000".into())],
-        ..Default::default()
-    })
-    .await;
+    let mut h = Herald::with_env(&[("HERALD_RECONNECT_SPREAD_MS", "3000")]).await;
     let t = realtime_tenant(&h, "acme").await;
     let token = t.token("u", all_caps()).await;
     let mut clients = Vec::new();

@@ -95,6 +95,16 @@ impl Herald {
         Herald::start(Start { admin_token: Some(ADMIN_TOKEN.into()), ..Default::default() }).await
     }
 
+    /// Starts a node on SQLite with the test admin token and these `HERALD_*` settings.
+    pub async fn with_env(env: &[(&str, &str)]) -> Herald {
+        Herald::start(Start {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Starts a node on `database_url` (SQLite in its data dir when `None`).
     pub async fn with_database(database_url: Option<&str>) -> Herald {
         Herald::start(Start {

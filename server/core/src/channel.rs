@@ -322,9 +322,12 @@ impl Channel {
         Ok(())
     }
 
-    /// Whether the hub forgot this channel (see [`Channel::retire_if`]).
-    pub fn is_retired(&self) -> bool {
-        self.lock().retired
+    /// What a broker storing the next message in process needs, read under one lock: the
+    /// epoch, the newest position and the history TTL; `None` once the channel retired.
+    pub fn next_slot(&self) -> Option<(Arc<str>, u64, u32)> {
+        let inner = self.lock();
+        (!inner.retired)
+            .then(|| (inner.epoch.clone(), inner.last_position, inner.options.history_ttl_seconds))
     }
 
     /// Marks a use of the channel.

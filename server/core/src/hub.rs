@@ -141,14 +141,14 @@ impl Hub {
         let options = self.directory.resolve_channel(tenant, name).await?.ok_or(Error::ChannelNotFound)?;
         let counters = self.stats.tenant(tenant.id());
         counters.history.set_limit(self.tenant_history_limit(tenant));
-        let max = self.settings.max_live_channels_per_tenant;
-        if counters.live_channels.load(Ordering::Relaxed) >= max {
-            return Err(Error::QuotaExceeded { what: "channels", limit: max });
-        }
         let mut shard = self.shard(tenant.id(), name).lock().expect("shard lock");
         let channels = shard.entry(Arc::from(tenant.id())).or_default();
         if let Some(existing) = channels.get(name) {
             return Ok(existing.clone());
+        }
+        let max = self.settings.max_live_channels_per_tenant;
+        if counters.live_channels.load(Ordering::Relaxed) >= max {
+            return Err(Error::QuotaExceeded { what: "channels", limit: max });
         }
         let channel = Arc::new(Channel::new(
             Arc::from(tenant.id()),
@@ -226,7 +226,6 @@ impl Hub {
                 self.admit(tenant, &message, Self::max_message_bytes(tenant, Some(&ch.options())))?;
                 admitted = true;
             }
-            ch.touch();
             match self.backend.broker.publish(&ch, message, &self.stats).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(PublishError::Failed(e)) => return Err(e),

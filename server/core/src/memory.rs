@@ -104,20 +104,19 @@ impl Broker for Memory {
         let now = Instant::now();
         let mut keys = ch.state::<Stream>().keys.lock().expect("stream lock");
         // Channels retire only under this lock (`sweep`): once held, it stays live.
-        if ch.is_retired() {
+        let Some((epoch, last, ttl_seconds)) = ch.next_slot() else {
             return Err(PublishError::Retired(message));
-        }
+        };
         if let Some(key) = &message.idempotency_key {
             keys.expire(now);
             if let Some((outcome, _)) = keys.outcomes.get(key) {
                 return Ok(PublishOutcome { duplicate: true, ..outcome.clone() });
             }
         }
-        let (epoch, last) = ch.delivered_head();
         let position = last + 1;
         let timestamp_ms = chrono::Utc::now().timestamp_millis();
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let ttl = Duration::from_secs(u64::from(ch.options().history_ttl_seconds));
+        let ttl = Duration::from_secs(u64::from(ttl_seconds));
         let publication = Arc::new(Publication::new(
             ch.name.clone(),
             position,

@@ -451,6 +451,8 @@ impl Broker for Cluster {
         stats: &Stats,
     ) -> Result<PublishOutcome, PublishError> {
         let this = self.this.upgrade().ok_or_else(|| Self::unavailable("shutting down"))?;
+        // Kept cached for a while after its last use (see `sweep`).
+        ch.touch();
         let outcome = this.store_publish(ch, message.data, message.event, message.idempotency_key).await?;
         if !outcome.duplicate {
             stats.record_published(&ch.counters);

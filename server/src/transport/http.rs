@@ -81,10 +81,7 @@ pub fn refused(reason: Disconnect) -> ApiError {
 /// A refused subscription as an HTTP problem: the core error's own code and status, naming
 /// the channel.
 pub fn subscribe_refused(channel: &str, e: herald_core::Error) -> ApiError {
-    let mut err = ApiError::from(e);
-    err.detail = format!("`{channel}`: {}", err.detail);
-    err.field = Some("channels".into());
-    err
+    crate::api::channel_error(e, channel).with_field("channels")
 }
 
 /// Adds CORS headers for a browser request from `origin` (already checked against the tenant).
