@@ -291,7 +291,7 @@ pub struct ApiKey {
     pub secret: Option<String>,
 }
 
-pub const SCOPES: [(&str, &str); 8] = [
+pub const SCOPES: [(&str, &str); 9] = [
     ("publish", "Publish messages"),
     ("channels:read", "List namespaces and channels"),
     ("channels:write", "Manage namespaces and channels"),
@@ -300,6 +300,7 @@ pub const SCOPES: [(&str, &str); 8] = [
     ("history:read", "Read channel history"),
     ("presence:read", "Read presence"),
     ("stats:read", "Watch live statistics"),
+    ("webhooks:write", "Manage webhooks and their deliveries"),
 ];
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -73,6 +73,19 @@ pub const KEYS: &[&str] = &[
     "tenant_history_max_bytes",
     "max_live_channels_per_tenant",
     "admin_login_per_minute",
+    "outbound_allowed_networks",
+    "webhook_timeout_seconds",
+    "webhook_retry_period_seconds",
+    "webhook_retry_initial_ms",
+    "webhook_retry_max_delay_seconds",
+    "webhook_max_queued_per_tenant",
+    "webhook_max_in_flight_per_tenant",
+    "webhook_max_in_flight",
+    "webhook_deliveries_kept",
+    "webhook_grace_ms",
+    "webhook_breaker_failures",
+    "webhook_breaker_seconds",
+    "max_webhooks_per_tenant",
 ];
 
 /// Variables that are not config keys but are read elsewhere.
@@ -208,6 +221,39 @@ pub struct Config {
     pub max_live_channels_per_tenant: u64,
     /// Admin login attempts allowed per client address and minute (burst: as many at once).
     pub admin_login_per_minute: std::num::NonZeroU32,
+    /// Private ranges webhooks and proxies may call anyway (public addresses always allowed).
+    pub outbound_allowed_networks: Vec<ipnet::IpNet>,
+    /// The webhook delivery settings.
+    pub webhooks: WebhookSettings,
+}
+
+/// How webhooks are delivered (`webhook_*` keys).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// One request, from connecting to the end of the answer.
+    pub timeout: Duration,
+    /// How long a failing delivery is retried before it is recorded as failed.
+    pub retry_period: Duration,
+    /// The first retry waits up to this; each further one up to twice as long (full jitter).
+    pub retry_initial: Duration,
+    /// The longest wait between two attempts.
+    pub retry_max_delay: Duration,
+    /// Deliveries waiting or in flight per tenant; events beyond it are dropped and counted.
+    pub max_queued_per_tenant: u64,
+    /// Requests in flight per tenant and node.
+    pub max_in_flight_per_tenant: usize,
+    /// Requests in flight per node.
+    pub max_in_flight: usize,
+    /// Finished deliveries kept per webhook as its delivery log.
+    pub deliveries_kept: u64,
+    /// How long a user or channel may be gone before `presence.leave` / `channel.vacated`.
+    pub grace: Duration,
+    /// Consecutive failures that open a webhook's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker holds deliveries back (doubling while the endpoint fails).
+    pub breaker_open: Duration,
+    /// Webhooks per tenant.
+    pub max_per_tenant: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -251,6 +297,8 @@ impl std::fmt::Debug for Config {
             .field("tenant_history_max_bytes", &self.tenant_history_max_bytes)
             .field("max_live_channels_per_tenant", &self.max_live_channels_per_tenant)
             .field("admin_login_per_minute", &self.admin_login_per_minute)
+            .field("outbound_allowed_networks", &self.outbound_allowed_networks)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -405,7 +453,7 @@ impl Config {
             None => None,
         };
 
-        let trusted_proxies = match l.get("trusted_proxies") {
+        let networks = |key: &'static str| match l.get(key) {
             Some((raw, _)) => raw
                 .split(',')
                 .map(str::trim)
@@ -413,12 +461,30 @@ impl Config {
                 .map(|p| {
                     p.parse::<ipnet::IpNet>()
                         .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| {
-                            l.invalid("trusted_proxies", format!("`{p}` is not an IP address or CIDR range"))
-                        })
+                        .map_err(|_| l.invalid(key, format!("`{p}` is not an IP address or CIDR range")))
                 })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
+                .collect::<Result<Vec<_>, _>>(),
+            None => Ok(Vec::new()),
+        };
+        let trusted_proxies = networks("trusted_proxies")?;
+        let outbound_allowed_networks = networks("outbound_allowed_networks")?;
+        let webhooks = WebhookSettings {
+            timeout: l.seconds("webhook_timeout_seconds", 10, 1..=120)?,
+            retry_period: l.seconds("webhook_retry_period_seconds", 86_400, 0..=30 * 86_400)?,
+            retry_initial: Duration::from_millis(l.number(
+                "webhook_retry_initial_ms",
+                1000,
+                1..=3_600_000,
+            )?),
+            retry_max_delay: l.seconds("webhook_retry_max_delay_seconds", 3600, 1..=86_400)?,
+            max_queued_per_tenant: l.number("webhook_max_queued_per_tenant", 10_000, 1..=10_000_000)?,
+            max_in_flight_per_tenant: l.number("webhook_max_in_flight_per_tenant", 4, 1..=1000)?,
+            max_in_flight: l.number("webhook_max_in_flight", 64, 1..=10_000)?,
+            deliveries_kept: l.number("webhook_deliveries_kept", 100, 1..=100_000)?,
+            grace: Duration::from_millis(l.number("webhook_grace_ms", 5000, 0..=3_600_000)?),
+            breaker_failures: l.number("webhook_breaker_failures", 5, 1..=1000)?,
+            breaker_open: l.seconds("webhook_breaker_seconds", 30, 1..=3600)?,
+            max_per_tenant: l.number("max_webhooks_per_tenant", 20, 1..=1000)?,
         };
 
         let config = Config {
@@ -480,6 +546,8 @@ impl Config {
                 1..=100_000,
             )?)
             .expect("the range starts at 1"),
+            outbound_allowed_networks,
+            webhooks,
         };
         Ok(config)
     }

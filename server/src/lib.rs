@@ -6,6 +6,7 @@
 //! - [`state`]: start-up (data dir, secret key, migrations, admin credential) and shared state.
 //! - [`api`]: the REST API (poem-openapi), one module per area; [`auth`] says who is calling.
 //! - [`error`]: the problem-details shape, built from the core's table of error codes.
+//! - [`hooks`]: webhooks: matching events, the durable queue, signed delivery with retries.
 //! - [`outbound`]: HTTP calls to tenants' endpoints, refused for private addresses.
 //! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`.
 //! - [`server`]: routes, health endpoints, graceful shutdown; [`listener`]: the connection
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hooks;
 pub mod listener;
 pub mod outbound;
 pub mod server;

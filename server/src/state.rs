@@ -34,6 +34,8 @@ pub struct AppState {
     pub login_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Long-poll sessions between polls.
     pub long_polls: crate::transport::longpoll::LongPolls,
+    /// Webhooks: the event sink of the hub, the queue and the dispatcher.
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// How long cached tenant configuration is trusted before it is reloaded, bounding how long a
@@ -60,6 +62,9 @@ fn hub_settings(config: &Config) -> HubSettings {
         max_live_channels_per_tenant: config.max_live_channels_per_tenant,
     }
 }
+
+/// How often the webhook detector looks at the cluster-wide view without a local change.
+const HOOK_DETECTOR_TICK: Duration = Duration::from_millis(250);
 
 /// Settings keys in the `settings` table.
 pub const ADMIN_TOKEN_HASH: &str = "admin_token_sha256";
@@ -191,6 +196,17 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         _ => Memory::backend(config.idempotency_window),
     };
     let hub = Hub::new(hub_settings(&config), directory, backend);
+    let hooks = crate::hooks::Hooks::start(
+        store.clone(),
+        master.clone(),
+        config.node_id.clone(),
+        config.webhooks.clone(),
+        config.outbound_allowed_networks.clone(),
+        serving,
+    );
+    if serving {
+        hub.set_hooks(hooks.clone(), config.webhooks.grace, HOOK_DETECTOR_TICK);
+    }
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),
@@ -204,6 +220,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         session_key,
         hub,
         draining: AtomicBool::new(false),
+        hooks,
     });
     Ok(Bootstrap { state, generated_admin_token })
 }

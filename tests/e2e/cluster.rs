@@ -41,6 +41,11 @@ fn secret_key() -> String {
 /// NATS plus `n` nodes sharing a database (PostgreSQL when available, else one SQLite file)
 /// and a secret key, with tenant `acme` set up; `None` when nats-server is not installed.
 async fn cluster(n: usize) -> Option<Cluster> {
+    cluster_with(n, &[]).await
+}
+
+/// [`cluster`] with more `HERALD_*` settings on every node.
+async fn cluster_with(n: usize, extra_env: &[(&str, &str)]) -> Option<Cluster> {
     let nats = NatsServer::start().await?;
     let db = postgres_database();
     let sqlite_dir = db.is_none().then(|| tempfile::tempdir().unwrap());
@@ -57,10 +62,13 @@ async fn cluster(n: usize) -> Option<Cluster> {
             database_url: Some(database_url.clone()),
             admin_token: Some(crate::support::ADMIN_TOKEN.into()),
             extra_args: vec!["--nats-url".into(), nats.url.clone(), "--node-id".into(), format!("node{i}")],
-            env: vec![
-                ("HERALD_SECRET_KEY".into(), key.clone()),
-                ("HERALD_CLUSTER_HEARTBEAT_SECONDS".into(), HEARTBEAT_SECONDS.to_string()),
-            ],
+            env: [
+                ("HERALD_SECRET_KEY".to_owned(), key.clone()),
+                ("HERALD_CLUSTER_HEARTBEAT_SECONDS".to_owned(), HEARTBEAT_SECONDS.to_string()),
+            ]
+            .into_iter()
+            .chain(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect(),
             ..Default::default()
         };
         nodes.push(Herald::start(start.clone()).await);
@@ -71,7 +79,7 @@ async fn cluster(n: usize) -> Option<Cluster> {
     let created = admin
         .post(
             "/v1/tenants/acme/api-keys",
-            json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read"]}),
+            json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read", "webhooks:write"]}),
         )
         .await
         .expect(201);
@@ -826,4 +834,82 @@ async fn chaos_kills_nodes_and_nats_without_losing_or_repeating_acknowledged_mes
 
 fn positions_of(pubs: &[Value]) -> Vec<u64> {
     pubs.iter().map(|p| p["position"].as_u64().unwrap()).collect()
+}
+
+/// Webhooks in a cluster: every node delivers from the shared queue, one node at a time
+/// detects channel and presence events from the cluster-wide registry, so each event is sent
+/// once per cluster; a node killed with SIGKILL produces its clients' `leave` within the
+/// presence bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_fire_once_per_cluster_also_when_a_node_is_killed() {
+    let env = [("HERALD_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"), ("HERALD_WEBHOOK_GRACE_MS", "500")];
+    let Some(mut c) = cluster_with(3, &env).await else { return };
+    c.keys[0]
+        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
+        .await
+        .expect(201);
+    c.usable_everywhere("room:probe").await;
+    let receiver = crate::support::Receiver::start().await;
+    let kinds = ["channel.occupied", "channel.vacated", "presence.join", "presence.leave"];
+    c.keys[1]
+        .post("/v1/tenants/acme/webhooks", json!({"url": receiver.url, "events": kinds}))
+        .await
+        .expect(201);
+    // The probe's own life on room:probe may still be reported; only room:1 counts below.
+    let room = |r: &crate::support::Received| r.json()["data"]["channel"] == "room:1";
+    let count =
+        |kind: &str| receiver.received().iter().filter(|r| room(r) && r.json()["type"] == kind).count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // ann on node 1 and node 2 (one join), bob on node 3.
+    let ann = c.token("ann").await;
+    let bob = c.token("bob").await;
+    let mut a1 = c.nodes[0].ws(&ann).await;
+    a1.call(json!({"type": "subscribe", "channel": "room:1"})).await;
+    let mut a2 = c.nodes[1].ws(&ann).await;
+    a2.call(json!({"type": "subscribe", "channel": "room:1"})).await;
+    let mut b3 = c.nodes[2].ws(&bob).await;
+    b3.call(json!({"type": "subscribe", "channel": "room:1"})).await;
+    receiver.wait_for(3, Duration::from_secs(10), room).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bodies = || receiver.received().iter().map(|r| r.json()).collect::<Vec<_>>();
+    assert_eq!((count("channel.occupied"), count("presence.join")), (1, 2), "{:?}", bodies());
+
+    // Node 1 dies: ann is still on node 2, so nothing; then ann leaves node 2 too.
+    c.nodes[0].kill9().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(count("presence.leave"), 0, "ann is still connected through node 2");
+    drop(a2);
+    let started = Instant::now();
+    receiver.wait_for(1, Duration::from_secs(10), |r| room(r) && r.json()["type"] == "presence.leave").await;
+    // bob's node dies: his leave and the channel's vacated come from the registry's expiry.
+    c.nodes[2].kill9().await;
+    receiver.wait_for(1, Duration::from_secs(15), |r| room(r) && r.json()["type"] == "channel.vacated").await;
+    let bound = Duration::from_secs(2 * HEARTBEAT_SECONDS) + Duration::from_millis(500 + 3000);
+    assert!(
+        started.elapsed() < bound + Duration::from_secs(2),
+        "within the presence bound: {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        (
+            count("channel.occupied"),
+            count("presence.join"),
+            count("presence.leave"),
+            count("channel.vacated")
+        ),
+        (1, 2, 2, 1),
+        "{:?}",
+        bodies()
+    );
+    // Each delivery went out once: no two requests share an event id.
+    let mut ids: Vec<String> =
+        receiver.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "an event was sent twice");
+    drop((a1, b3));
+    c.restart_node(0).await;
 }

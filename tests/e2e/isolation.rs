@@ -15,6 +15,7 @@ const ALL_SCOPES: &[&str] = &[
     "presence:read",
     "history:read",
     "stats:read",
+    "webhooks:write",
 ];
 
 /// (method, path under /v1/tenants/{t}, body, scope needed). Paths name resources that exist in

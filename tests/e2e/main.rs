@@ -29,4 +29,5 @@ mod tenants;
 mod tokens;
 mod users;
 mod webhook_signatures;
+mod webhooks;
 mod ws;

@@ -126,7 +126,7 @@ pub async fn realtime_tenant(h: &Herald, id: &str) -> RealtimeTenant {
     let key = admin
         .post(
             &format!("/v1/tenants/{id}/api-keys"),
-            serde_json::json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read"]}),
+            serde_json::json!({"name": "all", "scopes": ["publish", "channels:write", "keys:write", "tokens:issue", "history:read", "presence:read", "stats:read", "webhooks:write"]}),
         )
         .await
         .expect(201);

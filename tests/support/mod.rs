@@ -7,6 +7,7 @@
 //! - [`ws`]: WebSocket clients;
 //! - [`sse_poll`]: SSE and long-poll clients;
 //! - [`proxy`]: a TCP proxy that cuts live connections;
+//! - [`receiver`]: a real HTTP receiver for webhooks, with scripted answers;
 //! - [`browser`]: pages served on their own origin and driven in headless Chromium;
 //! - [`nats`]: a real `nats-server` for cluster mode.
 //!
@@ -19,6 +20,7 @@ mod http;
 mod nats;
 mod process;
 mod proxy;
+mod receiver;
 mod sse_poll;
 mod ws;
 
@@ -27,5 +29,6 @@ pub use http::*;
 pub use nats::*;
 pub use process::*;
 pub use proxy::*;
+pub use receiver::*;
 pub use sse_poll::*;
 pub use ws::*;

@@ -177,6 +177,16 @@ pub trait Presence: Send + Sync {
     async fn user(&self, tenant: &str, user: &str) -> Result<Vec<UserConnection>, Error>;
     /// The tenant's channels that have subscribers, with their counts.
     async fn occupancy(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error>;
+    /// The cluster-wide view the webhook detector diffs ([`crate::hooks::Detector`]), if this
+    /// node is the one detecting now (one node at a time in a cluster).
+    async fn hook_view(&self) -> Option<HookView>;
+}
+
+/// What [`Presence::hook_view`] answers.
+pub struct HookView {
+    pub view: crate::hooks::View,
+    /// This node just became the detector: take the view as already announced.
+    pub took_over: bool,
 }
 
 /// A command every node applies to its own connections ([`Node::apply`]).

@@ -94,6 +94,8 @@ codes! {
     ChannelNotFound = "channel_not_found", 404, "The channel was not created and may not exist implicitly.";
     ApiKeyNotFound = "api_key_not_found", 404, "No such API key.";
     SigningKeyNotFound = "signing_key_not_found", 404, "No such signing key.";
+    WebhookNotFound = "webhook_not_found", 404, "No such webhook.";
+    DeliveryNotFound = "delivery_not_found", 404, "No such delivery of this webhook (or it was pruned from the log).";
     NotSubscribed = "not_subscribed", 404, "The connection is not subscribed to the channel.";
     MethodNotAllowed = "method_not_allowed", 405, "The route does not take this method.";
     // Conflicts with the current state.
@@ -106,11 +108,13 @@ codes! {
     AlreadyConnected = "already_connected", 409, "The connection is already authenticated.";
     AlreadySubscribed = "already_subscribed", 409, "The connection is already subscribed to the channel.";
     Closed = "closed", 409, "The connection is closing.";
+    DeliveryQueued = "delivery_queued", 409, "The delivery is still queued or being sent; only a finished one can be replayed.";
     // Too much.
     PayloadTooLarge = "payload_too_large", 413, "The request body is too large; `limit` holds the limit.";
     MessageTooLarge = "message_too_large", 413, "Message data is larger than the channel's or tenant's `max_message_bytes`; `limit` holds it.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The body is not `application/json`.";
     InvalidValue = "invalid_value", 422, "A value is not acceptable; `field` names it.";
+    UrlNotAllowed = "url_not_allowed", 422, "Herald may not call this URL: not http(s), credentials in it, or a private address the operator did not allow; `field` names it.";
     QuotaExceeded = "quota_exceeded", 403, "A tenant quota would be exceeded; `limit` holds it.";
     TooManySubscriptions = "too_many_subscriptions", 422, "The connection has as many subscriptions as allowed; `limit` holds it.";
     TooManySubscribers = "too_many_subscribers", 422, "The channel has `max_subscribers` subscribers; `limit` holds it.";

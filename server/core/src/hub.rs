@@ -20,10 +20,12 @@ use crate::channel::{
 };
 use crate::directory::{Directory, TenantSnapshot};
 use crate::error::Error;
+use crate::hooks::{Detector, HookEvent, HookSink};
 use crate::outbox::{Outbox, OutboxLimits, Outgoing};
 use crate::protocol::{self, ServerFrame};
 use crate::stats::StatsSample;
 use crate::{ConnId, Disconnect, Stats, Transport, validate};
+use herald_types::model::WebhookEvent;
 
 /// Node-wide realtime settings (from configuration).
 #[derive(Debug, Clone)]
@@ -88,6 +90,19 @@ pub struct Hub {
     sample: Mutex<Arc<StatsSample>>,
     /// Broker, presence and control: in process on one node, or shared over NATS.
     backend: Backend,
+    /// Where webhook events go, once the server installed it ([`Hub::set_hooks`]).
+    hooks: std::sync::OnceLock<Arc<dyn HookSink>>,
+    /// Wakes the hook detector when local presence changed.
+    hooks_changed: tokio::sync::Notify,
+}
+
+/// Who published a message, as `message.published` reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    /// The tenant's backend, through the REST API.
+    Api,
+    /// A client connection.
+    Client { user: &'a str, client: ConnId },
 }
 
 impl Hub {
@@ -103,6 +118,8 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             sample: Mutex::default(),
             backend,
+            hooks: std::sync::OnceLock::new(),
+            hooks_changed: tokio::sync::Notify::new(),
         });
         hub.stats.node().history.set_limit(hub.settings.history_max_bytes);
         let node: Arc<dyn Node> = hub.clone();
@@ -217,9 +234,15 @@ impl Hub {
         tenant: &TenantSnapshot,
         channel: &str,
         message: NewMessage,
+        by: Publisher<'_>,
     ) -> Result<PublishOutcome, Error> {
         let mut message = message;
         let mut admitted = false;
+        let from_api = matches!(by, Publisher::Api);
+        // A copy for `message.published`, only when a webhook may want it.
+        let hook = self
+            .hook_sink(tenant.id(), WebhookEvent::MessagePublished, from_api)
+            .map(|sink| (sink, message.data.clone(), message.event.clone()));
         loop {
             let ch = self.channel(tenant, channel).await?;
             if !admitted {
@@ -227,11 +250,92 @@ impl Hub {
                 admitted = true;
             }
             match self.backend.broker.publish(&ch, message, &self.stats).await {
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => {
+                    if let Some((sink, data, event)) = hook
+                        && !outcome.duplicate
+                    {
+                        let data: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
+                        let mut fields = serde_json::json!({
+                            "channel": channel,
+                            "id": outcome.id,
+                            "position": outcome.position,
+                            "epoch": &*outcome.epoch,
+                            "event": event,
+                            "data": data,
+                        });
+                        if let Publisher::Client { user, client } = by {
+                            fields["user"] = user.into();
+                            fields["client"] = self.client_id(client).into();
+                        }
+                        let mut e = HookEvent::new(
+                            tenant.id(),
+                            WebhookEvent::MessagePublished,
+                            Some(channel),
+                            fields,
+                        );
+                        e.from_api = from_api;
+                        sink.emit(e);
+                    }
+                    return Ok(outcome);
+                }
                 Err(PublishError::Failed(e)) => return Err(e),
                 // Forgotten between lookup and publish: look it up again.
                 Err(PublishError::Retired(returned)) => message = returned,
             }
+        }
+    }
+
+    /// The hook sink, if one is installed and may want this event.
+    fn hook_sink(&self, tenant: &str, kind: WebhookEvent, from_api: bool) -> Option<&Arc<dyn HookSink>> {
+        self.hooks.get().filter(|s| s.wants(tenant, kind, from_api))
+    }
+
+    /// Emits an event built only when a webhook may want it.
+    pub fn emit_hook(&self, tenant: &str, kind: WebhookEvent, event: impl FnOnce() -> HookEvent) {
+        if let Some(sink) = self.hook_sink(tenant, kind, false) {
+            sink.emit(event());
+        }
+    }
+
+    /// Installs the webhook sink and starts the detector of channel and presence events: it
+    /// diffs the backend's cluster-wide view whenever local presence changed, and at least
+    /// every `tick` (other nodes' changes, grace deadlines).
+    pub fn set_hooks(self: &Arc<Self>, sink: Arc<dyn HookSink>, grace: Duration, tick: Duration) {
+        if self.hooks.set(sink.clone()).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut detector: Option<Detector> = None;
+            loop {
+                let Some(hub) = weak.upgrade() else { return };
+                tokio::select! {
+                    _ = hub.hooks_changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ = tokio::time::sleep(tick) => {}
+                }
+                let Some(found) = hub.backend.presence.hook_view().await else {
+                    detector = None; // Another node detects now.
+                    continue;
+                };
+                let d = detector.get_or_insert_with(|| Detector::new(grace));
+                if found.took_over {
+                    d.adopt(&found.view);
+                    continue;
+                }
+                for event in d.observe(&found.view, Instant::now()) {
+                    if sink.wants(&event.tenant, event.kind, false) {
+                        sink.emit(event);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Something the hook detector watches changed on this node.
+    fn presence_changed(&self) {
+        self.backend.presence.changed();
+        if self.hooks.get().is_some() {
+            self.hooks_changed.notify_one();
         }
     }
 
@@ -257,7 +361,7 @@ impl Hub {
     ) -> Result<SubscribeOutcome, crate::backend::SubscribeError> {
         let outcome = self.backend.broker.subscribe(ch, Join { conn, subscriber, since, reply }).await;
         if outcome.is_ok() {
-            self.backend.presence.changed();
+            self.presence_changed();
         }
         outcome
     }
@@ -265,7 +369,7 @@ impl Hub {
     /// Ends a subscription (the session owns the counters and leave events).
     pub fn unsubscribe(&self, ch: &Channel, conn: ConnId) -> bool {
         let was = ch.unsubscribe(conn);
-        self.backend.presence.changed();
+        self.presence_changed();
         was
     }
 
@@ -379,8 +483,20 @@ impl Hub {
             *count += 1;
         }
         self.stats.connection_opened(&conn.counters, conn.transport);
+        self.emit_hook(&conn.tenant, WebhookEvent::ConnectionOpen, || {
+            HookEvent::new(
+                &conn.tenant,
+                WebhookEvent::ConnectionOpen,
+                None,
+                serde_json::json!({
+                    "client": self.client_id(conn.id),
+                    "user": &*conn.user,
+                    "transport": conn.transport.as_str(),
+                }),
+            )
+        });
         self.connections.lock().expect("registry lock").insert(conn.id, conn);
-        self.backend.presence.changed();
+        self.presence_changed();
         Ok(())
     }
 
@@ -393,8 +509,26 @@ impl Hub {
                 counts.remove(&conn.tenant);
             }
         }
+        drop(counts);
         self.stats.connection_closed(&conn.counters, conn.transport);
-        self.backend.presence.changed();
+        self.emit_hook(&conn.tenant, WebhookEvent::ConnectionClose, || {
+            // Closed by the server for a reason, or else by the client (normal closure).
+            let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);
+            HookEvent::new(
+                &conn.tenant,
+                WebhookEvent::ConnectionClose,
+                None,
+                serde_json::json!({
+                    "client": self.client_id(conn.id),
+                    "user": &*conn.user,
+                    "transport": conn.transport.as_str(),
+                    "code": reason.code(),
+                    "reason": reason.reason(),
+                    "duration_ms": (chrono::Utc::now() - conn.connected_at).num_milliseconds().max(0),
+                }),
+            )
+        });
+        self.presence_changed();
     }
 
     /// Closes every connection of `tenant` for which `matches` holds; returns how many.
@@ -433,6 +567,9 @@ impl Hub {
     /// channels and closes connections that may no longer stay (suspension, revocation,
     /// deletion).
     pub async fn apply_tenant_change(&self, tenant_id: &str) {
+        if let Some(sink) = self.hooks.get() {
+            sink.tenant_changed(tenant_id);
+        }
         let snapshot = match self.directory.reload(tenant_id).await {
             Ok(s) => s,
             Err(e) => {

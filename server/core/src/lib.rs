@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod directory;
 pub mod disconnect;
 pub mod error;
+pub mod hooks;
 pub mod hub;
 pub mod memory;
 pub mod outbox;

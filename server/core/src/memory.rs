@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::backend::{
-    Backend, Broker, ChannelSeed, Command, Control, Join, NewMessage, Node, Presence, PresentClient,
-    PublishError, SubscribeError, UserConnection,
+    Backend, Broker, ChannelSeed, Command, Control, HookView, Join, NewMessage, Node, Presence,
+    PresentClient, PublishError, SubscribeError, UserConnection,
 };
 use crate::channel::{
     Backfill, Channel, HistorySlice, PublishOutcome, StreamPosition, SubscribeOutcome, new_epoch,
@@ -217,6 +217,27 @@ impl Presence for Memory {
             .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Ok(out)
+    }
+
+    async fn hook_view(&self) -> Option<HookView> {
+        let node = self.node()?;
+        let mut view = crate::hooks::View::new();
+        for ch in node.channels() {
+            let subscribers = ch.subscribers();
+            if subscribers.is_empty() {
+                continue;
+            }
+            let users = if ch.options().presence {
+                subscribers.iter().map(|(_, user, _)| user.to_string()).collect()
+            } else {
+                Default::default()
+            };
+            view.insert(
+                (ch.tenant.to_string(), ch.name.to_string()),
+                crate::hooks::ChannelView { subscribers: subscribers.len() as u64, users },
+            );
+        }
+        Some(HookView { view, took_over: false })
     }
 }
 

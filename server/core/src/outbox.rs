@@ -98,6 +98,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Why the outbox was closed, if it was.
+    pub fn close_reason(&self) -> Option<Disconnect> {
+        self.state.lock().expect("outbox lock").closed.clone()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state.lock().expect("outbox lock").closed.is_some()
     }

@@ -322,7 +322,8 @@ impl Session {
         if !self.allows(channel, Action::Publish) {
             return Err(Error::PermissionDenied { action: "publish" });
         }
-        self.hub.publish(&tenant, channel, NewMessage { data, event, idempotency_key }).await
+        let by = crate::hub::Publisher::Client { user: &self.conn.user, client: self.conn.id };
+        self.hub.publish(&tenant, channel, NewMessage { data, event, idempotency_key }, by).await
     }
 
     async fn history(

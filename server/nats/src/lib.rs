@@ -17,6 +17,7 @@
 //!   and statistics shared between nodes.
 
 mod feed;
+mod hooks;
 mod presence;
 mod stream;
 
@@ -29,8 +30,8 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use herald_core::backend::{
-    Backend, Broker, ChannelSeed, Command, Control, Join, NewMessage, Node, Presence, PresentClient,
-    PublishError, SubscribeError, UserConnection,
+    Backend, Broker, ChannelSeed, Command, Control, HookView, Join, NewMessage, Node, Presence,
+    PresentClient, PublishError, SubscribeError, UserConnection,
 };
 use herald_core::channel::{Channel, HistorySlice, PublishOutcome, StreamPosition, SubscribeOutcome};
 use herald_core::{ConnId, Error, Stats, StatsSample};
@@ -123,6 +124,7 @@ pub struct Cluster {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     registry: presence::Registry,
+    detector: hooks::Detector,
     settings: ClusterSettings,
     node: OnceLock<Weak<dyn Node>>,
     peers: Mutex<HashMap<String, (Instant, Arc<StatsSample>)>>,
@@ -187,6 +189,9 @@ impl Cluster {
         let presence = presence::Registry::open(&js, node_id, &settings)
             .await
             .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        let detector = hooks::Detector::open(&js, node_id, &settings, presence.store())
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
         Ok(Arc::new_cyclic(|this| Cluster {
             node_id: node_id.to_owned(),
             this: this.clone(),
@@ -194,6 +199,7 @@ impl Cluster {
             js,
             stream,
             registry: presence,
+            detector,
             settings,
             node: OnceLock::new(),
             peers: Mutex::default(),
@@ -230,6 +236,7 @@ impl Cluster {
                 let setup = async {
                     stream::ensure(&self.js, &self.settings).await?;
                     presence::Registry::ensure_bucket(&self.js, &self.settings).await?;
+                    hooks::Detector::ensure_bucket(&self.js, &self.settings).await?;
                     Ok::<_, async_nats::Error>(())
                 };
                 match setup.await {
@@ -547,6 +554,10 @@ impl Presence for Cluster {
 
     async fn occupancy(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error> {
         self.registry.occupancy(tenant).await
+    }
+
+    async fn hook_view(&self) -> Option<HookView> {
+        self.detector.view().await
     }
 }
 

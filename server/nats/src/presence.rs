@@ -84,6 +84,11 @@ impl Registry {
             .await?)
     }
 
+    /// The bucket, for the webhook detector's watch.
+    pub(crate) fn store(&self) -> kv::Store {
+        self.kv.clone()
+    }
+
     /// Local presence changed: write it out soon.
     pub(crate) fn changed(&self) {
         self.dirty.notify_one();

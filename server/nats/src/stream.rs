@@ -74,6 +74,24 @@ pub(crate) fn token(name: &str) -> String {
     out
 }
 
+/// The name a subject token stands for ([`token`] reversed).
+pub(crate) fn untoken(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The stored subject of a channel.
 pub(crate) fn history_subject(tenant: &str, channel: &str) -> String {
     format!("herald.ch.{}.{}", token(tenant), token(channel))

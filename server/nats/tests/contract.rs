@@ -185,7 +185,9 @@ async fn publish(
 ) -> herald_core::channel::PublishOutcome {
     let data = RawValue::from_string(format!("{{\"n\":{n}}}")).expect("json");
     let message = NewMessage { data, event: None, idempotency_key: key.map(str::to_owned) };
-    hub.publish(&*tenant(hub).await, channel, message).await.expect("published")
+    hub.publish(&*tenant(hub).await, channel, message, herald_core::hub::Publisher::Api)
+        .await
+        .expect("published")
 }
 
 impl Client {

@@ -14,6 +14,7 @@ use crate::state::SharedState;
 use herald_core::backend::NewMessage;
 use herald_core::channel::{PublishOutcome, StreamPosition};
 use herald_core::directory::TenantSnapshot;
+use herald_core::hub::Publisher;
 use herald_core::publication::Publication;
 use herald_types::model::{Scope, TenantStatus};
 use herald_types::names;
@@ -181,8 +182,11 @@ impl MessagesApi {
         names::channel(&channel).map_err(|e| ApiError::invalid("channel", e.0))?;
         let req = body.value;
         let message = NewMessage { data: req.data.0, event: req.event, idempotency_key: req.idempotency_key };
-        let outcome =
-            state.hub.publish(&snapshot, &channel, message).await.map_err(|e| channel_error(e, &channel))?;
+        let outcome = state
+            .hub
+            .publish(&snapshot, &channel, message, Publisher::Api)
+            .await
+            .map_err(|e| channel_error(e, &channel))?;
         Ok(Json(published(&channel, outcome)))
     }
 
@@ -212,7 +216,7 @@ impl MessagesApi {
                 names::channel(&m.channel).map_err(|e| ApiError::invalid(format!("{prefix}channel"), e.0))?;
                 let message =
                     NewMessage { data: m.data.0, event: m.event, idempotency_key: m.idempotency_key };
-                state.hub.publish(&snapshot, &m.channel, message).await.map_err(|e| {
+                state.hub.publish(&snapshot, &m.channel, message, Publisher::Api).await.map_err(|e| {
                     let mut err = channel_error(e, &m.channel);
                     err.field = err.field.map(|f| format!("{prefix}{f}"));
                     err

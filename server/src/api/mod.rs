@@ -14,6 +14,7 @@ mod stats;
 mod tenants;
 mod tokens;
 mod users;
+mod webhooks;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -49,6 +50,8 @@ pub enum Tag {
     Stats,
     /// Users and presence: who is online, user-targeted messages, disconnects.
     Users,
+    /// Webhooks: the tenant's endpoints for events, their secrets and delivery logs.
+    Webhooks,
 }
 
 pub type Api = (
@@ -63,6 +66,7 @@ pub type Api = (
     audit::AuditApi,
     stats::StatsApi,
     users::UsersApi,
+    webhooks::WebhooksApi,
 );
 
 /// The API description without server URLs, so the committed spec does not depend on where a

@@ -24,6 +24,29 @@ struct UserMessageRequest {
     data: RawJson,
     #[serde(default)]
     event: Option<String>,
+    /// What to do when the user has no live connection anywhere: `drop` (default) or
+    /// `webhook`, which fires `user.offline_message` with the message (e.g. for a mobile push).
+    #[serde(default)]
+    if_offline: Option<IfOffline>,
+}
+
+#[derive(poem_openapi::Enum, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[oai(rename_all = "lowercase")]
+enum IfOffline {
+    Drop,
+    Webhook,
+}
+
+#[derive(poem_openapi::Enum, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+enum UserMessageOutcome {
+    /// Handed to at least one live connection.
+    Delivered,
+    /// The user was offline; `user.offline_message` was queued for the tenant's webhooks.
+    Webhook,
+    /// The user was offline; nothing else happened.
+    Dropped,
 }
 
 #[derive(Object)]
@@ -33,6 +56,8 @@ struct UserMessageResult {
     id: String,
     /// Connections the message was handed to.
     delivered: u64,
+    /// What happened to the message.
+    outcome: UserMessageOutcome,
 }
 
 #[derive(Object)]
@@ -103,7 +128,8 @@ impl UsersApi {
     ///
     /// Scope `publish`. Hands a `message` frame to every live connection of the user on every
     /// transport and, in cluster mode, every node; `delivered` counts them. Not stored: a user
-    /// who is offline does not receive it later.
+    /// who is offline does not receive it later; with `if_offline: "webhook"` (and the user
+    /// absent from the cluster's presence registry) `user.offline_message` is fired instead.
     #[oai(path = "/v1/tenants/:tenant/users/:user/messages", method = "post", operation_id = "sendToUser")]
     async fn send(
         &self,
@@ -117,8 +143,27 @@ impl UsersApi {
         let snapshot = super::messages::live_tenant(&state, &tenant).await?;
         check_user(&user)?;
         let req = body.value;
+        let fallback = req.if_offline == Some(IfOffline::Webhook);
+        let copy = fallback.then(|| (req.data.0.clone(), req.event.clone()));
         let (id, delivered) = state.hub.send_to_user(&snapshot, &user, req.data.0, req.event).await?;
-        Ok(Json(UserMessageResult { id, delivered }))
+        let mut outcome =
+            if delivered > 0 { UserMessageOutcome::Delivered } else { UserMessageOutcome::Dropped };
+        if let Some((data, event)) = copy
+            && delivered == 0
+            && state.hub.backend().presence.user(&tenant, &user).await?.is_empty()
+        {
+            use herald_core::hooks::{HookEvent, HookSink};
+            let data: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
+            let kind = herald_types::model::WebhookEvent::UserOfflineMessage;
+            state.hooks.emit(HookEvent::new(
+                &tenant,
+                kind,
+                None,
+                serde_json::json!({"user": *user, "id": id, "event": event, "data": data}),
+            ));
+            outcome = UserMessageOutcome::Webhook;
+        }
+        Ok(Json(UserMessageResult { id, delivered, outcome }))
     }
 
     /// Is a user online

@@ -163,3 +163,56 @@ pub mod settings {
     }
     no_relations!();
 }
+
+pub mod webhooks {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhooks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub url: String,
+        pub description: String,
+        pub events: String,
+        pub enabled: bool,
+        pub include_api_publishes: bool,
+        pub disabled_reason: Option<String>,
+        pub secret_sealed: String,
+        pub previous_secret_sealed: Option<String>,
+        pub previous_until: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}
+
+pub mod hook_deliveries {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "hook_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub webhook_id: String,
+        pub event_id: String,
+        pub event_type: String,
+        pub body: String,
+        pub status: String,
+        pub attempts: i64,
+        pub created_at: DateTimeUtc,
+        pub give_up_at: DateTimeUtc,
+        pub next_attempt_at: Option<DateTimeUtc>,
+        pub claimed_by: Option<String>,
+        pub claimed_until: Option<DateTimeUtc>,
+        pub last_attempt_at: Option<DateTimeUtc>,
+        pub response_status: Option<i64>,
+        pub latency_ms: Option<i64>,
+        pub response_excerpt: Option<String>,
+        pub error: Option<String>,
+    }
+    no_relations!();
+}

@@ -5,6 +5,9 @@
 //! crate aside); entities stay private to it.
 
 mod entities;
+mod webhooks;
+
+pub use webhooks::AttemptResult;
 
 use std::time::Duration;
 
@@ -87,18 +90,18 @@ impl ConfigSource for Store {
 }
 
 /// Converts a unique-key violation into [`StoreError::Conflict`].
-fn conflict_or_db(err: DbErr) -> StoreError {
+pub(crate) fn conflict_or_db(err: DbErr) -> StoreError {
     match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict,
         _ => StoreError::Db(err),
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("domain values serialise")
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> StoreResult<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
@@ -109,7 +112,7 @@ pub fn now() -> DateTime<Utc> {
 
 #[derive(Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
 }
 
 impl Store {

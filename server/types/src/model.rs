@@ -223,6 +223,10 @@ pub enum Scope {
     #[serde(rename = "stats:read")]
     #[cfg_attr(feature = "openapi", oai(rename = "stats:read"))]
     StatsRead,
+    /// Manage webhooks: create, change, rotate secrets, read and replay deliveries.
+    #[serde(rename = "webhooks:write")]
+    #[cfg_attr(feature = "openapi", oai(rename = "webhooks:write"))]
+    WebhooksWrite,
 }
 
 impl Scope {
@@ -236,6 +240,7 @@ impl Scope {
             Scope::PresenceRead => "presence:read",
             Scope::HistoryRead => "history:read",
             Scope::StatsRead => "stats:read",
+            Scope::WebhooksWrite => "webhooks:write",
         }
     }
 
@@ -376,4 +381,163 @@ mod tests {
         assert!(Scope::ChannelsWrite.grants(Scope::ChannelsRead));
         assert!(!Scope::ChannelsRead.grants(Scope::ChannelsWrite));
     }
+}
+
+/// What a webhook can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+pub enum WebhookEvent {
+    /// A channel got its first subscriber (anywhere in the cluster).
+    #[serde(rename = "channel.occupied")]
+    #[cfg_attr(feature = "openapi", oai(rename = "channel.occupied"))]
+    ChannelOccupied,
+    /// A channel's last subscriber left (after the grace window).
+    #[serde(rename = "channel.vacated")]
+    #[cfg_attr(feature = "openapi", oai(rename = "channel.vacated"))]
+    ChannelVacated,
+    /// A user's first connection subscribed to a presence channel.
+    #[serde(rename = "presence.join")]
+    #[cfg_attr(feature = "openapi", oai(rename = "presence.join"))]
+    PresenceJoin,
+    /// A user's last connection left a presence channel (after the grace window).
+    #[serde(rename = "presence.leave")]
+    #[cfg_attr(feature = "openapi", oai(rename = "presence.leave"))]
+    PresenceLeave,
+    /// A client connection was authenticated.
+    #[serde(rename = "connection.open")]
+    #[cfg_attr(feature = "openapi", oai(rename = "connection.open"))]
+    ConnectionOpen,
+    /// A client connection ended, with its close code.
+    #[serde(rename = "connection.close")]
+    #[cfg_attr(feature = "openapi", oai(rename = "connection.close"))]
+    ConnectionClose,
+    /// A client published to a channel (REST publishes only with `include_api_publishes`).
+    #[serde(rename = "message.published")]
+    #[cfg_attr(feature = "openapi", oai(rename = "message.published"))]
+    MessagePublished,
+    /// A user-targeted message with `if_offline: "webhook"` found the user offline.
+    #[serde(rename = "user.offline_message")]
+    #[cfg_attr(feature = "openapi", oai(rename = "user.offline_message"))]
+    UserOfflineMessage,
+    /// Sent by "send test event"; every webhook receives it whatever its event types.
+    #[serde(rename = "webhook.test")]
+    #[cfg_attr(feature = "openapi", oai(rename = "webhook.test"))]
+    WebhookTest,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 9] = [
+        WebhookEvent::ChannelOccupied,
+        WebhookEvent::ChannelVacated,
+        WebhookEvent::PresenceJoin,
+        WebhookEvent::PresenceLeave,
+        WebhookEvent::ConnectionOpen,
+        WebhookEvent::ConnectionClose,
+        WebhookEvent::MessagePublished,
+        WebhookEvent::UserOfflineMessage,
+        WebhookEvent::WebhookTest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::ChannelOccupied => "channel.occupied",
+            WebhookEvent::ChannelVacated => "channel.vacated",
+            WebhookEvent::PresenceJoin => "presence.join",
+            WebhookEvent::PresenceLeave => "presence.leave",
+            WebhookEvent::ConnectionOpen => "connection.open",
+            WebhookEvent::ConnectionClose => "connection.close",
+            WebhookEvent::MessagePublished => "message.published",
+            WebhookEvent::UserOfflineMessage => "user.offline_message",
+            WebhookEvent::WebhookTest => "webhook.test",
+        }
+    }
+
+    /// A bit of [`WebhookEvent::mask`].
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// The bits of a set of event types.
+    pub fn mask(events: &[WebhookEvent]) -> u16 {
+        events.iter().fold(0, |m, e| m | e.bit())
+    }
+}
+
+/// A tenant's webhook endpoint.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub description: String,
+    pub events: Vec<WebhookEvent>,
+    pub enabled: bool,
+    /// `message.published` also for the tenant's REST publishes, not only clients'.
+    pub include_api_publishes: bool,
+    /// Why Herald disabled it (e.g. the endpoint answered 410 Gone).
+    pub disabled_reason: Option<String>,
+    /// The signing secret, sealed with the master key.
+    pub secret_sealed: String,
+    /// The secret before the last rotation, sealed, still signing until `previous_until`.
+    pub previous_secret_sealed: Option<String>,
+    pub previous_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt or its next retry.
+    Pending,
+    /// A node is sending it now.
+    Sending,
+    /// The endpoint answered 2xx.
+    Succeeded,
+    /// Given up: retry period over, 410 Gone, the webhook disabled or deleted.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        [DeliveryStatus::Pending, DeliveryStatus::Sending, DeliveryStatus::Succeeded, DeliveryStatus::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One event on its way to one webhook, with the outcome of its latest attempt.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub tenant_id: String,
+    pub webhook_id: String,
+    /// The event's id (`webhook-id` header), the same on every attempt and replay.
+    pub event_id: String,
+    pub event_type: WebhookEvent,
+    /// The request body as sent.
+    pub body: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    /// When retrying stops.
+    pub give_up_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub response_status: Option<u16>,
+    pub latency_ms: Option<u32>,
+    pub response_excerpt: Option<String>,
+    pub error: Option<String>,
 }
