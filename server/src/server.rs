@@ -84,6 +84,35 @@ fn metrics(state: poem::web::Data<&SharedState>) -> poem::Response {
         "Connections closed because they could not keep up.",
         &[("", s.slow_consumers as i64)],
     );
+    let h = &state.hooks.counters;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
+    for (name, help, value) in [
+        (
+            "herald_webhook_events_queued_total",
+            "Webhook deliveries stored in the queue.",
+            n(&h.events_queued),
+        ),
+        (
+            "herald_webhook_events_dropped_total",
+            "Webhook events dropped: the tenant's queue or the node's buffer was full.",
+            n(&h.events_dropped),
+        ),
+        ("herald_webhook_attempts_total", "Webhook requests sent.", n(&h.attempts)),
+        ("herald_webhook_deliveries_succeeded_total", "Webhook deliveries answered 2xx.", n(&h.succeeded)),
+        ("herald_webhook_deliveries_failed_total", "Webhook deliveries given up.", n(&h.failed)),
+        (
+            "herald_webhook_retries_total",
+            "Webhook attempts that failed and were scheduled again.",
+            n(&h.retried),
+        ),
+        (
+            "herald_webhook_breaker_opened_total",
+            "Times a webhook's circuit breaker opened.",
+            n(&h.breaker_opened),
+        ),
+    ] {
+        metric(name, "counter", help, &[("", value)]);
+    }
     poem::Response::builder().content_type("text/plain; version=0.0.4").body(out)
 }
 
