@@ -161,6 +161,11 @@ pub async fn post<T: DeserializeOwned>(path: &str, body: &Value) -> Result<T, Pr
     decode(call("POST", path, Some(body)).await?)
 }
 
+/// A POST without a body (actions such as "send a test event").
+pub async fn post_empty<T: DeserializeOwned>(path: &str) -> Result<T, Problem> {
+    decode(call("POST", path, None).await?)
+}
+
 pub async fn patch<T: DeserializeOwned>(path: &str, body: &Value) -> Result<T, Problem> {
     decode(call("PATCH", path, Some(body)).await?)
 }
@@ -373,3 +378,76 @@ pub struct History {
 
 /// Capabilities of a token to mint: pattern → actions.
 pub type Capabilities = BTreeMap<String, Vec<String>>;
+
+/// The event types a webhook can subscribe to (`webhook.test` is sent only when asked for).
+pub const WEBHOOK_EVENTS: [(&str, &str); 8] = [
+    ("channel.occupied", "A channel got its first subscriber"),
+    ("channel.vacated", "A channel's last subscriber left"),
+    ("presence.join", "A user joined a presence channel"),
+    ("presence.leave", "A user left a presence channel"),
+    ("connection.open", "A client connection was authenticated"),
+    ("connection.close", "A client connection ended"),
+    ("message.published", "A client published to a channel"),
+    ("user.offline_message", "A user-targeted message found the user offline"),
+];
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    pub events: Vec<String>,
+    pub enabled: bool,
+    pub include_api_publishes: bool,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    #[serde(default)]
+    pub previous_secret_valid_until: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Only in the answer to the creation.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct RotatedSecret {
+    pub secret: String,
+    #[serde(default)]
+    pub previous_secret_valid_until: Option<String>,
+}
+
+/// One event on its way to a webhook, with the outcome of its latest attempt.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `sending`, `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_attempt_at: Option<String>,
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    pub give_up_at: String,
+    #[serde(default)]
+    pub response_status: Option<u16>,
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    #[serde(default)]
+    pub response_excerpt: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub body: String,
+}
+
+impl Delivery {
+    /// Whether it is done (succeeded or given up), so that it may be replayed.
+    pub fn finished(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed")
+    }
+}

@@ -17,11 +17,12 @@ pub enum Tab {
     Tokens,
     Live,
     Presence,
+    Webhooks,
     Audit,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 9] = [
+    pub const ALL: [Tab; 10] = [
         Tab::Settings,
         Tab::Channels,
         Tab::Namespaces,
@@ -30,6 +31,7 @@ impl Tab {
         Tab::Tokens,
         Tab::Live,
         Tab::Presence,
+        Tab::Webhooks,
         Tab::Audit,
     ];
 
@@ -43,6 +45,7 @@ impl Tab {
             Tab::Tokens => "tokens",
             Tab::Live => "live",
             Tab::Presence => "presence",
+            Tab::Webhooks => "webhooks",
             Tab::Audit => "audit",
         }
     }
@@ -57,6 +60,7 @@ impl Tab {
             Tab::Tokens => "Tokens",
             Tab::Live => "Live tail",
             Tab::Presence => "Presence",
+            Tab::Webhooks => "Webhooks",
             Tab::Audit => "Audit log",
         }
     }
@@ -69,6 +73,7 @@ impl Tab {
             Tab::ApiKeys | Tab::SigningKeys | Tab::Audit => Some("keys:write"),
             Tab::Tokens | Tab::Live => Some("tokens:issue"),
             Tab::Presence => Some("presence:read"),
+            Tab::Webhooks => Some("webhooks:write"),
         }
     }
 

@@ -245,6 +245,36 @@ where
         });
     }
 
+    /// Reads the first page again without showing "Loading" meanwhile, for lists that change on
+    /// their own (a delivery log): what is shown stays until the answer differs from it, and
+    /// then becomes that first page.
+    pub fn refresh(self)
+    where
+        T: PartialEq,
+    {
+        let path = self.path.with_value(|p| p());
+        leptos::task::spawn_local(async move {
+            match api::get::<Page<T>>(&path).await {
+                Ok(page) => {
+                    if self.next.with_untracked(|n| *n != page.next_cursor) {
+                        self.next.set(page.next_cursor);
+                    }
+                    if !self.list.with_untracked(|l| matches!(l, Load::Ready(v) if *v == page.items)) {
+                        self.list.set(Load::Ready(page.items));
+                    }
+                }
+                Err(p) => {
+                    if let Some(p) = self.catch.with_value(|c| match c {
+                        Some(catch) => catch(p),
+                        None => Some(p),
+                    }) {
+                        self.list.set(Load::Failed(p));
+                    }
+                }
+            }
+        });
+    }
+
     /// The "Load more" button, while there is a next page.
     pub fn more(self) -> impl IntoView {
         move || {

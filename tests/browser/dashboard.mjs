@@ -1,7 +1,7 @@
 // Drives the admin dashboard in the system Chromium against a running Herald, the way a person
 // would, and saves screenshots of the main pages.
 //
-//   node dashboard.mjs <base url> <admin token> <screenshot dir> [main|expiry]
+//   node dashboard.mjs <base url> <admin token> <screenshot dir> [main|expiry|webhooks] [receiver url]
 //
 // `main`: log in (a wrong token first), create a tenant (a bad origin first), edit its origins,
 // create a namespace and a channel, create an API key and see its secret exactly once, open the
@@ -12,15 +12,25 @@
 // key to see that tenant only.
 // `expiry`: the server runs with a session of a few seconds; an expired session returns to the
 // login page with a message.
+// `webhooks`: the server may call loopback addresses and a real HTTP receiver listens at
+// <receiver url>: a private address is refused on the URL field, a webhook to the receiver is
+// created and its secret shown once, a test event reaches the receiver signed with that secret
+// and the delivery log shows it succeeded, a replay reaches it again with the same webhook-id,
+// a 410 Gone answer disables the webhook with its reason shown, enabling it again and
+// replaying succeeds, disable/enable, a rotated secret is shown once and signs the next
+// request, and the webhook is deleted.
 //
-// Each step is printed as one JSON line; any failure exits with status 1 and a message.
+// Each step is printed as one JSON line; any failure exits with status 1 and a message. What
+// only the test around this script can see (what the receiver got) is asked as a line
+// `{"ask": …}`, answered by one JSON line on stdin.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 
-const [base, adminToken, shots, scenario = 'main'] = process.argv.slice(2);
+const [base, adminToken, shots, scenario = 'main', receiver] = process.argv.slice(2);
 if (!base || !adminToken || !shots) {
-  console.error('usage: node dashboard.mjs <base url> <admin token> <screenshot dir> [main|expiry]');
+  console.error('usage: node dashboard.mjs <base url> <admin token> <screenshot dir> [main|expiry|webhooks] [receiver url]');
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -80,6 +90,26 @@ async function until(fn, arg, what) {
   } catch (e) {
     throw new Error(`timed out waiting for ${what}`);
   }
+}
+
+let answers;
+/** Asks the test around this script (see the top), and waits for its answer. */
+async function ask(question) {
+  if (!answers) {
+    const queue = [];
+    const waiting = [];
+    createInterface({ input: process.stdin }).on('line', (line) => {
+      const answer = JSON.parse(line);
+      const next = waiting.shift();
+      if (next) next(answer);
+      else queue.push(answer);
+    });
+    answers = () => (queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => waiting.push(r)));
+  }
+  process.stdout.write(JSON.stringify({ ask: question }) + '\n');
+  const answer = await answers();
+  if (answer.error) throw new Error(answer.error);
+  return answer;
 }
 
 async function login(token) {
@@ -326,8 +356,175 @@ async function expiry() {
   await page.waitForSelector('[data-action=new-tenant]');
 }
 
+async function webhooks() {
+  check(receiver, 'the webhooks scenario needs a receiver URL');
+  const tenant = `hooks-${Date.now().toString(36)}`;
+  const made = await api('POST', '/v1/tenants', { id: tenant, name: 'Hooks Test' });
+  check(made.status === 201, `tenant: ${JSON.stringify(made)}`);
+
+  step("log in and open the tenant's Webhooks page from its navigation");
+  await page.goto(`${base}/admin/`);
+  await login(adminToken);
+  await page.waitForSelector('[data-who=admin]');
+  await page.goto(`${base}/admin/tenants/${tenant}`);
+  await nav('Webhooks');
+  await page.waitForSelector('text=No webhooks yet.');
+  check(new URL(page.url()).pathname === `/admin/tenants/${tenant}/webhooks`, `on the Webhooks page: ${page.url()}`);
+
+  step('a private address is refused next to the URL field (url_not_allowed)');
+  await page.click('[data-action=new-webhook]');
+  const wf = 'form[data-form=create-webhook]';
+  await page.fill(`${wf} input[name=url]`, 'http://10.0.0.1/');
+  await page.check(`${wf} input[value="channel.occupied"]`);
+  await page.click(`${wf} button[type=submit]`);
+  const refused = (await (await page.waitForSelector(`${wf} .field-error[data-field=url]`)).textContent()).trim();
+  check(refused.includes('10.0.0.1 is not a public address'), `the URL is refused: ${refused}`);
+  await shot('webhook-url-refused');
+
+  step('without an event type, the events field says so');
+  await page.fill(`${wf} input[name=url]`, receiver);
+  await page.uncheck(`${wf} input[value="channel.occupied"]`);
+  await page.click(`${wf} button[type=submit]`);
+  await page.waitForSelector(`${wf} .field-error[data-field=events]`);
+  check((await page.$(`${wf} .field-error[data-field=url]`)) === null, 'the URL is accepted now');
+
+  step('create a webhook to the local receiver: its secret is shown once');
+  for (const event of ['channel.occupied', 'presence.join', 'message.published']) {
+    await page.check(`${wf} input[value="${event}"]`);
+  }
+  await page.check(`${wf} input[name=include_api_publishes]`);
+  await page.fill(`${wf} input[name=description]`, 'dashboard test');
+  await page.click(`${wf} button[type=submit]`);
+  const secret = (await page.textContent('[data-testid=secret]')).trim();
+  check(secret.startsWith('whsec_'), `a webhook secret is shown: ${secret}`);
+  const row = await page.waitForSelector(`tr[data-webhook]:has-text("${receiver}")`);
+  const id = await row.getAttribute('data-webhook');
+  const w = `tr[data-webhook="${id}"]`;
+  const stored = await api('GET', `/v1/tenants/${tenant}/webhooks/${id}`);
+  check(
+    stored.status === 200 &&
+      stored.body.events.join() === 'channel.occupied,presence.join,message.published' &&
+      stored.body.include_api_publishes === true &&
+      stored.body.enabled === true &&
+      stored.body.description === 'dashboard test' &&
+      stored.body.secret === undefined,
+    `the webhook as created: ${JSON.stringify(stored)}`,
+  );
+  check((await page.textContent(`${w} td[data-col=status]`)).includes('enabled'), 'the webhook is enabled');
+  await shot('webhook-created');
+  await page.click('[data-secret] >> text=I have copied it');
+  await page.waitForSelector('[data-testid=secret]', { state: 'detached' });
+  await page.reload();
+  await page.waitForSelector(`table[data-table=webhooks] ${w}`);
+  check(!(await page.content()).includes(secret), 'the secret is not shown again');
+
+  step('send a test event: the receiver gets it, signed with that secret, and the log shows it succeeded');
+  await page.click(`${w} [data-action=deliveries]`);
+  await page.waitForSelector(`[data-deliveries="${id}"] >> text=No deliveries yet.`);
+  check(new URL(page.url()).searchParams.get('webhook') === id, `the selected webhook is in the URL: ${page.url()}`);
+  await page.click('[data-action=send-test]');
+  const first = await ask({ received: 'webhook.test', count: 1, secrets: [secret] });
+  check(first.count === 1 && first.requests[0].verified[0], `one signed test request: ${JSON.stringify(first)}`);
+  const test = 'table[data-table=deliveries] tr[data-event="webhook.test"]';
+  await page.waitForSelector(`${test}[data-status=succeeded]`);
+  const cell = async (col) => (await page.textContent(`${test} td[data-col=${col}]`)).trim();
+  check((await cell('response')) === '200', `response 200: ${await cell('response')}`);
+  check((await cell('attempts')) === '1', `one attempt: ${await cell('attempts')}`);
+  check(/^\d+ ms$/.test(await cell('latency')), `a latency: ${await cell('latency')}`);
+  check((await cell('outcome')).includes('answered'), `the receiver's answer: ${await cell('outcome')}`);
+  const delivery = await page.getAttribute(test, 'data-delivery');
+  const log = `/v1/tenants/${tenant}/webhooks/${id}/deliveries`;
+  const before = (await api('GET', log)).body.items[0];
+  check(before.id === delivery && before.status === 'succeeded', `the log as listed: ${JSON.stringify(before)}`);
+  await shot('webhook-deliveries');
+
+  step('replay it: the receiver gets it again with the same webhook-id');
+  await page.click(`${test} [data-action=replay]`);
+  const second = await ask({ received: 'webhook.test', count: 2, secrets: [secret] });
+  check(
+    second.count === 2 && second.requests[1].verified[0] && second.requests[1].webhook_id === second.requests[0].webhook_id,
+    `the replay, same webhook-id: ${JSON.stringify(second)}`,
+  );
+  await page.click('[data-action=refresh-deliveries]');
+  await page.waitForSelector(`${test}[data-status=succeeded]`);
+  const after = (await api('GET', log)).body.items;
+  check(
+    after.length === 1 && after[0].status === 'succeeded' && after[0].last_attempt_at !== before.last_attempt_at,
+    `the replayed delivery was attempted again: ${JSON.stringify(after)}`,
+  );
+
+  step('an endpoint answering 410 Gone disables the webhook, and the page says why');
+  await ask({ script: [410] });
+  await page.click('[data-action=send-test]');
+  await ask({ received: 'webhook.test', count: 3 });
+  const gone = 'table[data-table=deliveries] tr[data-status=failed]';
+  await page.waitForSelector(gone);
+  check((await page.textContent(`${gone} td[data-col=response]`)).trim() === '410', 'the failure shows 410');
+  check((await page.textContent(`${gone} td[data-col=outcome]`)).includes('410 Gone'), 'the failure says why');
+  await page.waitForSelector(`${w}[data-enabled=false] [data-disabled-reason]`);
+  check((await page.textContent(`${w} [data-disabled-reason]`)).includes('410 Gone'), 'the reason is shown');
+  await shot('webhook-disabled');
+
+  step('enable it again and replay the failed delivery: it succeeds');
+  await page.click(`${w} [data-action=toggle]`);
+  await page.waitForSelector(`${w}[data-enabled=true]`);
+  check((await page.$(`${w} [data-disabled-reason]`)) === null, 'enabling clears the reason');
+  await page.click(`${gone} [data-action=replay]`);
+  await ask({ received: 'webhook.test', count: 4 });
+  await until(
+    () => [...document.querySelectorAll('table[data-table=deliveries] tr[data-delivery]')].every((r) => r.dataset.status === 'succeeded'),
+    null,
+    'every delivery to have succeeded',
+  );
+  check((await page.$$('table[data-table=deliveries] tr[data-delivery]')).length === 2, 'two deliveries in the log');
+
+  step('disable and enable it from the list');
+  await page.click(`${w} [data-action=toggle]`);
+  await page.waitForSelector(`${w}[data-enabled=false]`);
+  check((await api('GET', `/v1/tenants/${tenant}/webhooks/${id}`)).body.enabled === false, 'disabled');
+  await page.click(`${w} [data-action=toggle]`);
+  await page.waitForSelector(`${w}[data-enabled=true]`);
+  check((await api('GET', `/v1/tenants/${tenant}/webhooks/${id}`)).body.enabled === true, 'enabled again');
+
+  step('rotate the secret: the new one is shown once and signs the next request, with the old one');
+  await page.click(`${w} >> text=Rotate secret`);
+  await page.click(`${w} >> text=Rotate: the old secret signs for 24 h more`);
+  const rotated = (await page.textContent('[data-testid=secret]')).trim();
+  check(rotated.startsWith('whsec_') && rotated !== secret, `a new secret is shown: ${rotated}`);
+  await page.waitForSelector(`${w} [data-rotating]`);
+  await shot('webhook-rotated');
+  await page.click('[data-secret] >> text=I have copied it');
+  await page.waitForSelector('[data-testid=secret]', { state: 'detached' });
+  await page.click('[data-action=send-test]');
+  const signed = await ask({ received: 'webhook.test', count: 5, secrets: [rotated, secret] });
+  check(
+    signed.requests[4].verified[0] && signed.requests[4].verified[1],
+    `signed with the new and the previous secret: ${JSON.stringify(signed.requests[4])}`,
+  );
+  await until(
+    () => document.querySelectorAll('table[data-table=deliveries] tr[data-status=succeeded]').length === 3,
+    null,
+    'the third delivery to succeed',
+  );
+
+  step('delete the webhook: it leaves the list and its delivery log closes');
+  await page.click(`${w} >> text=Delete`);
+  await page.click(`${w} >> text=Delete with its deliveries`);
+  await page.waitForSelector(w, { state: 'detached' });
+  await page.waitForSelector(`[data-deliveries="${id}"]`, { state: 'detached' });
+  await page.waitForSelector('text=No webhooks yet.');
+  check((await api('GET', `/v1/tenants/${tenant}/webhooks`)).body.items.length === 0, 'no webhooks left');
+
+  step('the audit log records the changes');
+  await nav('Audit log');
+  for (const action of ['webhook.create', 'webhook.rotate_secret', 'webhook.replay', 'webhook.delete']) {
+    await page.waitForSelector(`table[data-table=audit] tr[data-action="${action}"]`);
+  }
+}
+
 try {
   if (scenario === 'expiry') await expiry();
+  else if (scenario === 'webhooks') await webhooks();
   else await main();
   check(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
   step('done');

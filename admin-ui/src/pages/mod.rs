@@ -12,3 +12,4 @@ pub mod shell;
 pub mod tenant;
 pub mod tenants;
 pub mod tokens;
+pub mod webhooks;

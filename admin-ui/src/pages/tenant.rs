@@ -114,6 +114,7 @@ pub fn TenantPage(tenant: String, tab: Tab) -> impl IntoView {
                 view! { <crate::pages::live::LiveTail tenant=tenant.clone() record=record /> }.into_any()
             }
             Tab::Presence => view! { <crate::pages::presence::Presence tenant=tenant.clone() /> }.into_any(),
+            Tab::Webhooks => view! { <crate::pages::webhooks::Webhooks tenant=tenant.clone() /> }.into_any(),
             Tab::Audit => view! { <crate::pages::audit::TenantAudit tenant=tenant.clone() /> }.into_any(),
         },
     };
