@@ -8,6 +8,7 @@
 //! - [`error`]: the problem-details shape, built from the core's table of error codes.
 //! - [`hooks`]: webhooks: matching events, the durable queue, signed delivery with retries.
 //! - [`outbound`]: HTTP calls to tenants' endpoints, refused for private addresses.
+//! - [`proxy`]: tenants' connect/subscribe/publish/refresh proxies over HTTP.
 //! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`.
 //! - [`server`]: routes, health endpoints, graceful shutdown; [`listener`]: the connection
 //!   layer (accept loop, header-read and write timeouts, per-address limits).
@@ -24,6 +25,7 @@ pub mod error;
 pub mod hooks;
 pub mod listener;
 pub mod outbound;
+pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod transport;

@@ -186,9 +186,23 @@ impl Outbound {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<OutboundResponse, OutboundError> {
+        self.post_within(url, headers, body, None).await
+    }
+
+    /// [`Outbound::post`] with a shorter total timeout for this call.
+    pub async fn post_within(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<OutboundResponse, OutboundError> {
         let url = self.check_url(url)?;
         let started = Instant::now();
         let mut request = self.client.post(url).header("content-type", "application/json").body(body);
+        if let Some(t) = timeout {
+            request = request.timeout(t.min(self.policy.timeout));
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }

@@ -113,6 +113,31 @@ fn metrics(state: poem::web::Data<&SharedState>) -> poem::Response {
     ] {
         metric(name, "counter", help, &[("", value)]);
     }
+    let kinds = herald_types::model::ProxyKind::ALL;
+    let mut outcomes = Vec::new();
+    let mut latency = Vec::new();
+    for kind in kinds {
+        let c = state.proxies.counters(kind);
+        for (outcome, counter) in [("allowed", &c.allowed), ("denied", &c.denied), ("failed", &c.failed)] {
+            outcomes.push((format!("{{kind=\"{}\",outcome=\"{outcome}\"}}", kind.as_str()), n(counter)));
+        }
+        latency.push((format!("{{kind=\"{}\"}}", kind.as_str()), n(&c.latency_us)));
+    }
+    fn as_refs(v: &[(String, i64)]) -> Vec<(&str, i64)> {
+        v.iter().map(|(l, x)| (l.as_str(), *x)).collect()
+    }
+    metric(
+        "herald_proxy_requests_total",
+        "counter",
+        "Calls to tenants' proxy endpoints by kind and outcome.",
+        &as_refs(&outcomes),
+    );
+    metric(
+        "herald_proxy_latency_microseconds_total",
+        "counter",
+        "Total time spent waiting for tenants' proxy endpoints that answered, by kind.",
+        &as_refs(&latency),
+    );
     poem::Response::builder().content_type("text/plain; version=0.0.4").body(out)
 }
 

@@ -36,6 +36,8 @@ pub struct AppState {
     pub long_polls: crate::transport::longpoll::LongPolls,
     /// Webhooks: the event sink of the hub, the queue and the dispatcher.
     pub hooks: Arc<crate::hooks::Hooks>,
+    /// Tenants' proxy endpoints, as the hub calls them.
+    pub proxies: Arc<crate::proxy::Proxies>,
 }
 
 /// How long cached tenant configuration is trusted before it is reloaded, bounding how long a
@@ -207,6 +209,9 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     if serving {
         hub.set_hooks(hooks.clone(), config.webhooks.grace, HOOK_DETECTOR_TICK);
     }
+    let proxies =
+        Arc::new(crate::proxy::Proxies::new(master.clone(), config.outbound_allowed_networks.clone()));
+    hub.set_proxy(proxies.clone());
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),
@@ -221,6 +226,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         hub,
         draining: AtomicBool::new(false),
         hooks,
+        proxies,
     });
     Ok(Bootstrap { state, generated_admin_token })
 }

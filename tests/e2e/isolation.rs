@@ -55,6 +55,23 @@ fn operations() -> Vec<(Method, &'static str, Option<Value>, Option<&'static str
         (M::GET, "/users/u1", None, Some("presence:read")),
         (M::POST, "/users/u1/messages", Some(json!({"data": 1})), Some("publish")),
         (M::POST, "/users/u1/disconnect", None, Some("keys:write")),
+        (M::GET, "/webhooks", None, Some("webhooks:write")),
+        (
+            M::POST,
+            "/webhooks",
+            Some(json!({"url": "https://example.com/hook", "events": ["channel.occupied"]})),
+            Some("webhooks:write"),
+        ),
+        (M::GET, "/webhooks/none", None, Some("webhooks:write")),
+        (M::PATCH, "/webhooks/none", Some(json!({})), Some("webhooks:write")),
+        (M::DELETE, "/webhooks/none", None, Some("webhooks:write")),
+        (M::POST, "/webhooks/none/rotate-secret", Some(json!({})), Some("webhooks:write")),
+        (M::POST, "/webhooks/none/test", None, Some("webhooks:write")),
+        (M::GET, "/webhooks/none/deliveries", None, Some("webhooks:write")),
+        (M::POST, "/webhooks/none/deliveries/none/replay", None, Some("webhooks:write")),
+        (M::PUT, "/proxy", Some(json!({"timeout_ms": 1000})), Some("keys:write")),
+        (M::GET, "/proxy", None, Some("keys:write")),
+        (M::POST, "/proxy/rotate-secret", None, Some("keys:write")),
     ]
 }
 

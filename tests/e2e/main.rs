@@ -21,6 +21,7 @@ mod keys;
 mod openapi_client;
 mod outbound;
 mod persistence;
+mod proxies;
 mod publish;
 mod soak;
 mod sse_poll;

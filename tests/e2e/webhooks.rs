@@ -368,7 +368,7 @@ async fn gone_disables_the_webhook_and_a_breaker_stops_hammering_a_failing_one()
 
     // A failing endpoint: after 3 consecutive failures the breaker holds its deliveries back.
     let failing = Receiver::start().await;
-    failing.script(&[Answer::Status(503); 1000]);
+    failing.script(&vec![Answer::Status(503); 1000]);
     let (id, _) = webhook(&t, &failing.url, &["channel.occupied"]).await;
     for _ in 0..5 {
         test_event(&t, &id).await;

@@ -30,12 +30,17 @@ impl Received {
 }
 
 /// What the receiver answers next.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Answer {
     Status(u16),
+    /// A status with a JSON body.
+    Json(u16, String),
     /// Read the request and never answer.
     Hang,
 }
+
+/// Answers computed from each request, when no scripted answer is left.
+pub type Responder = Arc<dyn Fn(&Received) -> Answer + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Receiver {
@@ -43,6 +48,7 @@ pub struct Receiver {
     pub port: u16,
     seen: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    responder: Arc<Mutex<Option<Responder>>>,
     task: Arc<tokio::task::JoinHandle<()>>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
@@ -59,21 +65,30 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
         let script: Arc<Mutex<VecDeque<Answer>>> = Arc::default();
-        let (log, answers) = (seen.clone(), script.clone());
+        let responder: Arc<Mutex<Option<Responder>>> = Arc::default();
+        let (log, answers, respond) = (seen.clone(), script.clone(), responder.clone());
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let open = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else { return };
-                let (log, answers) = (log.clone(), answers.clone());
+                let (log, answers, respond) = (log.clone(), answers.clone(), respond.clone());
                 let connection = tokio::spawn(async move {
                     while let Some(request) = read_request(&mut s).await {
+                        let scripted = answers.lock().unwrap().pop_front();
+                        let computed = respond.lock().unwrap().clone().map(|f| f(&request));
                         log.lock().unwrap().push(request);
-                        let answer = answers.lock().unwrap().pop_front().unwrap_or(Answer::Status(200));
+                        let answer = scripted.or(computed).unwrap_or(Answer::Status(200));
                         match answer {
-                            Answer::Status(code) => {
+                            Answer::Status(_) | Answer::Json(..) => {
+                                let (code, kind, body) = match answer {
+                                    Answer::Json(code, body) => (code, "application/json", body),
+                                    Answer::Status(code) => (code, "text/plain", "answered".to_owned()),
+                                    Answer::Hang => unreachable!(),
+                                };
                                 let reply = format!(
-                                    "HTTP/1.1 {code} Scripted\r\ncontent-length: 8\r\ncontent-type: text/plain\r\n\r\nanswered"
+                                    "HTTP/1.1 {code} Scripted\r\ncontent-length: {}\r\ncontent-type: {kind}\r\n\r\n{body}",
+                                    body.len()
                                 );
                                 if s.write_all(reply.as_bytes()).await.is_err() {
                                     return;
@@ -94,6 +109,7 @@ impl Receiver {
             port,
             seen,
             script,
+            responder,
             task: Arc::new(task),
             connections,
         }
@@ -101,7 +117,12 @@ impl Receiver {
 
     /// Answers the next requests with these, in order.
     pub fn script(&self, answers: &[Answer]) {
-        self.script.lock().unwrap().extend(answers.iter().copied());
+        self.script.lock().unwrap().extend(answers.iter().cloned());
+    }
+
+    /// Answers every unscripted request with what `f` computes from it.
+    pub fn respond(&self, f: impl Fn(&Received) -> Answer + Send + Sync + 'static) {
+        *self.responder.lock().unwrap() = Some(Arc::new(f));
     }
 
     /// Stops listening and closes open connections (connections refused from now on).

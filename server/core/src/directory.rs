@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use herald_types::model::{
     ApiKey, Channel, ChannelOptions, EffectiveChannelOptions, KeyStatus, Namespace, RevokedToken,
-    SigningAlgorithm, SigningKey, Tenant, UserRevocation,
+    SigningAlgorithm, SigningKey, Tenant, TenantProxy, UserRevocation,
 };
 use herald_types::names;
 
@@ -32,6 +32,10 @@ pub trait ConfigSource: Send + Sync {
     /// An explicitly created channel.
     async fn channel(&self, tenant: &str, name: &str) -> Result<Option<Channel>, StoreError>;
     async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The tenant's proxy endpoints, if it configured any.
+    async fn proxy(&self, _tenant: &str) -> Result<Option<TenantProxy>, StoreError> {
+        Ok(None)
+    }
 }
 
 pub struct VerifyKey {
@@ -47,6 +51,8 @@ pub struct TenantSnapshot {
     pub revoked_jti: HashSet<String>,
     /// User → tokens issued before this Unix time are revoked.
     pub revoked_users: HashMap<String, i64>,
+    /// Decisions the tenant delegates to its own endpoints.
+    pub proxy: Option<Arc<TenantProxy>>,
     loaded: Instant,
 }
 
@@ -232,6 +238,7 @@ impl Directory {
             keys,
             revoked_jti,
             revoked_users,
+            proxy: self.store.proxy(id).await?.map(Arc::new),
             loaded: Instant::now(),
         }))
     }

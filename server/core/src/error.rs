@@ -87,6 +87,7 @@ codes! {
     Disconnected = "disconnected", 403, "The user was disconnected through the API (close code 4006); do not reconnect.";
     PresenceDisabled = "presence_disabled", 403, "The channel's `presence` option is off.";
     TokenMismatch = "token_mismatch", 403, "A refreshed token is for another user.";
+    ProxyDenied = "proxy_denied", 403, "The tenant's proxy endpoint refused this; the message holds its reason.";
     // Not there.
     RouteNotFound = "route_not_found", 404, "No such route.";
     TenantNotFound = "tenant_not_found", 404, "No such tenant (or it belongs to another).";
@@ -124,6 +125,7 @@ codes! {
     Internal = "internal", 500, "Internal error (logged, not shown).";
     AuthUnavailable = "auth_unavailable", 503, "Tokens cannot be checked right now; retry.";
     ClusterUnavailable = "cluster_unavailable", 503, "Cluster mode: NATS is unreachable; nothing was accepted, retry shortly.";
+    ProxyUnavailable = "proxy_unavailable", 503, "The tenant's proxy endpoint failed or did not answer in time, and its failure policy is to deny.";
     Unavailable = "unavailable", 503, "The session or node cannot serve this right now; retry.";
     NotReady = "not_ready", 503, "The node is not ready.";
 }
@@ -184,6 +186,12 @@ pub enum Error {
     /// Cluster mode: NATS cannot be reached (or did not acknowledge); nothing was accepted.
     #[error("the cluster backend is unreachable; nothing was accepted, retry shortly")]
     ClusterUnavailable(String),
+    /// The tenant's proxy answered deny, with this reason.
+    #[error("refused by the tenant's proxy: {0}")]
+    ProxyDenied(String),
+    /// The tenant's proxy failed (and its policy denies).
+    #[error("the tenant's proxy did not answer usably; retry")]
+    ProxyUnavailable(String),
     #[error("temporarily unavailable")]
     Store(#[from] StoreError),
 }
@@ -207,6 +215,8 @@ impl Error {
             Error::QuotaExceeded { .. } => Code::QuotaExceeded,
             Error::Closed => Code::Closed,
             Error::ClusterUnavailable(_) => Code::ClusterUnavailable,
+            Error::ProxyDenied(_) => Code::ProxyDenied,
+            Error::ProxyUnavailable(_) => Code::ProxyUnavailable,
             Error::Store(_) => Code::Internal,
         }
     }
@@ -242,6 +252,10 @@ impl Error {
             }
             Error::ClusterUnavailable(why) => {
                 tracing::warn!(error = %why, "cluster backend unavailable");
+                self.to_string()
+            }
+            Error::ProxyUnavailable(why) => {
+                tracing::info!(error = %why, "tenant proxy failed");
                 self.to_string()
             }
             other => other.to_string(),

@@ -94,6 +94,8 @@ pub struct Hub {
     hooks: std::sync::OnceLock<Arc<dyn HookSink>>,
     /// Wakes the hook detector when local presence changed.
     hooks_changed: tokio::sync::Notify,
+    /// Calls tenants' proxy endpoints, once the server installed it ([`Hub::set_proxy`]).
+    proxy: std::sync::OnceLock<Arc<dyn crate::proxy::ProxyClient>>,
 }
 
 /// Who published a message, as `message.published` reports it.
@@ -120,6 +122,7 @@ impl Hub {
             backend,
             hooks: std::sync::OnceLock::new(),
             hooks_changed: tokio::sync::Notify::new(),
+            proxy: std::sync::OnceLock::new(),
         });
         hub.stats.node().history.set_limit(hub.settings.history_max_bytes);
         let node: Arc<dyn Node> = hub.clone();
@@ -336,6 +339,34 @@ impl Hub {
         self.backend.presence.changed();
         if self.hooks.get().is_some() {
             self.hooks_changed.notify_one();
+        }
+    }
+
+    /// Installs the client that calls tenants' proxy endpoints.
+    pub fn set_proxy(&self, client: Arc<dyn crate::proxy::ProxyClient>) {
+        let _ = self.proxy.set(client);
+    }
+
+    /// Asks the tenant's proxy for `kind`, if it has one: `Ok(None)` when there is none (or it
+    /// failed and the tenant's policy is to allow), `Ok(Some(result))` when it allowed, and
+    /// `ProxyDenied` / `ProxyUnavailable` when it refused or failed under a deny policy.
+    pub async fn consult(
+        &self,
+        tenant: &TenantSnapshot,
+        kind: herald_types::model::ProxyKind,
+        body: impl FnOnce() -> serde_json::Value,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Error> {
+        let (Some(proxy), Some(client)) = (tenant.proxy.as_ref(), self.proxy.get()) else { return Ok(None) };
+        if proxy.settings.url(kind).is_none() {
+            return Ok(None);
+        }
+        match client.call(proxy, kind, body()).await {
+            Ok(crate::proxy::Verdict::Allow(result)) => Ok(Some(result)),
+            Ok(crate::proxy::Verdict::Deny(reason)) => Err(Error::ProxyDenied(reason)),
+            Err(why) => match proxy.settings.on_failure {
+                herald_types::model::ProxyFailure::Allow => Ok(None),
+                herald_types::model::ProxyFailure::Deny => Err(Error::ProxyUnavailable(why)),
+            },
         }
     }
 

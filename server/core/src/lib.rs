@@ -30,6 +30,7 @@ pub mod hub;
 pub mod memory;
 pub mod outbox;
 pub mod protocol;
+pub mod proxy;
 pub mod publication;
 pub mod session;
 pub mod stats;

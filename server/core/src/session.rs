@@ -33,7 +33,14 @@ pub struct Session {
     tenant: Arc<TenantSnapshot>,
     claims: ClientClaims,
     subscriptions: HashMap<String, Arc<Channel>>,
+    /// Authenticated by the tenant's connect proxy rather than a token.
+    via_proxy: bool,
 }
+
+/// How long a proxy-authenticated connection lasts when the proxy names no expiry.
+const PROXY_DEFAULT_TTL_SECONDS: i64 = 3600;
+/// How long a refresh that failed under an allow policy extends a connection.
+const PROXY_REFRESH_GRACE_SECONDS: i64 = 60;
 
 /// Whether a browser page at `origin` may connect for `tenant`. Requests without an `Origin`
 /// header come from non-browser clients and are not restricted.
@@ -67,6 +74,57 @@ impl Session {
         let verified = client_auth::verify(&hub.directory, token, expected_tenant)
             .await
             .map_err(TokenError::disconnect)?;
+        Self::admit(hub, verified, transport, origin, false)
+    }
+
+    /// Authenticates a client that has no token through the tenant's `connect` proxy: it gets
+    /// `request` (transport, forwarded headers, the client's address) and answers the user,
+    /// and optionally `capabilities`, `info` and `expires_at` (Unix seconds). A tenant without
+    /// a connect proxy refuses with `missing_credentials`.
+    pub async fn open_via_proxy(
+        hub: Arc<Hub>,
+        tenant_id: &str,
+        transport: Transport,
+        origin: Option<&str>,
+        request: serde_json::Value,
+    ) -> Result<Session, Disconnect> {
+        let refused = Disconnect::AuthFailed;
+        let tenant = match hub.directory.tenant(tenant_id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(refused(Code::UnknownTenant)),
+            Err(_) => return Err(refused(Code::AuthUnavailable)),
+        };
+        let has_connect = tenant.proxy.as_ref().is_some_and(|p| p.settings.connect_url.is_some());
+        if !has_connect {
+            return Err(refused(Code::MissingCredentials));
+        }
+        if tenant.tenant.status == herald_types::model::TenantStatus::Suspended {
+            return Err(Disconnect::TenantSuspended);
+        }
+        if !origin_allowed(&tenant, origin) {
+            return Err(Disconnect::OriginNotAllowed);
+        }
+        let result = match hub.consult(&tenant, herald_types::model::ProxyKind::Connect, || request).await {
+            Ok(Some(result)) => result,
+            // Failed under an allow policy: without a token there is nobody to allow.
+            Ok(None) | Err(Error::ProxyUnavailable(_)) => return Err(refused(Code::ProxyUnavailable)),
+            Err(_) => return Err(refused(Code::ProxyDenied)),
+        };
+        let claims = proxy_claims(tenant_id, &result).ok_or(refused(Code::ProxyUnavailable))?;
+        if tenant.is_revoked(None, &claims.sub, claims.iat) {
+            return Err(Disconnect::TokenRevoked);
+        }
+        let verified = client_auth::Verified { tenant, claims };
+        Self::admit(hub, verified, transport, origin, true)
+    }
+
+    fn admit(
+        hub: Arc<Hub>,
+        verified: client_auth::Verified,
+        transport: Transport,
+        origin: Option<&str>,
+        via_proxy: bool,
+    ) -> Result<Session, Disconnect> {
         if !origin_allowed(&verified.tenant, origin) {
             return Err(Disconnect::OriginNotAllowed);
         }
@@ -93,7 +151,40 @@ impl Session {
             tenant: verified.tenant,
             claims: verified.claims,
             subscriptions: HashMap::new(),
+            via_proxy,
         })
+    }
+
+    /// For a connection the connect proxy authenticated: asks the `refresh` proxy to extend
+    /// it as it expires. Answers whether it may stay (with `expires_at` moved on).
+    pub async fn refresh_via_proxy(&mut self) -> bool {
+        if !self.via_proxy {
+            return false;
+        }
+        let Ok(tenant) = self.tenant().await else { return false };
+        let Some(proxy) = tenant.proxy.clone() else { return false };
+        if proxy.settings.refresh_url.is_none() {
+            return false;
+        }
+        let body = serde_json::json!({
+            "user": self.claims.sub,
+            "client": self.client_id(),
+            "transport": self.conn.transport.as_str(),
+            "expires_at": self.claims.exp,
+        });
+        let now = chrono::Utc::now().timestamp();
+        let exp = match self.hub.consult(&tenant, herald_types::model::ProxyKind::Refresh, || body).await {
+            Ok(Some(result)) => match result.get("expires_at").and_then(serde_json::Value::as_i64) {
+                Some(exp) if exp > now => exp.min(now + i64::from(tokens::MAX_TOKEN_TTL_SECONDS)),
+                _ => return false,
+            },
+            // The refresh proxy failed under an allow policy: a short extension.
+            Ok(None) => now + PROXY_REFRESH_GRACE_SECONDS,
+            Err(_) => return false,
+        };
+        self.claims.exp = exp;
+        self.reply(protocol::frame(&ServerFrame::Refreshed { id: None, expires_at: exp }));
+        true
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -183,17 +274,44 @@ impl Session {
         if self.subscriptions.len() >= max as usize {
             return Err(Error::TooManySubscriptions { limit: u64::from(max) });
         }
+        let mut consulted: Option<Option<serde_json::Map<String, serde_json::Value>>> = None;
         loop {
             let ch = self.hub.channel(&tenant, channel).await?;
             let options = ch.options();
             if options.private && !self.allows(channel, Action::Subscribe) {
                 return Err(Error::PermissionDenied { action: "subscribe" });
             }
-            let subscriber = Subscriber {
-                outbox: self.conn.outbox.clone(),
-                user: self.conn.user.clone(),
-                info: self.conn.info.clone(),
+            let mut info = self.conn.info.clone();
+            let body = || {
+                serde_json::json!({
+                    "user": self.claims.sub,
+                    "client": self.client_id(),
+                    "transport": self.conn.transport.as_str(),
+                    "channel": channel,
+                })
             };
+            // Asked once: the channel may be retired while the proxy thinks, and the retry
+            // below must not ask again.
+            if consulted.is_none() {
+                consulted =
+                    Some(self.hub.consult(&tenant, herald_types::model::ProxyKind::Subscribe, body).await?);
+            }
+            if let Some(Some(result)) = &consulted
+                && let Some(extra) = result.get("info")
+            {
+                // Presence info for this subscription, as the proxy gave it.
+                let raw = serde_json::value::to_raw_value(extra)
+                    .map_err(|_| Error::ProxyUnavailable("bad info".into()))?;
+                if raw.get().len() > tokens::MAX_INFO_BYTES {
+                    return Err(Error::ProxyUnavailable(format!(
+                        "info over {} bytes",
+                        tokens::MAX_INFO_BYTES
+                    )));
+                }
+                info = Some(Arc::from(raw));
+            }
+            let subscriber =
+                Subscriber { outbox: self.conn.outbox.clone(), user: self.conn.user.clone(), info };
             let reply_id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
             let reply_channel = channel.to_owned();
             let reply: crate::channel::ReplyBuilder = Box::new(move |outcome: &SubscribeOutcome| {
@@ -322,6 +440,23 @@ impl Session {
         if !self.allows(channel, Action::Publish) {
             return Err(Error::PermissionDenied { action: "publish" });
         }
+        let mut data = data;
+        let body = || {
+            serde_json::json!({
+                "user": self.claims.sub,
+                "client": self.client_id(),
+                "transport": self.conn.transport.as_str(),
+                "channel": channel,
+                "event": event,
+                "data": serde_json::from_str::<serde_json::Value>(data.get()).unwrap_or_default(),
+            })
+        };
+        if let Some(result) = self.hub.consult(&tenant, herald_types::model::ProxyKind::Publish, body).await?
+            && let Some(replacement) = result.get("data")
+        {
+            data = serde_json::value::to_raw_value(replacement)
+                .map_err(|_| Error::ProxyUnavailable("bad replacement data".into()))?;
+        }
         let by = crate::hub::Publisher::Client { user: &self.conn.user, client: self.conn.id };
         self.hub.publish(&tenant, channel, NewMessage { data, event, idempotency_key }, by).await
     }
@@ -421,4 +556,42 @@ impl Drop for Session {
         }
         self.hub.unregister(self.conn.id);
     }
+}
+
+/// Claims for a connection the connect proxy authenticated, from its `result`: `user`
+/// (required, 1-256 bytes), `capabilities`, `info`, `expires_at`. `None` when unusable.
+fn proxy_claims(tenant: &str, result: &serde_json::Map<String, serde_json::Value>) -> Option<ClientClaims> {
+    let user = result.get("user")?.as_str()?;
+    if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+        return None;
+    }
+    let capabilities: tokens::Capabilities = match result.get("capabilities") {
+        Some(v) => serde_json::from_value(v.clone()).ok()?,
+        None => Default::default(),
+    };
+    if capabilities.len() > tokens::MAX_CAPABILITIES
+        || capabilities.keys().any(|p| tokens::validate_pattern(p).is_err())
+    {
+        return None;
+    }
+    let info = result.get("info").cloned();
+    if info.as_ref().is_some_and(|i| i.to_string().len() > tokens::MAX_INFO_BYTES) {
+        return None;
+    }
+    let now = chrono::Utc::now().timestamp();
+    let max = now + i64::from(tokens::MAX_TOKEN_TTL_SECONDS);
+    let exp = match result.get("expires_at") {
+        Some(v) => v.as_i64().filter(|e| *e > now)?.min(max),
+        None => now + PROXY_DEFAULT_TTL_SECONDS,
+    };
+    Some(ClientClaims {
+        sub: user.to_owned(),
+        tenant: tenant.to_owned(),
+        iat: now,
+        exp,
+        nbf: None,
+        jti: String::new(),
+        capabilities,
+        info,
+    })
 }

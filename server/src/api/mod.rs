@@ -8,6 +8,7 @@ mod channels;
 mod keys;
 mod messages;
 mod page;
+mod proxy;
 mod raw_json;
 mod sessions;
 mod stats;
@@ -52,6 +53,9 @@ pub enum Tag {
     Users,
     /// Webhooks: the tenant's endpoints for events, their secrets and delivery logs.
     Webhooks,
+    /// Proxies: connect, subscribe, publish and refresh decisions delegated to the tenant's
+    /// endpoints.
+    Proxy,
 }
 
 pub type Api = (
@@ -66,7 +70,8 @@ pub type Api = (
     audit::AuditApi,
     stats::StatsApi,
     users::UsersApi,
-    webhooks::WebhooksApi,
+    // Nested: tuples of more than 12 have no `Default`.
+    (webhooks::WebhooksApi, proxy::ProxyApi),
 );
 
 /// The API description without server URLs, so the committed spec does not depend on where a

@@ -24,8 +24,8 @@ struct UserMessageRequest {
     data: RawJson,
     #[serde(default)]
     event: Option<String>,
-    /// What to do when the user has no live connection anywhere: `drop` (default) or
-    /// `webhook`, which fires `user.offline_message` with the message (e.g. for a mobile push).
+    // No doc comment on enum fields: it would turn the schema into an `allOf`, which some
+    // generators refuse. The operation's description explains `if_offline`.
     #[serde(default)]
     if_offline: Option<IfOffline>,
 }
@@ -56,7 +56,6 @@ struct UserMessageResult {
     id: String,
     /// Connections the message was handed to.
     delivered: u64,
-    /// What happened to the message.
     outcome: UserMessageOutcome,
 }
 
@@ -130,6 +129,9 @@ impl UsersApi {
     /// transport and, in cluster mode, every node; `delivered` counts them. Not stored: a user
     /// who is offline does not receive it later; with `if_offline: "webhook"` (and the user
     /// absent from the cluster's presence registry) `user.offline_message` is fired instead.
+    /// `if_offline`: `drop` (default) or `webhook`. `outcome`: `delivered` (at least one
+    /// connection took it), `webhook` (offline; the event was queued for the tenant's webhooks)
+    /// or `dropped` (offline).
     #[oai(path = "/v1/tenants/:tenant/users/:user/messages", method = "post", operation_id = "sendToUser")]
     async fn send(
         &self,

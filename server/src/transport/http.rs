@@ -31,6 +31,22 @@ pub fn token(req: &Request, query_token: Option<String>) -> Result<String, ApiEr
         })
 }
 
+/// Headers a connect proxy receives from the client's request (to find a session cookie or
+/// the client's own credential), each at most 8 KiB.
+const FORWARDED_HEADERS: [&str; 5] = ["cookie", "authorization", "origin", "user-agent", "x-forwarded-for"];
+
+/// What a connect proxy is told about a client without a token.
+pub fn proxy_request(req: &Request, transport: herald_core::Transport) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 8192) {
+            headers.insert(name.to_owned(), v.into());
+        }
+    }
+    let remote = req.remote_addr().as_socket_addr().map(|a| a.ip().to_string());
+    serde_json::json!({"transport": transport.as_str(), "headers": headers, "remote_addr": remote})
+}
+
 /// `a,b,c` → the channel names, validated, without duplicates.
 pub fn channels(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     let raw = raw.unwrap_or_default();

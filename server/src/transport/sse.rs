@@ -157,7 +157,7 @@ async fn open(
     origin: Option<&str>,
     origin_checked: &mut bool,
 ) -> Result<Response, ApiError> {
-    let token = http::token(req, query.token)?;
+    let token = http::token(req, query.token);
     let channels = http::channels(query.channels.as_deref())?;
     let last_event_id = req
         .headers()
@@ -166,10 +166,21 @@ async fn open(
         .map(str::to_owned)
         .or(query.last_event_id)
         .filter(|s| !s.is_empty());
-    let mut session =
-        Session::open(state.hub.clone(), &token, query.tenant.as_deref(), Transport::Sse, origin)
+    let mut session = match (token, query.tenant.as_deref()) {
+        (Ok(token), tenant) => Session::open(state.hub.clone(), &token, tenant, Transport::Sse, origin)
             .await
-            .map_err(http::refused)?;
+            .map_err(http::refused)?,
+        // No token: the tenant's connect proxy may authenticate the client.
+        (Err(missing), Some(tenant)) => {
+            let request = http::proxy_request(req, Transport::Sse);
+            match Session::open_via_proxy(state.hub.clone(), tenant, Transport::Sse, origin, request).await {
+                Ok(s) => s,
+                Err(Disconnect::AuthFailed(Code::MissingCredentials)) => return Err(missing),
+                Err(reason) => return Err(http::refused(reason)),
+            }
+        }
+        (Err(missing), None) => return Err(missing),
+    };
     *origin_checked = true; // Session::open checked it against the tenant's allowed origins.
     let tenant = session.tenant_id().to_owned();
     let resume = match last_event_id {

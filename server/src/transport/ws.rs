@@ -71,12 +71,15 @@ pub async fn websocket(req: &Request, state: Data<&SharedState>, Query(query): Q
         }
     };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    // A client without a token may be authenticated by the tenant's connect proxy.
+    let forwarded = (query.token.is_none() && query.tenant.is_some())
+        .then(|| super::http::proxy_request(req, Transport::WebSocket));
     let hub = state.hub.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let config = socket_config(&hub);
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        serve(ws, hub, query, origin).await;
+        serve(ws, hub, query, origin, forwarded).await;
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
@@ -120,9 +123,31 @@ async fn await_connect(
     }
 }
 
-async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<String>) {
+async fn serve(
+    mut ws: Socket,
+    hub: Arc<Hub>,
+    query: WsQuery,
+    origin: Option<String>,
+    forwarded: Option<serde_json::Value>,
+) {
     // The cold paths (handshake, authentication, commands) are boxed so that the future every
     // idle connection keeps alive holds only the event loop, not their largest states.
+    if let (Some(request), Some(tenant)) = (forwarded, query.tenant.as_deref()) {
+        let opened = Box::pin(Session::open_via_proxy(
+            hub.clone(),
+            tenant,
+            Transport::WebSocket,
+            origin.as_deref(),
+            request,
+        ))
+        .await;
+        match opened {
+            Ok(session) => return Box::pin(run(ws, hub, session, None)).await,
+            // No connect proxy: the client authenticates with a `connect` frame as usual.
+            Err(Disconnect::AuthFailed(Code::MissingCredentials)) => {}
+            Err(reason) => return close(&mut ws, &reason).await,
+        }
+    }
     let (token, connect_id) = match query.token {
         Some(token) => (token, None),
         None => match Box::pin(await_connect(&mut ws, &hub)).await {
@@ -143,6 +168,16 @@ async fn serve(mut ws: Socket, hub: Arc<Hub>, query: WsQuery, origin: Option<Str
         Err(reason) => return close(&mut ws, &reason).await,
     };
     drop(token);
+    run(ws, hub, session, connect_id).await;
+}
+
+/// Serves an authenticated session until the connection ends.
+async fn run(
+    mut ws: Socket,
+    hub: Arc<Hub>,
+    session: Session,
+    connect_id: Option<Box<serde_json::value::RawValue>>,
+) {
     let _ = session.outbox().push(session.connected_frame(connect_id.as_deref()));
     let span = tracing::debug_span!("ws", conn = %session.conn.id, tenant = %session.tenant_id());
     let reason = tracing::Instrument::instrument(drive(&mut ws, &hub, session), span).await;
@@ -237,7 +272,7 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
             }
             _ = &mut timer => {
                 let now = Instant::now();
-                if token_expired(session.expires_at()) {
+                if token_expired(session.expires_at()) && !Box::pin(session.refresh_via_proxy()).await {
                     break Some(Disconnect::TokenExpired);
                 }
                 // Never leave an elapsed deadline in place (it would fire again at once).

@@ -216,3 +216,18 @@ pub mod hook_deliveries {
     }
     no_relations!();
 }
+
+pub mod tenant_proxies {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_proxies")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub settings: String,
+        pub secret_sealed: String,
+        pub updated_at: DateTimeUtc,
+    }
+    no_relations!();
+}

@@ -87,6 +87,10 @@ impl ConfigSource for Store {
     async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, herald_core::StoreError> {
         Ok(Store::api_key_by_hash(self, secret_hash).await?)
     }
+
+    async fn proxy(&self, tenant: &str) -> Result<Option<TenantProxy>, herald_core::StoreError> {
+        Ok(self.tenant_proxy(tenant).await?)
+    }
 }
 
 /// Converts a unique-key violation into [`StoreError::Conflict`].

@@ -11,9 +11,9 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
-use herald_types::model::{Delivery, DeliveryStatus, Webhook, WebhookEvent};
+use herald_types::model::{Delivery, DeliveryStatus, TenantProxy, Webhook, WebhookEvent};
 
-use crate::entities::{hook_deliveries, webhooks};
+use crate::entities::{hook_deliveries, tenant_proxies, webhooks};
 use crate::{Store, StoreError, StoreResult, from_json, to_json};
 
 /// What one attempt came to.
@@ -100,6 +100,48 @@ fn claimable(now: DateTime<Utc>) -> Condition {
 }
 
 impl Store {
+    pub async fn tenant_proxy(&self, tenant: &str) -> StoreResult<Option<TenantProxy>> {
+        tenant_proxies::Entity::find_by_id(tenant.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|m| {
+                Ok(TenantProxy {
+                    settings: from_json("proxy.settings", &m.settings)?,
+                    tenant_id: m.tenant_id,
+                    secret_sealed: m.secret_sealed,
+                    updated_at: m.updated_at,
+                })
+            })
+            .transpose()
+    }
+
+    /// Creates or replaces a tenant's proxy configuration.
+    pub async fn put_tenant_proxy(&self, p: &TenantProxy) -> StoreResult<()> {
+        let model = tenant_proxies::ActiveModel {
+            tenant_id: Set(p.tenant_id.clone()),
+            settings: Set(to_json(&p.settings)),
+            secret_sealed: Set(p.secret_sealed.clone()),
+            updated_at: Set(p.updated_at),
+        };
+        tenant_proxies::Entity::insert(model)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(tenant_proxies::Column::TenantId)
+                    .update_columns([
+                        tenant_proxies::Column::Settings,
+                        tenant_proxies::Column::SecretSealed,
+                        tenant_proxies::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_tenant_proxy(&self, tenant: &str) -> StoreResult<bool> {
+        Ok(tenant_proxies::Entity::delete_by_id(tenant.to_owned()).exec(&self.db).await?.rows_affected > 0)
+    }
+
     pub async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
         webhooks::Entity::insert(webhook_model(w))
             .exec_without_returning(&self.db)

@@ -541,3 +541,76 @@ pub struct Delivery {
     pub response_excerpt: Option<String>,
     pub error: Option<String>,
 }
+
+/// What a proxy failure (timeout, error, an answer that is neither allow nor deny) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
+pub enum ProxyFailure {
+    /// Refuse the operation (the default).
+    #[default]
+    Deny,
+    /// Carry on as if no proxy were configured (a connect without a token is still refused).
+    Allow,
+}
+
+/// Which decision a proxy takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyKind {
+    Connect,
+    Subscribe,
+    Publish,
+    Refresh,
+}
+
+impl ProxyKind {
+    pub const ALL: [ProxyKind; 4] =
+        [ProxyKind::Connect, ProxyKind::Subscribe, ProxyKind::Publish, ProxyKind::Refresh];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Connect => "connect",
+            ProxyKind::Subscribe => "subscribe",
+            ProxyKind::Publish => "publish",
+            ProxyKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// A tenant's proxy endpoints: decisions Herald delegates to the tenant's functions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProxySettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    /// How long Herald waits for an answer.
+    pub timeout_ms: u32,
+    pub on_failure: ProxyFailure,
+}
+
+impl ProxySettings {
+    pub fn url(&self, kind: ProxyKind) -> Option<&str> {
+        match kind {
+            ProxyKind::Connect => self.connect_url.as_deref(),
+            ProxyKind::Subscribe => self.subscribe_url.as_deref(),
+            ProxyKind::Publish => self.publish_url.as_deref(),
+            ProxyKind::Refresh => self.refresh_url.as_deref(),
+        }
+    }
+}
+
+/// A tenant's proxy configuration as stored.
+#[derive(Debug, Clone)]
+pub struct TenantProxy {
+    pub tenant_id: String,
+    pub settings: ProxySettings,
+    /// The signing secret, sealed with the master key.
+    pub secret_sealed: String,
+    pub updated_at: DateTime<Utc>,
+}
