@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_webhooks;
 mod m0003_proxies;
+mod m0004_webhook_batches;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_webhooks::Migration),
             Box::new(m0003_proxies::Migration),
+            Box::new(m0004_webhook_batches::Migration),
         ]
     }
 }

@@ -312,14 +312,16 @@ impl Hooks {
                 }
             };
             let many = claimed.len() as u64 == free.min(CLAIM_BATCH);
-            for d in claimed {
+            for group in self.requests(claimed).await {
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                    self.postpone(&d, Duration::from_millis(100), None).await;
+                    for d in &group {
+                        self.postpone(d, Duration::from_millis(100), None).await;
+                    }
                     continue;
                 };
                 let hooks = self.clone();
                 tokio::spawn(async move {
-                    hooks.attempt(d).await;
+                    hooks.attempt(group).await;
                     drop(permit);
                 });
             }
@@ -327,6 +329,29 @@ impl Hooks {
                 self.wake(); // More may be due.
             }
         }
+    }
+
+    /// Claimed deliveries as requests: one each, or for a batching webhook up to its
+    /// `batch_max_events` together.
+    async fn requests(&self, claimed: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+        let mut by_webhook: HashMap<(String, String), Vec<Delivery>> = HashMap::new();
+        for d in claimed {
+            by_webhook.entry((d.tenant_id.clone(), d.webhook_id.clone())).or_default().push(d);
+        }
+        let mut out = Vec::new();
+        for ((tenant, webhook), deliveries) in by_webhook {
+            let size = match self.tenant_hooks(&Arc::from(tenant.as_str())).await {
+                Some(t) => {
+                    t.webhooks.iter().find(|w| w.id == webhook).map_or(1, |w| w.batch_max_events.max(1))
+                }
+                None => 1,
+            } as usize;
+            let mut deliveries = deliveries.into_iter().peekable();
+            while deliveries.peek().is_some() {
+                out.push(deliveries.by_ref().take(size).collect());
+            }
+        }
+        out
     }
 
     /// Puts a claimed delivery back without an attempt.
@@ -390,13 +415,17 @@ impl Hooks {
         Duration::from_millis(if ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=ms) })
     }
 
-    async fn attempt(&self, d: Delivery) {
-        let webhook = match self.store.webhook(&d.tenant_id, &d.webhook_id).await {
+    async fn attempt(&self, group: Vec<Delivery>) {
+        let Some(first) = group.first() else { return };
+        let (tenant_id, webhook_id) = (first.tenant_id.clone(), first.webhook_id.clone());
+        let webhook = match self.store.webhook(&tenant_id, &webhook_id).await {
             Ok(Some(w)) => w,
             Ok(None) => return, // Deleted with its deliveries.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load a webhook");
-                self.postpone(&d, Duration::from_secs(1), None).await;
+                for d in &group {
+                    self.postpone(d, Duration::from_secs(1), None).await;
+                }
                 return;
             }
         };
@@ -412,34 +441,57 @@ impl Hooks {
                 response_excerpt: None,
                 error: Some("the webhook is disabled".into()),
             };
-            self.finish(&d, result).await;
+            for d in &group {
+                self.finish(d, result.clone()).await;
+            }
             return;
         }
         if let Some(wait) = self.breaker_wait(&webhook.id) {
-            self.postpone(&d, wait, Some("circuit breaker open: the endpoint keeps failing")).await;
+            for d in &group {
+                self.postpone(d, wait, Some("circuit breaker open: the endpoint keeps failing")).await;
+            }
             return;
         }
         let tenant_slots = self
             .tenant_in_flight
             .lock()
             .expect("tenant slots")
-            .entry(d.tenant_id.clone())
+            .entry(tenant_id.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.settings.max_in_flight_per_tenant)))
             .clone();
         let Ok(_slot) = tenant_slots.try_acquire_owned() else {
-            self.postpone(&d, Duration::from_millis(200), None).await;
+            for d in &group {
+                self.postpone(d, Duration::from_millis(200), None).await;
+            }
             return;
+        };
+        // A batching webhook takes the deliveries waiting with these into the same request.
+        let mut group = group;
+        if webhook.batch_max_events as usize > group.len() {
+            let until = herald_store::now()
+                + chrono::Duration::from_std(self.settings.timeout * 2 + Duration::from_secs(30))
+                    .unwrap_or_default();
+            let more = u64::from(webhook.batch_max_events) - group.len() as u64;
+            match self.store.claim_companions(&webhook.id, &self.node_id, until, more).await {
+                Ok(companions) => group.extend(companions),
+                Err(e) => tracing::warn!(error = %e, "cannot gather a webhook batch"),
+            }
+        }
+        let body = if webhook.batch_max_events > 1 {
+            let events: Vec<&str> = group.iter().map(|d| d.body.as_str()).collect();
+            format!("{{\"events\":[{}]}}", events.join(","))
+        } else {
+            group[0].body.clone()
         };
         let secrets = self.secrets(&webhook, now);
         if secrets.is_empty() {
             tracing::error!(webhook = webhook.id, "cannot unseal the webhook's secret");
         }
         let headers =
-            herald_webhooks::sign_headers(&secrets, &d.event_id, now.timestamp(), d.body.as_bytes());
+            herald_webhooks::sign_headers(&secrets, &group[0].event_id, now.timestamp(), body.as_bytes());
         self.counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.outbound.post(&webhook.url, &headers, d.body.clone().into_bytes()).await;
+        let outcome = self.outbound.post(&webhook.url, &headers, body.into_bytes()).await;
         let at = herald_store::now();
-        let attempt = d.attempts.saturating_add(1);
         let mut result = AttemptResult {
             at,
             status: DeliveryStatus::Failed,
@@ -483,24 +535,27 @@ impl Hooks {
         };
         let ok = result.status == DeliveryStatus::Succeeded;
         self.record_outcome(&webhook.id, ok);
-        if ok {
-            self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-        } else if retry {
-            let delay = Self::retry_delay(&self.settings, attempt);
-            let next = at + chrono::Duration::from_std(delay).unwrap_or_default();
-            if next < d.give_up_at {
-                result.status = DeliveryStatus::Pending;
-                result.next_attempt_at = Some(next);
-                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        for d in &group {
+            let mut mine = result.clone();
+            if ok {
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            } else if retry {
+                let delay = Self::retry_delay(&self.settings, d.attempts.saturating_add(1));
+                let next = at + chrono::Duration::from_std(delay).unwrap_or_default();
+                if next < d.give_up_at {
+                    mine.status = DeliveryStatus::Pending;
+                    mine.next_attempt_at = Some(next);
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    mine.error = mine.error.map(|e| format!("{e}; retry period over"));
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
             } else {
-                result.error = result.error.map(|e| format!("{e}; retry period over"));
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
-        } else {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.finish(d, mine).await;
         }
         let gone = matches!(&outcome, Ok(r) if r.status == 410);
-        self.finish(&d, result).await;
         if gone {
             let why = format!("the endpoint answered 410 Gone at {}", at.to_rfc3339());
             if let Err(e) = self.store.disable_webhook(&webhook.id, &why, at).await {
@@ -564,7 +619,14 @@ fn new_delivery(
         attempts: 0,
         created_at: now,
         give_up_at,
-        next_attempt_at: Some(now),
+        // A batching webhook's event waits for others to share its request.
+        next_attempt_at: Some(
+            now + chrono::Duration::milliseconds(if w.batch_max_events > 1 {
+                i64::from(w.batch_max_ms)
+            } else {
+                0
+            }),
+        ),
         last_attempt_at: None,
         response_status: None,
         latency_ms: None,

@@ -216,7 +216,7 @@ async fn retries(database_url: Option<&str>) {
             ("HERALD_WEBHOOK_RETRY_MAX_DELAY_SECONDS", "3"),
             ("HERALD_WEBHOOK_TIMEOUT_SECONDS", "1"),
             ("HERALD_WEBHOOK_BREAKER_FAILURES", "1000"),
-            // All first attempts at once, so the receiver's script maps to attempts.
+            // All first attempts at once: the waits measure the backoff, not the per-tenant cap.
             ("HERALD_WEBHOOK_MAX_IN_FLIGHT_PER_TENANT", "64"),
         ],
         database_url,
@@ -225,16 +225,20 @@ async fn retries(database_url: Option<&str>) {
     let t = realtime_tenant(&h, "acme").await;
     let receiver = Receiver::start().await;
     let (id, _) = webhook(&t, &receiver.url, &["channel.occupied"]).await;
-    // 12 events that each fail twice (500, then a timeout), then succeed.
+    // 12 events that each fail twice (500, then a timeout), then succeed: the answer depends
+    // on how often that event id came.
     let n = 12;
-    let mut script = Vec::new();
-    for _ in 0..n {
-        script.push(Answer::Status(500));
-    }
-    for _ in 0..n {
-        script.push(Answer::Hang);
-    }
-    receiver.script(&script);
+    let seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Default::default();
+    receiver.respond(move |r| {
+        let mut seen = seen.lock().unwrap();
+        let count = seen.entry(r.header("webhook-id").unwrap_or_default().to_owned()).or_default();
+        *count += 1;
+        match *count {
+            1 => Answer::Status(500),
+            2 => Answer::Hang,
+            _ => Answer::Status(200),
+        }
+    });
     for _ in 0..n {
         test_event(&t, &id).await;
     }
@@ -498,4 +502,67 @@ async fn replays_repeat_the_event_id_and_rotation_signs_with_both_secrets() {
     test_event(&t, &id).await;
     let got = receiver.wait_for(4, Duration::from_secs(5), |_| true).await;
     assert!(verifies(&got[3], &[&newest]) && !verifies(&got[3], &[&new]) && !verifies(&got[3], &[&old]));
+}
+
+/// A batching webhook gets up to `batch_max_events` events per request, gathered for up to
+/// `batch_max_ms`; each event keeps its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_webhook_gets_several_events_per_request() {
+    let h = node(&[]).await;
+    let t = realtime_tenant(&h, "acme").await;
+    let receiver = Receiver::start().await;
+    let created = t
+        .key
+        .post(
+            "/v1/tenants/acme/webhooks",
+            json!({"url": receiver.url, "events": ["connection.open"], "batch_max_events": 5, "batch_max_ms": 800}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(
+        (created["batch_max_events"].as_u64(), created["batch_max_ms"].as_u64()),
+        (Some(5), Some(800))
+    );
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap();
+    let p = t.key.patch(&format!("/v1/tenants/acme/webhooks/{id}"), json!({"batch_max_events": 101})).await;
+    assert_eq!(p.problem(422, "invalid_value")["field"], "batch_max_events");
+    let token = t.token("ann", json!({})).await;
+    let started = Instant::now();
+    for _ in 0..7 {
+        drop(h.ws(&token).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ids = Vec::new();
+    while ids.len() < 7 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            receiver.received().iter().map(Received::json).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ids = receiver
+            .received()
+            .iter()
+            .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+    }
+    let requests = receiver.received();
+    assert!(
+        requests.len() <= 3 && requests.len() >= 2,
+        "7 events in batches of 5 at most: {}",
+        requests.len()
+    );
+    for r in &requests {
+        let events = r.json()["events"].as_array().unwrap().clone();
+        assert!(!events.is_empty() && events.len() <= 5, "{}", events.len());
+        assert!(events.iter().all(|e| e["type"] == "connection.open"));
+        assert_eq!(r.header("webhook-id"), events[0]["id"].as_str());
+        assert!(verifies(r, &[&secret]));
+    }
+    assert!(requests[0].at - started >= Duration::from_millis(700), "the first event waited for company");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 7, "every event once");
 }

@@ -44,6 +44,13 @@ struct CreateWebhook {
     /// only clients' publishes).
     #[serde(default)]
     include_api_publishes: Option<bool>,
+    /// Events per request, 1-100 (default 1: one event per request). Above 1 every request
+    /// is a batch: `{"events": [...]}`.
+    #[serde(default)]
+    batch_max_events: Option<u32>,
+    /// How long an event waits for others to share its request, 0-60000 ms (default 0).
+    #[serde(default)]
+    batch_max_ms: Option<u32>,
 }
 
 #[derive(Object, Deserialize)]
@@ -62,6 +69,10 @@ struct UpdateWebhook {
     enabled: Option<bool>,
     #[serde(default)]
     include_api_publishes: Option<bool>,
+    #[serde(default)]
+    batch_max_events: Option<u32>,
+    #[serde(default)]
+    batch_max_ms: Option<u32>,
 }
 
 #[derive(Object, Deserialize)]
@@ -84,6 +95,8 @@ struct WebhookView {
     events: Vec<WebhookEvent>,
     enabled: bool,
     include_api_publishes: bool,
+    batch_max_events: u32,
+    batch_max_ms: u32,
     /// Why Herald disabled it (e.g. 410 Gone); cleared by enabling it again.
     disabled_reason: Option<String>,
     /// While a rotation is in progress: until when the previous secret signs too.
@@ -102,6 +115,8 @@ impl From<Webhook> for WebhookView {
             events: w.events,
             enabled: w.enabled,
             include_api_publishes: w.include_api_publishes,
+            batch_max_events: w.batch_max_events,
+            batch_max_ms: w.batch_max_ms,
             disabled_reason: w.disabled_reason,
             previous_secret_valid_until: rotating,
             created_at: w.created_at,
@@ -218,6 +233,16 @@ fn check_url(state: &SharedState, url: &str) -> ApiResult<String> {
     }
 }
 
+fn check_batch(events: Option<u32>, ms: Option<u32>) -> ApiResult<()> {
+    if events.is_some_and(|n| !(1..=100).contains(&n)) {
+        return Err(ApiError::invalid("batch_max_events", "must be 1-100"));
+    }
+    if ms.is_some_and(|n| n > 60_000) {
+        return Err(ApiError::invalid("batch_max_ms", "must be 0-60000"));
+    }
+    Ok(())
+}
+
 fn check_events(events: &[WebhookEvent]) -> ApiResult<Vec<WebhookEvent>> {
     if events.is_empty() {
         return Err(ApiError::invalid("events", "give at least one event type"));
@@ -270,6 +295,7 @@ impl WebhooksApi {
         let url = check_url(&state, &req.url)?;
         let events = check_events(&req.events)?;
         let description = check_description(req.description)?.unwrap_or_default();
+        check_batch(req.batch_max_events, req.batch_max_ms)?;
         let max = state.hooks.settings.max_per_tenant;
         if state.store.count_webhooks(&tenant).await? >= max {
             return Err(ApiError::new(Code::QuotaExceeded, format!("a tenant may have {max} webhooks"))
@@ -285,6 +311,8 @@ impl WebhooksApi {
             events,
             enabled: req.enabled.unwrap_or(true),
             include_api_publishes: req.include_api_publishes.unwrap_or(false),
+            batch_max_events: req.batch_max_events.unwrap_or(1),
+            batch_max_ms: req.batch_max_ms.unwrap_or(0),
             disabled_reason: None,
             secret_sealed: state.hooks.seal(&secret),
             previous_secret_sealed: None,
@@ -377,6 +405,13 @@ impl WebhooksApi {
         }
         if let Some(api) = req.include_api_publishes {
             w.include_api_publishes = api;
+        }
+        check_batch(req.batch_max_events, req.batch_max_ms)?;
+        if let Some(n) = req.batch_max_events {
+            w.batch_max_events = n;
+        }
+        if let Some(ms) = req.batch_max_ms {
+            w.batch_max_ms = ms;
         }
         w.updated_at = herald_store::now();
         state.store.update_webhook(&w).await?;

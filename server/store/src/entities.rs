@@ -178,6 +178,8 @@ pub mod webhooks {
         pub events: String,
         pub enabled: bool,
         pub include_api_publishes: bool,
+        pub batch_max_events: i64,
+        pub batch_max_ms: i64,
         pub disabled_reason: Option<String>,
         pub secret_sealed: String,
         pub previous_secret_sealed: Option<String>,

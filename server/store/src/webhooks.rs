@@ -40,6 +40,8 @@ fn webhook_from(m: webhooks::Model) -> StoreResult<Webhook> {
         description: m.description,
         enabled: m.enabled,
         include_api_publishes: m.include_api_publishes,
+        batch_max_events: u32::try_from(m.batch_max_events).unwrap_or(1).max(1),
+        batch_max_ms: u32::try_from(m.batch_max_ms).unwrap_or(0),
         disabled_reason: m.disabled_reason,
         secret_sealed: m.secret_sealed,
         previous_secret_sealed: m.previous_secret_sealed,
@@ -58,6 +60,8 @@ fn webhook_model(w: &Webhook) -> webhooks::ActiveModel {
         events: Set(to_json(&w.events)),
         enabled: Set(w.enabled),
         include_api_publishes: Set(w.include_api_publishes),
+        batch_max_events: Set(i64::from(w.batch_max_events)),
+        batch_max_ms: Set(i64::from(w.batch_max_ms)),
         disabled_reason: Set(w.disabled_reason.clone()),
         secret_sealed: Set(w.secret_sealed.clone()),
         previous_secret_sealed: Set(w.previous_secret_sealed.clone()),
@@ -307,6 +311,58 @@ impl Store {
                 .col_expr(C::ClaimedUntil, Expr::value(until))
                 .filter(C::Id.eq(id.clone()))
                 .filter(claimable(now))
+                .exec(&self.db)
+                .await?;
+            if done.rows_affected == 1 {
+                claimed.push(id);
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        hook_deliveries::Entity::find()
+            .filter(C::Id.is_in(claimed))
+            .order_by_asc(C::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(delivery_from)
+            .collect()
+    }
+
+    /// Claims up to `limit` more deliveries of a webhook that wait for their first attempt
+    /// (due or not), to share a batched request with one this node already holds.
+    pub async fn claim_companions(
+        &self,
+        webhook: &str,
+        node: &str,
+        until: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<Delivery>> {
+        use hook_deliveries::Column as C;
+        let waiting = || {
+            Condition::all()
+                .add(C::WebhookId.eq(webhook))
+                .add(C::Status.eq("pending"))
+                .add(C::Attempts.eq(0i64))
+        };
+        let candidates: Vec<String> = hook_deliveries::Entity::find()
+            .select_only()
+            .column(C::Id)
+            .filter(waiting())
+            .order_by_asc(C::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut claimed = Vec::new();
+        for id in candidates {
+            let done = hook_deliveries::Entity::update_many()
+                .col_expr(C::Status, Expr::value("sending"))
+                .col_expr(C::ClaimedBy, Expr::value(node))
+                .col_expr(C::ClaimedUntil, Expr::value(until))
+                .filter(C::Id.eq(id.clone()))
+                .filter(waiting())
                 .exec(&self.db)
                 .await?;
             if done.rows_affected == 1 {

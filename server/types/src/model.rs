@@ -474,6 +474,10 @@ pub struct Webhook {
     pub enabled: bool,
     /// `message.published` also for the tenant's REST publishes, not only clients'.
     pub include_api_publishes: bool,
+    /// Events per request at most (1: one event per request, no batch form).
+    pub batch_max_events: u32,
+    /// How long an event may wait for others to share its request.
+    pub batch_max_ms: u32,
     /// Why Herald disabled it (e.g. the endpoint answered 410 Gone).
     pub disabled_reason: Option<String>,
     /// The signing secret, sealed with the master key.
