@@ -297,8 +297,7 @@ impl Hooks {
             }
             let now = herald_store::now();
             // A claim outlives the request's timeout, so it never expires under a live attempt.
-            let lease = chrono::Duration::from_std(self.settings.timeout * 2 + Duration::from_secs(30))
-                .unwrap_or_default();
+            let lease = chrono::Duration::from_std(self.lease()).unwrap_or_default();
             let claimed = match self
                 .store
                 .claim_due_deliveries(&self.node_id, now, now + lease, free.min(CLAIM_BATCH))
@@ -329,6 +328,13 @@ impl Hooks {
                 self.wake(); // More may be due.
             }
         }
+    }
+
+    /// How long a claim holds: past the request's timeout (twice, for the time to record the
+    /// outcome), so it never expires under a live attempt; a node that died holding it frees it
+    /// this long after the claim.
+    fn lease(&self) -> Duration {
+        self.settings.timeout * 2 + Duration::from_secs(5)
     }
 
     /// Claimed deliveries as requests: one each, or for a batching webhook up to its
@@ -468,9 +474,7 @@ impl Hooks {
         // A batching webhook takes the deliveries waiting with these into the same request.
         let mut group = group;
         if webhook.batch_max_events as usize > group.len() {
-            let until = herald_store::now()
-                + chrono::Duration::from_std(self.settings.timeout * 2 + Duration::from_secs(30))
-                    .unwrap_or_default();
+            let until = herald_store::now() + chrono::Duration::from_std(self.lease()).unwrap_or_default();
             let more = u64::from(webhook.batch_max_events) - group.len() as u64;
             match self.store.claim_companions(&webhook.id, &self.node_id, until, more).await {
                 Ok(companions) => group.extend(companions),

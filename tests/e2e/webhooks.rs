@@ -566,3 +566,27 @@ async fn a_batching_webhook_gets_several_events_per_request() {
     ids.dedup();
     assert_eq!(ids.len(), 7, "every event once");
 }
+
+/// A node that dies in the middle of a request leaves its claim behind; once the claim's lease
+/// (twice the request timeout plus 5 s) runs out, the delivery is taken over — by a peer in a
+/// cluster, here by the restarted node — and arrives with the same event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_claimed_by_a_node_that_died_mid_request_is_taken_over() {
+    let env = [("HERALD_WEBHOOK_TIMEOUT_SECONDS", "2")];
+    let mut h = node(&env).await;
+    let t = realtime_tenant(&h, "acme").await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[Answer::Hang]);
+    let (id, _) = webhook(&t, &receiver.url, &["channel.occupied"]).await;
+    let queued = test_event(&t, &id).await;
+    receiver.wait_for(1, Duration::from_secs(5), |_| true).await;
+    h.kill9().await;
+    let killed = Instant::now();
+    let h = Herald::restart_as(h, start_with(&env, None)).await;
+    let got = receiver.wait_for(2, Duration::from_secs(20), |_| true).await;
+    assert_eq!(got[1].header("webhook-id"), queued["event_id"].as_str());
+    let waited = got[1].at - killed;
+    assert!(waited >= Duration::from_secs(5), "not before the lease ran out: {waited:?}");
+    assert!(waited <= Duration::from_secs(12), "soon after it: {waited:?}");
+    drop(h);
+}
