@@ -659,4 +659,18 @@ impl HookSink for Hooks {
     fn tenant_changed(&self, tenant: &str) {
         self.forget(tenant);
     }
+
+    fn wants_presence(&self, tenant: &str) -> bool {
+        let presence = WebhookEvent::mask(&[
+            WebhookEvent::ChannelOccupied,
+            WebhookEvent::ChannelVacated,
+            WebhookEvent::PresenceJoin,
+            WebhookEvent::PresenceLeave,
+        ]);
+        match self.cache.read().expect("hook cache").get(tenant) {
+            Some(t) => t.mask & presence != 0,
+            // Unknown: include it (the queueing task caches it with its first event).
+            None => true,
+        }
+    }
 }

@@ -178,8 +178,9 @@ pub trait Presence: Send + Sync {
     /// The tenant's channels that have subscribers, with their counts.
     async fn occupancy(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error>;
     /// The cluster-wide view the webhook detector diffs ([`crate::hooks::Detector`]), if this
-    /// node is the one detecting now (one node at a time in a cluster).
-    async fn hook_view(&self) -> Option<HookView>;
+    /// node is the one detecting now (one node at a time in a cluster), with the channels of
+    /// the tenants `wanted` accepts.
+    async fn hook_view(&self, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> Option<HookView>;
 }
 
 /// What [`Presence::hook_view`] answers.

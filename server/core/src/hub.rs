@@ -316,7 +316,8 @@ impl Hub {
                     _ = hub.hooks_changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                     _ = tokio::time::sleep(tick) => {}
                 }
-                let Some(found) = hub.backend.presence.hook_view().await else {
+                let wanted = |tenant: &str| sink.wants_presence(tenant);
+                let Some(found) = hub.backend.presence.hook_view(&wanted).await else {
                     detector = None; // Another node detects now.
                     continue;
                 };

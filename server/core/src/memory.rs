@@ -219,22 +219,25 @@ impl Presence for Memory {
         Ok(out)
     }
 
-    async fn hook_view(&self) -> Option<HookView> {
+    async fn hook_view(&self, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> Option<HookView> {
         let node = self.node()?;
         let mut view = crate::hooks::View::new();
         for ch in node.channels() {
-            let subscribers = ch.subscribers();
-            if subscribers.is_empty() {
+            if !wanted(&ch.tenant) {
+                continue;
+            }
+            let count = ch.subscriber_count() as u64;
+            if count == 0 {
                 continue;
             }
             let users = if ch.options().presence {
-                subscribers.iter().map(|(_, user, _)| user.to_string()).collect()
+                ch.subscribers().iter().map(|(_, user, _)| user.to_string()).collect()
             } else {
                 Default::default()
             };
             view.insert(
                 (ch.tenant.to_string(), ch.name.to_string()),
-                crate::hooks::ChannelView { subscribers: subscribers.len() as u64, users },
+                crate::hooks::ChannelView { subscribers: count, users },
             );
         }
         Some(HookView { view, took_over: false })

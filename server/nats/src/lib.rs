@@ -556,8 +556,10 @@ impl Presence for Cluster {
         self.registry.occupancy(tenant).await
     }
 
-    async fn hook_view(&self) -> Option<HookView> {
-        self.detector.view().await
+    async fn hook_view(&self, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> Option<HookView> {
+        let mut found = self.detector.view().await?;
+        found.view.retain(|(tenant, _), _| wanted(tenant));
+        Some(found)
     }
 }
 
