@@ -190,6 +190,16 @@ async fn subscribe_and_publish_proxies_allow_deny_enrich_and_replace() {
     let text = reqwest::get(format!("{}/metrics", h.base)).await.unwrap().text().await.unwrap();
     assert!(text.contains("herald_proxy_requests_total{kind=\"subscribe\",outcome=\"denied\"} 1"), "{text}");
     assert!(text.contains("herald_proxy_requests_total{kind=\"publish\",outcome=\"allowed\"} 1"), "{text}");
+    // The same figures in the operator's statistics.
+    let stats = h.admin().get("/v1/stats").await.expect(200);
+    let by_kind = |k: &str| {
+        stats["hooks"]["proxies"].as_array().unwrap().iter().find(|p| p["kind"] == k).unwrap().clone()
+    };
+    assert_eq!(by_kind("subscribe")["denied"], 1, "{stats}");
+    assert_eq!(by_kind("publish")["allowed"], 1, "{stats}");
+    assert!(by_kind("publish")["mean_latency_ms"].as_f64().is_some(), "{stats}");
+    let tenant_view = t.key.get("/v1/stats").await.expect(200);
+    assert!(tenant_view.get("hooks").is_none(), "a tenant key does not see node figures: {tenant_view}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

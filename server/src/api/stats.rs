@@ -144,6 +144,58 @@ struct StatsReport {
     nodes: Vec<NodeStats>,
     /// Per tenant, summed over nodes; a tenant key sees only its own.
     tenants: Vec<TenantStats>,
+    /// This node's webhook and proxy figures since it started (the operator's view only).
+    hooks: Option<HookFigures>,
+}
+
+#[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
+struct ProxyFigures {
+    /// `connect`, `subscribe`, `publish` or `refresh`.
+    kind: String,
+    allowed: u64,
+    denied: u64,
+    failed: u64,
+    /// Mean wait for the calls that got an answer (any status).
+    mean_latency_ms: Option<f64>,
+}
+
+#[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
+struct HookFigures {
+    webhook_events_queued: u64,
+    webhook_events_dropped: u64,
+    webhook_attempts: u64,
+    webhook_deliveries_succeeded: u64,
+    webhook_deliveries_failed: u64,
+    webhook_retries: u64,
+    proxies: Vec<ProxyFigures>,
+}
+
+fn hook_figures(state: &SharedState) -> HookFigures {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = &state.hooks.counters;
+    let proxies = herald_types::model::ProxyKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let c = state.proxies.counters(kind);
+            let (allowed, denied, failed) =
+                (c.allowed.load(Relaxed), c.denied.load(Relaxed), c.failed.load(Relaxed));
+            let answered = allowed + denied;
+            let mean_latency_ms =
+                (answered > 0).then(|| c.latency_us.load(Relaxed) as f64 / answered as f64 / 1000.0);
+            ProxyFigures { kind: kind.as_str().into(), allowed, denied, failed, mean_latency_ms }
+        })
+        .collect();
+    HookFigures {
+        webhook_events_queued: h.events_queued.load(Relaxed),
+        webhook_events_dropped: h.events_dropped.load(Relaxed),
+        webhook_attempts: h.attempts.load(Relaxed),
+        webhook_deliveries_succeeded: h.succeeded.load(Relaxed),
+        webhook_deliveries_failed: h.failed.load(Relaxed),
+        webhook_retries: h.retried.load(Relaxed),
+        proxies,
+    }
 }
 
 /// Adds one node's figures to a cluster total (rates add up too).
@@ -184,7 +236,8 @@ fn report(state: &SharedState, sample: &StatsSample, who: &Principal) -> StatsRe
     } else {
         Vec::new()
     };
-    StatsReport { ts: sample.ts, nodes, tenants }
+    let hooks = who.is_admin().then(|| hook_figures(state));
+    StatsReport { ts: sample.ts, nodes, tenants, hooks }
 }
 
 fn check(who: &Principal) -> ApiResult<()> {
