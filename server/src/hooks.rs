@@ -64,6 +64,8 @@ pub struct HookCounters {
 }
 
 struct Breaker {
+    /// When the latest failure was (a breaker untouched for an hour is forgotten).
+    last: Instant,
     failures: u32,
     open_until: Option<Instant>,
     open_for: Duration,
@@ -136,17 +138,12 @@ impl Hooks {
         {
             sealed.push(previous);
         }
-        sealed
-            .into_iter()
-            .filter_map(|s| self.master.unseal(s).ok())
-            .filter_map(|bytes| String::from_utf8(bytes).ok())
-            .filter_map(|text| herald_webhooks::Secret::parse(&text).ok())
-            .collect()
+        sealed.into_iter().filter_map(|s| unseal_secret(&self.master, s)).collect()
     }
 
-    /// Seals a secret for storage.
-    pub fn seal(&self, secret: &herald_webhooks::Secret) -> String {
-        self.master.seal(secret.to_string().as_bytes())
+    /// Whether an enabled webhook of the tenant takes `kind` (loads and caches its webhooks).
+    pub async fn takes(&self, tenant: &str, kind: WebhookEvent) -> bool {
+        self.tenant_hooks(&Arc::from(tenant)).await.is_some_and(|t| t.mask & kind.bit() != 0)
     }
 
     /// Forgets the cached webhooks of a tenant (they changed).
@@ -398,11 +395,13 @@ impl Hooks {
             return;
         }
         let b = breakers.entry(webhook.to_owned()).or_insert(Breaker {
+            last: Instant::now(),
             failures: 0,
             open_until: None,
             open_for: self.settings.breaker_open,
         });
         b.failures += 1;
+        b.last = Instant::now();
         if b.failures >= self.settings.breaker_failures {
             // Open (again): while half-open a single failure re-opens it for twice as long.
             if b.open_until.is_some() {
@@ -578,8 +577,31 @@ impl Hooks {
             if let Err(e) = self.store.prune_deliveries(self.settings.deliveries_kept).await {
                 tracing::warn!(error = %e, "cannot prune webhook deliveries");
             }
+            // Per-tenant slots nobody holds, and breakers of webhooks that stopped failing
+            // (or were deleted), so neither map outgrows the webhooks in use.
+            let max = self.settings.max_in_flight_per_tenant;
+            self.tenant_in_flight
+                .lock()
+                .expect("tenant slots")
+                .retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+            let stale = Duration::from_secs(3600);
+            self.breakers
+                .lock()
+                .expect("breakers")
+                .retain(|_, b| b.last.elapsed() < stale || b.open_until.is_some_and(|u| u > Instant::now()));
         }
     }
+}
+
+/// A webhook or proxy signing secret, sealed for storage (its `whsec_…` text).
+pub fn seal_secret(master: &MasterKey, secret: &herald_webhooks::Secret) -> String {
+    master.seal(secret.to_string().as_bytes())
+}
+
+/// A secret [`seal_secret`] sealed; `None` when it cannot be unsealed.
+pub fn unseal_secret(master: &MasterKey, sealed: &str) -> Option<herald_webhooks::Secret> {
+    let text = String::from_utf8(master.unseal(sealed).ok()?).ok()?;
+    herald_webhooks::Secret::parse(&text).ok()
 }
 
 /// The request body: one event.

@@ -22,6 +22,8 @@ use crate::outbound::{Outbound, OutboundPolicy};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Concurrent calls per tenant and node; beyond it a call fails at once.
 pub const MAX_CONCURRENT_PER_TENANT: usize = 256;
+/// Tenants' call slots kept before idle ones are forgotten.
+const MAX_IDLE_SLOTS: usize = 1024;
 /// The longest timeout a tenant may set.
 pub const MAX_TIMEOUT_MS: u32 = 30_000;
 
@@ -76,20 +78,18 @@ impl Proxies {
         body: serde_json::Value,
     ) -> Result<Verdict, String> {
         let url = proxy.settings.url(kind).ok_or("no endpoint")?;
-        let slots = self
-            .slots
-            .lock()
-            .expect("proxy slots")
-            .entry(proxy.tenant_id.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PER_TENANT)))
-            .clone();
+        let slots = {
+            let mut all = self.slots.lock().expect("proxy slots");
+            if all.len() > MAX_IDLE_SLOTS {
+                // Forget the tenants with no call in flight.
+                all.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            all.entry(proxy.tenant_id.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PER_TENANT)))
+                .clone()
+        };
         let _slot = slots.try_acquire_owned().map_err(|_| "too many proxy calls in flight for the tenant")?;
-        let secret = self
-            .master
-            .unseal(&proxy.secret_sealed)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| herald_webhooks::Secret::parse(&t).ok())
+        let secret = crate::hooks::unseal_secret(&self.master, &proxy.secret_sealed)
             .ok_or("the proxy secret cannot be unsealed")?;
         let mut envelope = serde_json::json!({"kind": kind.as_str(), "tenant": proxy.tenant_id});
         if let (Some(map), serde_json::Value::Object(fields)) = (envelope.as_object_mut(), body) {
@@ -116,9 +116,7 @@ impl Proxies {
         }
         match parsed.get("result") {
             Some(serde_json::Value::Object(result)) => Ok(Verdict::Allow(result.clone())),
-            Some(serde_json::Value::Null) | None if parsed.get("result").is_some() => {
-                Ok(Verdict::Allow(Default::default()))
-            }
+            Some(serde_json::Value::Null) => Ok(Verdict::Allow(Default::default())),
             _ => Err("the proxy's answer has neither `result` nor `deny`".into()),
         }
     }

@@ -442,6 +442,14 @@ async fn an_offline_user_message_fires_the_webhook_and_a_delivered_one_does_not(
     assert_eq!(body["data"]["user"], "bob");
     assert_eq!(body["data"]["data"], json!({"n": 1}));
     assert_eq!(body["data"]["id"], sent["id"]);
+    // A tenant without such a webhook: dropped, even when asked.
+    let other = realtime_tenant(&h, "other").await;
+    let unheard = other
+        .key
+        .post("/v1/tenants/other/users/bob/messages", json!({"data": 1, "if_offline": "webhook"}))
+        .await
+        .expect(200);
+    assert_eq!(unheard["outcome"], "dropped", "{unheard}");
     // Without the option: dropped. With the user online: delivered, no webhook.
     let dropped = t.key.post("/v1/tenants/acme/users/bob/messages", json!({"data": 2})).await.expect(200);
     assert_eq!(dropped["outcome"], "dropped");

@@ -59,16 +59,7 @@ pub trait HookSink: Send + Sync {
     fn tenant_changed(&self, tenant: &str);
     /// Whether a webhook of the tenant may want channel or presence events (cheap, cached):
     /// the detector's view leaves out the channels of tenants that want none.
-    fn wants_presence(&self, tenant: &str) -> bool {
-        [
-            WebhookEvent::ChannelOccupied,
-            WebhookEvent::ChannelVacated,
-            WebhookEvent::PresenceJoin,
-            WebhookEvent::PresenceLeave,
-        ]
-        .into_iter()
-        .any(|kind| self.wants(tenant, kind, false))
-    }
+    fn wants_presence(&self, tenant: &str) -> bool;
 }
 
 /// A channel as the detector sees it, cluster-wide.

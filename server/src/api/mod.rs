@@ -99,6 +99,33 @@ pub(crate) async fn audit(
     }
 }
 
+/// Longest webhook or proxy URL accepted.
+const MAX_URL_BYTES: usize = 2048;
+
+/// Checks a URL a tenant gives for Herald to call (a webhook or a proxy), with the rules the
+/// outbound client applies again at each call; refusals name `field`.
+pub(crate) fn outbound_url(
+    outbound: &crate::outbound::Outbound,
+    field: &'static str,
+    url: &str,
+) -> ApiResult<String> {
+    use crate::error::{ApiError, Code};
+    if url.len() > MAX_URL_BYTES {
+        return Err(ApiError::invalid(field, format!("at most {MAX_URL_BYTES} bytes")));
+    }
+    match outbound.check_url(url) {
+        Ok(u) => Ok(u.to_string()),
+        Err(crate::outbound::OutboundError::Forbidden(what)) => Err(ApiError::new(
+            Code::UrlNotAllowed,
+            format!(
+                "{what} is not a public address; ask the operator to allow it (outbound_allowed_networks)"
+            ),
+        )
+        .with_field(field)),
+        Err(e) => Err(ApiError::new(Code::UrlNotAllowed, e.to_string()).with_field(field)),
+    }
+}
+
 /// Loads the tenant or answers 404.
 pub(crate) async fn load_tenant(state: &AppState, id: &str) -> ApiResult<herald_types::model::Tenant> {
     state.store.tenant(id).await?.ok_or_else(|| crate::auth::tenant_not_found(id))

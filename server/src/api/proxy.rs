@@ -11,7 +11,6 @@ use super::tenants::Deleted;
 use super::{JsonBody, Tag, audit, load_tenant};
 use crate::auth::BearerAuth;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::outbound::OutboundError;
 use crate::state::SharedState;
 use herald_types::model::{ProxyFailure, ProxySettings, Scope, TenantProxy};
 
@@ -81,21 +80,9 @@ fn not_configured() -> ApiError {
 }
 
 fn check_url(state: &SharedState, field: &'static str, url: Option<String>) -> ApiResult<Option<String>> {
-    let Some(url) = url.filter(|u| !u.is_empty()) else { return Ok(None) };
-    if url.len() > 2048 {
-        return Err(ApiError::invalid(field, "at most 2048 bytes"));
-    }
-    match state.proxies.outbound().check_url(&url) {
-        Ok(u) => Ok(Some(u.to_string())),
-        Err(OutboundError::Forbidden(what)) => Err(ApiError::new(
-            Code::UrlNotAllowed,
-            format!(
-                "{what} is not a public address; ask the operator to allow it (outbound_allowed_networks)"
-            ),
-        )
-        .with_field(field)),
-        Err(e) => Err(ApiError::new(Code::UrlNotAllowed, e.to_string()).with_field(field)),
-    }
+    url.filter(|u| !u.is_empty())
+        .map(|u| super::outbound_url(state.proxies.outbound(), field, &u))
+        .transpose()
 }
 
 #[OpenApi(tag = "Tag::Proxy")]
@@ -135,7 +122,7 @@ impl ProxyApi {
             Some(p) => (p.secret_sealed, None),
             None => {
                 let secret = herald_webhooks::Secret::generate();
-                (state.master.seal(secret.to_string().as_bytes()), Some(secret.to_string()))
+                (crate::hooks::seal_secret(&state.master, &secret), Some(secret.to_string()))
             }
         };
         let proxy = TenantProxy {
@@ -205,7 +192,7 @@ impl ProxyApi {
         load_tenant(&state, &tenant).await?;
         let mut proxy = state.store.tenant_proxy(&tenant).await?.ok_or_else(not_configured)?;
         let secret = herald_webhooks::Secret::generate();
-        proxy.secret_sealed = state.master.seal(secret.to_string().as_bytes());
+        proxy.secret_sealed = crate::hooks::seal_secret(&state.master, &secret);
         proxy.updated_at = herald_store::now();
         state.store.put_tenant_proxy(&proxy).await?;
         state.hub.tenant_changed(&tenant).await;

@@ -45,7 +45,7 @@ enum UserMessageOutcome {
     Delivered,
     /// The user was offline; `user.offline_message` was queued for the tenant's webhooks.
     Webhook,
-    /// The user was offline; nothing else happened.
+    /// The user was offline and no webhook takes `user.offline_message` (or it was not asked).
     Dropped,
 }
 
@@ -130,8 +130,8 @@ impl UsersApi {
     /// who is offline does not receive it later; with `if_offline: "webhook"` (and the user
     /// absent from the cluster's presence registry) `user.offline_message` is fired instead.
     /// `if_offline`: `drop` (default) or `webhook`. `outcome`: `delivered` (at least one
-    /// connection took it), `webhook` (offline; the event was queued for the tenant's webhooks)
-    /// or `dropped` (offline).
+    /// connection took it), `webhook` (offline; the event went to the tenant's webhooks that
+    /// take `user.offline_message`) or `dropped` (offline, and no such webhook or no option).
     #[oai(path = "/v1/tenants/:tenant/users/:user/messages", method = "post", operation_id = "sendToUser")]
     async fn send(
         &self,
@@ -150,13 +150,14 @@ impl UsersApi {
         let (id, delivered) = state.hub.send_to_user(&snapshot, &user, req.data.0, req.event).await?;
         let mut outcome =
             if delivered > 0 { UserMessageOutcome::Delivered } else { UserMessageOutcome::Dropped };
+        let kind = herald_types::model::WebhookEvent::UserOfflineMessage;
         if let Some((data, event)) = copy
             && delivered == 0
+            && state.hooks.takes(&tenant, kind).await
             && state.hub.backend().presence.user(&tenant, &user).await?.is_empty()
         {
             use herald_core::hooks::{HookEvent, HookSink};
             let data: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
-            let kind = herald_types::model::WebhookEvent::UserOfflineMessage;
             state.hooks.emit(HookEvent::new(
                 &tenant,
                 kind,

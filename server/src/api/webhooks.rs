@@ -11,15 +11,12 @@ use super::tenants::{Created, Deleted};
 use super::{JsonBody, PageParams, Tag, audit, load_tenant};
 use crate::auth::BearerAuth;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::outbound::OutboundError;
 use crate::state::SharedState;
 use herald_types::model::{Delivery, DeliveryStatus, Scope, Webhook, WebhookEvent};
 
 #[derive(Default)]
 pub struct WebhooksApi;
 
-/// Longest URL accepted.
-const MAX_URL_BYTES: usize = 2048;
 /// Longest description accepted.
 const MAX_DESCRIPTION_BYTES: usize = 512;
 /// How long the previous secret keeps signing after a rotation, unless the request says.
@@ -215,22 +212,8 @@ fn webhook_not_found(id: &str) -> ApiError {
     ApiError::new(Code::WebhookNotFound, format!("webhook `{id}` does not exist"))
 }
 
-/// Checks a URL with the same rules the outbound client applies at each call.
 fn check_url(state: &SharedState, url: &str) -> ApiResult<String> {
-    if url.len() > MAX_URL_BYTES {
-        return Err(ApiError::invalid("url", format!("at most {MAX_URL_BYTES} bytes")));
-    }
-    match state.hooks.outbound().check_url(url) {
-        Ok(u) => Ok(u.to_string()),
-        Err(OutboundError::Forbidden(what)) => Err(ApiError::new(
-            Code::UrlNotAllowed,
-            format!(
-                "{what} is not a public address; ask the operator to allow it (outbound_allowed_networks)"
-            ),
-        )
-        .with_field("url")),
-        Err(e) => Err(ApiError::new(Code::UrlNotAllowed, e.to_string()).with_field("url")),
-    }
+    super::outbound_url(state.hooks.outbound(), "url", url)
 }
 
 fn check_batch(events: Option<u32>, ms: Option<u32>) -> ApiResult<()> {
@@ -314,7 +297,7 @@ impl WebhooksApi {
             batch_max_events: req.batch_max_events.unwrap_or(1),
             batch_max_ms: req.batch_max_ms.unwrap_or(0),
             disabled_reason: None,
-            secret_sealed: state.hooks.seal(&secret),
+            secret_sealed: crate::hooks::seal_secret(&state.master, &secret),
             previous_secret_sealed: None,
             previous_until: None,
             created_at: at,
@@ -471,7 +454,7 @@ impl WebhooksApi {
         let until = (seconds > 0).then(|| at + chrono::Duration::seconds(seconds as i64));
         w.previous_secret_sealed = until.map(|_| w.secret_sealed.clone());
         w.previous_until = until;
-        w.secret_sealed = state.hooks.seal(&secret);
+        w.secret_sealed = crate::hooks::seal_secret(&state.master, &secret);
         w.updated_at = at;
         state.store.update_webhook(&w).await?;
         changed(&state, &tenant).await;

@@ -293,12 +293,26 @@ impl Store {
         until: DateTime<Utc>,
         limit: u64,
     ) -> StoreResult<Vec<Delivery>> {
+        self.claim(|| claimable(now), hook_deliveries::Column::NextAttemptAt, node, until, limit).await
+    }
+
+    /// Claims up to `limit` deliveries matching `condition` (oldest by `order` first) for
+    /// `node` until `until`: each with one update that repeats the condition, so a delivery
+    /// another node claimed meanwhile is skipped.
+    async fn claim(
+        &self,
+        condition: impl Fn() -> Condition,
+        order: hook_deliveries::Column,
+        node: &str,
+        until: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<Delivery>> {
         use hook_deliveries::Column as C;
         let candidates: Vec<String> = hook_deliveries::Entity::find()
             .select_only()
             .column(C::Id)
-            .filter(claimable(now))
-            .order_by_asc(C::NextAttemptAt)
+            .filter(condition())
+            .order_by_asc(order)
             .limit(limit)
             .into_tuple()
             .all(&self.db)
@@ -310,7 +324,7 @@ impl Store {
                 .col_expr(C::ClaimedBy, Expr::value(node))
                 .col_expr(C::ClaimedUntil, Expr::value(until))
                 .filter(C::Id.eq(id.clone()))
-                .filter(claimable(now))
+                .filter(condition())
                 .exec(&self.db)
                 .await?;
             if done.rows_affected == 1 {
@@ -346,40 +360,7 @@ impl Store {
                 .add(C::Status.eq("pending"))
                 .add(C::Attempts.eq(0i64))
         };
-        let candidates: Vec<String> = hook_deliveries::Entity::find()
-            .select_only()
-            .column(C::Id)
-            .filter(waiting())
-            .order_by_asc(C::Id)
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let mut claimed = Vec::new();
-        for id in candidates {
-            let done = hook_deliveries::Entity::update_many()
-                .col_expr(C::Status, Expr::value("sending"))
-                .col_expr(C::ClaimedBy, Expr::value(node))
-                .col_expr(C::ClaimedUntil, Expr::value(until))
-                .filter(C::Id.eq(id.clone()))
-                .filter(waiting())
-                .exec(&self.db)
-                .await?;
-            if done.rows_affected == 1 {
-                claimed.push(id);
-            }
-        }
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-        hook_deliveries::Entity::find()
-            .filter(C::Id.is_in(claimed))
-            .order_by_asc(C::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(delivery_from)
-            .collect()
+        self.claim(waiting, C::Id, node, until, limit).await
     }
 
     /// Records an attempt of a delivery this node holds (and releases the claim).
