@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use herald_core::crypto::MasterKey;
-use herald_core::hooks::{HookEvent, HookSink};
-use herald_store::{AttemptResult, Store};
+use herald_core::hooks::{HookEvent, HookSink, Ticket, WorkQueue};
+use herald_store::{AttemptResult, Claim, Store};
 use herald_types::model::{Delivery, DeliveryStatus, Webhook, WebhookEvent};
 use rand::Rng;
 
@@ -40,6 +40,15 @@ const CACHE_TTL: Duration = Duration::from_secs(10);
 const CLAIM_BATCH: u64 = 64;
 /// Bytes of an endpoint's answer kept in the delivery log.
 pub const EXCERPT_BYTES: usize = 1024;
+
+/// How often a node in cluster mode sweeps the database for deliveries the queue lost (a push
+/// that failed while NATS was away, or the queue's stream full).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long past due a delivery must be for that sweep to take it (beyond the claim's lease).
+const SWEEP_OVERDUE: Duration = Duration::from_secs(60);
+
+/// A delivery's id and when it is due again (`None`: finished).
+type Next = (String, Option<DateTime<Utc>>);
 
 /// A tenant's enabled webhooks, as the sink matches events to them.
 struct TenantHooks {
@@ -83,6 +92,8 @@ pub struct Hooks {
     in_flight: Arc<tokio::sync::Semaphore>,
     tenant_in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     breakers: Mutex<HashMap<String, Breaker>>,
+    /// The cluster's work queue (cluster mode); without one the node polls its store.
+    queue: Option<Arc<dyn WorkQueue>>,
     pub counters: HookCounters,
 }
 
@@ -94,6 +105,7 @@ impl Hooks {
         node_id: String,
         settings: WebhookSettings,
         allowed_networks: Vec<ipnet::IpNet>,
+        queue: Option<Arc<dyn WorkQueue>>,
         run: bool,
     ) -> Arc<Hooks> {
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
@@ -115,11 +127,21 @@ impl Hooks {
             wake: tokio::sync::Notify::new(),
             tenant_in_flight: Mutex::default(),
             breakers: Mutex::default(),
+            queue: queue.clone(),
             counters: HookCounters::default(),
         });
         if run {
             tokio::spawn(hooks.clone().queue_loop(rx));
-            tokio::spawn(hooks.clone().dispatch_loop());
+            match queue {
+                // The queue hands out deliveries; the store is swept only for what it lost.
+                Some(queue) => {
+                    tokio::spawn(hooks.clone().pull_loop(queue));
+                    tokio::spawn(hooks.clone().claim_loop(SWEEP_EVERY, SWEEP_OVERDUE));
+                }
+                None => {
+                    tokio::spawn(hooks.clone().claim_loop(Duration::from_millis(250), Duration::ZERO));
+                }
+            }
             tokio::spawn(hooks.clone().prune_loop());
         }
         hooks
@@ -251,7 +273,8 @@ impl Hooks {
                         );
                     }
                     if queued > 0 {
-                        self.wake();
+                        let ids: Vec<String> = deliveries.iter().take(queued).map(|d| d.id.clone()).collect();
+                        self.queued(ids).await;
                     }
                 }
                 Err(e) => {
@@ -271,8 +294,25 @@ impl Hooks {
         let give_up_at = now + chrono::Duration::from_std(self.settings.retry_period).unwrap_or_default();
         let d = new_delivery(w, &event_id, WebhookEvent::WebhookTest, body, now, give_up_at);
         self.store.enqueue_deliveries(&w.tenant_id, std::slice::from_ref(&d), u64::MAX).await?;
-        self.wake();
+        self.queued(vec![d.id.clone()]).await;
         Ok(d)
+    }
+
+    /// Hands deliveries just stored (or replayed) to the dispatcher: the cluster's queue, or
+    /// this node's claim loop. A push that fails leaves them to the sweep.
+    pub async fn queued(&self, ids: Vec<String>) {
+        match &self.queue {
+            Some(queue) => {
+                if let Err(e) = queue.push(&ids).await {
+                    tracing::warn!(
+                        error = %e,
+                        deliveries = ids.len(),
+                        "cannot queue webhook deliveries in JetStream; the database sweep sends them within a minute"
+                    );
+                }
+            }
+            None => self.wake(),
+        }
     }
 
     async fn queue_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<HookEvent>) {
@@ -282,11 +322,14 @@ impl Hooks {
         }
     }
 
-    async fn dispatch_loop(self: Arc<Self>) {
+    /// Claims due deliveries from the store every `period` (at once when woken) and attempts
+    /// them. Alone, it is a single node's dispatcher; beside a cluster queue it only takes
+    /// deliveries more than `overdue` past due, which the queue lost.
+    async fn claim_loop(self: Arc<Self>, period: Duration, overdue: Duration) {
         loop {
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = self.wake.notified(), if overdue.is_zero() => {}
+                _ = tokio::time::sleep(period) => {}
             }
             let free = self.in_flight.available_permits() as u64;
             if free == 0 {
@@ -295,9 +338,10 @@ impl Hooks {
             let now = herald_store::now();
             // A claim outlives the request's timeout, so it never expires under a live attempt.
             let lease = chrono::Duration::from_std(self.lease()).unwrap_or_default();
+            let due = now - chrono::Duration::from_std(overdue).unwrap_or_default();
             let claimed = match self
                 .store
-                .claim_due_deliveries(&self.node_id, now, now + lease, free.min(CLAIM_BATCH))
+                .claim_due_deliveries(&self.node_id, due, now + lease, free.min(CLAIM_BATCH))
                 .await
             {
                 Ok(c) => c,
@@ -307,6 +351,9 @@ impl Hooks {
                     continue;
                 }
             };
+            if !overdue.is_zero() && !claimed.is_empty() {
+                tracing::info!(deliveries = claimed.len(), "sending webhook deliveries the queue had lost");
+            }
             let many = claimed.len() as u64 == free.min(CLAIM_BATCH);
             for group in self.requests(claimed).await {
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -327,11 +374,82 @@ impl Hooks {
         }
     }
 
+    /// Cluster mode: attempts the deliveries the cluster's queue hands this node. Each is
+    /// claimed in the store first (so an attempt never runs twice at once, whatever the queue
+    /// redelivers); afterwards its message is finished, or postponed until it is due again.
+    async fn pull_loop(self: Arc<Self>, queue: Arc<dyn WorkQueue>) {
+        loop {
+            // Pull only what this node can send now.
+            let Ok(first) = self.in_flight.clone().acquire_owned().await else { return };
+            let free = self.in_flight.available_permits() + 1;
+            let jobs = match queue.pull(free.min(CLAIM_BATCH as usize), Duration::from_secs(1)).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull webhook deliveries from JetStream");
+                    drop(first);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            drop(first);
+            if jobs.is_empty() {
+                continue;
+            }
+            let now = herald_store::now();
+            let until = now + chrono::Duration::from_std(self.lease()).unwrap_or_default();
+            let mut claimed = Vec::new();
+            let mut tickets: HashMap<String, Box<dyn Ticket>> = HashMap::new();
+            for job in jobs {
+                match self.store.claim_delivery(&job.delivery, &self.node_id, now, until).await {
+                    Ok(Claim::Claimed(d)) => {
+                        tickets.insert(d.id.clone(), job.ticket);
+                        claimed.push(*d);
+                    }
+                    Ok(Claim::NotBefore(at)) => job.ticket.later(delay_until(at)).await,
+                    Ok(Claim::Finished) => job.ticket.done().await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim a webhook delivery");
+                        job.ticket.later(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            for group in self.requests(claimed).await {
+                let held: Vec<(String, Box<dyn Ticket>)> =
+                    group.iter().filter_map(|d| tickets.remove(&d.id).map(|t| (d.id.clone(), t))).collect();
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                    for d in &group {
+                        self.postpone(d, Duration::from_millis(100), None).await;
+                    }
+                    for (_, ticket) in held {
+                        ticket.later(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                };
+                let hooks = self.clone();
+                tokio::spawn(async move {
+                    let next: HashMap<String, Option<DateTime<Utc>>> =
+                        hooks.attempt(group).await.into_iter().collect();
+                    drop(permit);
+                    for (id, ticket) in held {
+                        match next.get(&id) {
+                            Some(Some(at)) => ticket.later(delay_until(*at)).await,
+                            _ => ticket.done().await,
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     /// How long a claim holds: past the request's timeout (twice, for the time to record the
     /// outcome), so it never expires under a live attempt; a node that died holding it frees it
     /// this long after the claim.
     fn lease(&self) -> Duration {
-        self.settings.timeout * 2 + Duration::from_secs(5)
+        Self::lease_for(&self.settings)
+    }
+
+    pub fn lease_for(settings: &WebhookSettings) -> Duration {
+        settings.timeout * 2 + Duration::from_secs(5)
     }
 
     /// Claimed deliveries as requests: one each, or for a batching webhook up to its
@@ -357,13 +475,14 @@ impl Hooks {
         out
     }
 
-    /// Puts a claimed delivery back without an attempt.
-    async fn postpone(&self, d: &Delivery, by: Duration, why: Option<&str>) {
+    /// Puts a claimed delivery back without an attempt; answers when it is due again.
+    async fn postpone(&self, d: &Delivery, by: Duration, why: Option<&str>) -> Next {
         let at = herald_store::now();
+        let next = at + chrono::Duration::from_std(by).unwrap_or_default();
         let result = AttemptResult {
             at,
             status: DeliveryStatus::Pending,
-            next_attempt_at: Some(at + chrono::Duration::from_std(by).unwrap_or_default()),
+            next_attempt_at: Some(next),
             counts: false,
             response_status: None,
             latency_ms: None,
@@ -373,12 +492,16 @@ impl Hooks {
         if let Err(e) = self.store.finish_attempt(&d.id, &self.node_id, &result).await {
             tracing::warn!(error = %e, "cannot postpone a webhook delivery");
         }
+        (d.id.clone(), Some(next))
     }
 
-    async fn finish(&self, d: &Delivery, result: AttemptResult) {
+    /// Records an attempt; answers when the delivery is due again (`None`: finished).
+    async fn finish(&self, d: &Delivery, result: AttemptResult) -> Next {
         if let Err(e) = self.store.finish_attempt(&d.id, &self.node_id, &result).await {
             tracing::warn!(error = %e, "cannot record a webhook attempt");
         }
+        let next = if result.status == DeliveryStatus::Pending { result.next_attempt_at } else { None };
+        (d.id.clone(), next)
     }
 
     /// How long an open breaker still holds a webhook back.
@@ -420,18 +543,20 @@ impl Hooks {
         Duration::from_millis(if ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=ms) })
     }
 
-    async fn attempt(&self, group: Vec<Delivery>) {
-        let Some(first) = group.first() else { return };
+    /// Attempts a group of claimed deliveries (one request); answers when each is due again.
+    async fn attempt(&self, group: Vec<Delivery>) -> Vec<Next> {
+        let mut out = Vec::with_capacity(group.len());
+        let Some(first) = group.first() else { return out };
         let (tenant_id, webhook_id) = (first.tenant_id.clone(), first.webhook_id.clone());
         let webhook = match self.store.webhook(&tenant_id, &webhook_id).await {
             Ok(Some(w)) => w,
-            Ok(None) => return, // Deleted with its deliveries.
+            Ok(None) => return out, // Deleted with its deliveries.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot load a webhook");
                 for d in &group {
-                    self.postpone(d, Duration::from_secs(1), None).await;
+                    out.push(self.postpone(d, Duration::from_secs(1), None).await);
                 }
-                return;
+                return out;
             }
         };
         let now = herald_store::now();
@@ -447,15 +572,17 @@ impl Hooks {
                 error: Some("the webhook is disabled".into()),
             };
             for d in &group {
-                self.finish(d, result.clone()).await;
+                out.push(self.finish(d, result.clone()).await);
             }
-            return;
+            return out;
         }
         if let Some(wait) = self.breaker_wait(&webhook.id) {
             for d in &group {
-                self.postpone(d, wait, Some("circuit breaker open: the endpoint keeps failing")).await;
+                out.push(
+                    self.postpone(d, wait, Some("circuit breaker open: the endpoint keeps failing")).await,
+                );
             }
-            return;
+            return out;
         }
         let tenant_slots = self
             .tenant_in_flight
@@ -466,9 +593,9 @@ impl Hooks {
             .clone();
         let Ok(_slot) = tenant_slots.try_acquire_owned() else {
             for d in &group {
-                self.postpone(d, Duration::from_millis(200), None).await;
+                out.push(self.postpone(d, Duration::from_millis(200), None).await);
             }
-            return;
+            return out;
         };
         // A batching webhook takes the deliveries waiting with these into the same request.
         let mut group = group;
@@ -556,7 +683,7 @@ impl Hooks {
             } else {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
-            self.finish(d, mine).await;
+            out.push(self.finish(d, mine).await);
         }
         let gone = matches!(&outcome, Ok(r) if r.status == 410);
         if gone {
@@ -569,6 +696,7 @@ impl Hooks {
             self.forget(&webhook.tenant_id);
             tracing::info!(webhook = webhook.id, "webhook disabled: its endpoint answered 410 Gone");
         }
+        out
     }
 
     async fn prune_loop(self: Arc<Self>) {
@@ -591,6 +719,11 @@ impl Hooks {
                 .retain(|_, b| b.last.elapsed() < stale || b.open_until.is_some_and(|u| u > Instant::now()));
         }
     }
+}
+
+/// The wait until `at` (at least a moment, so a message is never handed straight back).
+fn delay_until(at: DateTime<Utc>) -> Duration {
+    (at - herald_store::now()).to_std().unwrap_or_default().max(Duration::from_millis(100))
 }
 
 /// A webhook or proxy signing secret, sealed for storage (its `whsec_…` text).

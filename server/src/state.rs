@@ -67,6 +67,9 @@ fn hub_settings(config: &Config) -> HubSettings {
 
 /// How often the webhook detector looks at the cluster-wide view without a local change.
 const HOOK_DETECTOR_TICK: Duration = Duration::from_millis(250);
+/// How much longer than a delivery claim's lease the cluster queue waits before it hands a
+/// message a node did not finish to another node.
+const QUEUE_SLACK: Duration = Duration::from_secs(5);
 
 /// Settings keys in the `settings` table.
 pub const ADMIN_TOKEN_HASH: &str = "admin_token_sha256";
@@ -182,20 +185,26 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     let session_key = master.derive("admin-session");
     let directory = Directory::new(Arc::new(store.clone()), master.clone(), DIRECTORY_TTL);
     // The one place that decides which backend the node runs on.
-    let backend = match (&config.nats_url, serving) {
-        (Some(url), true) => herald_nats::Cluster::connect(
-            url,
-            &config.node_id,
-            herald_nats::ClusterSettings {
-                heartbeat: config.cluster_heartbeat,
-                idempotency_window: config.idempotency_window,
-                history_max_bytes: config.cluster_history_max_bytes,
-                replicas: config.cluster_replicas,
-            },
-        )
-        .await?
-        .backend(),
-        _ => Memory::backend(config.idempotency_window),
+    let (backend, queue) = match (&config.nats_url, serving) {
+        (Some(url), true) => {
+            let cluster = herald_nats::Cluster::connect(
+                url,
+                &config.node_id,
+                herald_nats::ClusterSettings {
+                    heartbeat: config.cluster_heartbeat,
+                    idempotency_window: config.idempotency_window,
+                    history_max_bytes: config.cluster_history_max_bytes,
+                    replicas: config.cluster_replicas,
+                },
+            )
+            .await?;
+            // A queued delivery goes to another node once the claim of a node that died with
+            // it has run out.
+            let queue =
+                cluster.hook_queue(crate::hooks::Hooks::lease_for(&config.webhooks) + QUEUE_SLACK).await?;
+            (cluster.backend(), Some(queue))
+        }
+        _ => (Memory::backend(config.idempotency_window), None),
     };
     let hub = Hub::new(hub_settings(&config), directory, backend);
     let hooks = crate::hooks::Hooks::start(
@@ -204,6 +213,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         config.node_id.clone(),
         config.webhooks.clone(),
         config.outbound_allowed_networks.clone(),
+        queue,
         serving,
     );
     if serving {

@@ -913,3 +913,59 @@ async fn webhooks_fire_once_per_cluster_also_when_a_node_is_killed() {
     drop((a1, b3));
     c.restart_node(0).await;
 }
+
+/// In cluster mode deliveries go through the JetStream work queue: one node takes each, and
+/// when the node sending one dies, JetStream hands it to another node once the claim runs out
+/// (long before the database sweep, a minute past due, would find it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivery_moves_to_another_node_through_the_jetstream_queue() {
+    use crate::support::{Answer, Receiver};
+    let env = [("HERALD_OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"), ("HERALD_WEBHOOK_TIMEOUT_SECONDS", "2")];
+    let Some(mut c) = cluster_with(3, &env).await else { return };
+    let receiver = Receiver::start().await;
+    receiver.script(&[Answer::Hang]);
+    let created = c.keys[0]
+        .post("/v1/tenants/acme/webhooks", json!({"url": receiver.url, "events": ["message.published"]}))
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let queued = c.keys[1].post_empty(&format!("/v1/tenants/acme/webhooks/{id}/test")).await.expect(202);
+    receiver.wait_for(1, Duration::from_secs(5), |_| true).await;
+
+    // The node holding the request is the one that counted an attempt.
+    let mut holder = None;
+    for (i, node) in c.nodes.iter().enumerate() {
+        let report = node.admin().get("/v1/stats").await.expect(200);
+        if report["hooks"]["webhook_attempts"] == 1 {
+            assert!(holder.replace(i).is_none(), "two nodes attempted it");
+        }
+    }
+    let holder = holder.expect("one node attempted the delivery");
+    c.nodes[holder].kill9().await;
+    let killed = Instant::now();
+    let got = receiver.wait_for(2, Duration::from_secs(30), |_| true).await;
+    let waited = got[1].at - killed;
+    assert_eq!(got[1].header("webhook-id"), queued["event_id"].as_str());
+    assert!(waited >= Duration::from_secs(5), "not before the claim ran out: {waited:?}");
+    assert!(waited <= Duration::from_secs(25), "handed over by the queue, not the sweep: {waited:?}");
+
+    // JetStream redelivered it, and forgot it once it succeeded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = c.nats.stream_report("HERALD_HOOK_QUEUE").await.expect("the queue stream exists");
+        let consumer = &stream["consumer_detail"][0];
+        assert_eq!(consumer["name"], "dispatch", "{stream}");
+        if stream["state"]["messages"] == 0 {
+            // One message, handed out twice: to the node that died and to the one that sent it.
+            assert_eq!(consumer["delivered"]["stream_seq"], 1, "{consumer}");
+            assert_eq!(consumer["delivered"]["consumer_seq"], 2, "{consumer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the message was never acknowledged: {stream}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = c.keys[2].get(&format!("/v1/tenants/acme/webhooks/{id}/deliveries")).await.expect(200);
+    assert_eq!(log["items"][0]["status"], "succeeded", "{log}");
+    assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
+    c.restart_node(holder).await;
+}

@@ -39,6 +39,8 @@ pub struct NatsServer {
     /// `nats://127.0.0.1:PORT`, for `--nats-url`.
     pub url: String,
     pub port: u16,
+    /// The HTTP monitoring port (`/jsz` and friends).
+    pub monitor_port: u16,
     binary: String,
     /// Holds the JetStream store (`store/`) and the server's log (`nats.log`); kept across
     /// restarts, removed on drop.
@@ -63,12 +65,13 @@ impl NatsServer {
         // Another process may grab the port between our probe and the server's bind: try again
         // on a new port then.
         for _ in 0..5 {
-            let port = free_port();
-            match spawn(&binary, &dir, port).await {
+            let (port, monitor_port) = (free_port(), free_port());
+            match spawn(&binary, &dir, port, monitor_port).await {
                 Ok(child) => {
                     return Some(NatsServer {
                         url: format!("nats://127.0.0.1:{port}"),
                         port,
+                        monitor_port,
                         binary,
                         dir,
                         child,
@@ -103,7 +106,7 @@ impl NatsServer {
         self.stop().await;
         let deadline = Instant::now() + REBIND_TIMEOUT;
         loop {
-            match spawn(&self.binary, &self.dir, self.port).await {
+            match spawn(&self.binary, &self.dir, self.port, self.monitor_port).await {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -122,6 +125,27 @@ impl NatsServer {
     /// Everything the server logged, over all its starts.
     pub fn log(&self) -> String {
         read_log(&self.dir)
+    }
+
+    /// What the server's monitoring endpoint says about a JetStream stream (`/jsz`, with its
+    /// consumers): `None` when the stream does not exist.
+    pub async fn stream_report(&self, stream: &str) -> Option<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp =
+            tokio::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).await.expect("monitor");
+        tcp.write_all(b"GET /jsz?streams=true&consumers=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("request /jsz");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.expect("read /jsz");
+        let answer = String::from_utf8_lossy(&answer);
+        let body = answer.split_once("\r\n\r\n").expect("an HTTP answer").1;
+        let jsz: serde_json::Value = serde_json::from_str(body).expect("/jsz is JSON");
+        let streams = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+        streams.into_iter().find(|s| s["name"] == stream)
     }
 
     /// The JetStream store directory (`-sd`).
@@ -162,7 +186,12 @@ fn failure(why: &str, dir: &tempfile::TempDir) -> String {
 
 /// Runs the server on `port` and waits until it has logged `Server is ready` (JetStream is up
 /// by then) and accepts TCP connections.
-async fn spawn(binary: &str, dir: &tempfile::TempDir, port: u16) -> Result<Child, StartError> {
+async fn spawn(
+    binary: &str,
+    dir: &tempfile::TempDir,
+    port: u16,
+    monitor_port: u16,
+) -> Result<Child, StartError> {
     let path = log_path(dir);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("log file");
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
@@ -171,7 +200,7 @@ async fn spawn(binary: &str, dir: &tempfile::TempDir, port: u16) -> Result<Child
         .arg("-js")
         .arg("-sd")
         .arg(dir.path().join("store"))
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()])
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)

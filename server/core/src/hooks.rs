@@ -62,6 +62,33 @@ pub trait HookSink: Send + Sync {
     fn wants_presence(&self, tenant: &str) -> bool;
 }
 
+/// The cluster-wide queue of webhook deliveries to attempt (a JetStream work-queue stream in
+/// cluster mode; a single node needs none and polls its store). It carries only the ids of
+/// deliveries already stored: the store holds what is sent and its log; the queue decides
+/// which node attempts a delivery when, and hands it to another node when the one holding it
+/// dies (its ticket is neither finished nor postponed in time).
+#[async_trait::async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Queues stored deliveries for an attempt now.
+    async fn push(&self, ids: &[String]) -> Result<(), String>;
+    /// Up to `max` deliveries due now, waiting at most `wait` for the first.
+    async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Job>, String>;
+}
+
+/// A delivery handed out by a [`WorkQueue`], to be finished or postponed.
+pub struct Job {
+    pub delivery: String,
+    pub ticket: Box<dyn Ticket>,
+}
+
+#[async_trait::async_trait]
+pub trait Ticket: Send + Sync {
+    /// Nothing more to do for the delivery: the queue forgets it.
+    async fn done(self: Box<Self>);
+    /// Hand it out again (to any node) after `delay`.
+    async fn later(self: Box<Self>, delay: Duration);
+}
+
 /// A channel as the detector sees it, cluster-wide.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChannelView {

@@ -13,12 +13,15 @@
 //!   connection, a late subscriber resuming) are filled from the stream.
 //! - [`presence`]: a KV bucket whose entries each node refreshes every heartbeat; a node that
 //!   stops refreshing loses its entries after two heartbeats.
+//! - [`queue`]: the webhook delivery queue, a JetStream work-queue stream every node pulls
+//!   from.
 //! - This module: the connection, the control plane (configuration changes, user commands)
 //!   and statistics shared between nodes.
 
 mod feed;
 mod hooks;
 mod presence;
+mod queue;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};
@@ -210,6 +213,18 @@ impl Cluster {
     /// The three backend roles, all played by this cluster connection.
     pub fn backend(self: &Arc<Self>) -> Backend {
         Backend { kind: "nats", broker: self.clone(), presence: self.clone(), control: self.clone() }
+    }
+
+    /// The cluster-wide webhook delivery queue; a message a node pulled and did not finish or
+    /// postpone within `ack_wait` goes to another node.
+    pub async fn hook_queue(
+        &self,
+        ack_wait: Duration,
+    ) -> Result<Arc<dyn herald_core::hooks::WorkQueue>, ClusterError> {
+        let queue = queue::HookQueue::open(self.js.clone(), self.settings.replicas, ack_wait)
+            .await
+            .map_err(|e| ClusterError::JetStream(e.to_string()))?;
+        Ok(Arc::new(queue))
     }
 
     /// Starts the control plane, statistics and presence tasks for `node`.

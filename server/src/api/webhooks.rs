@@ -542,7 +542,7 @@ impl WebhooksApi {
         if !state.store.replay_delivery(&tenant, &delivery, now, give_up_at).await? {
             return Err(ApiError::new(Code::DeliveryQueued, "the delivery is still queued or being sent"));
         }
-        state.hooks.wake();
+        state.hooks.queued(vec![(*delivery).clone()]).await;
         audit(
             &state,
             &auth.0,

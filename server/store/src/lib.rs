@@ -7,7 +7,7 @@
 mod entities;
 mod webhooks;
 
-pub use webhooks::AttemptResult;
+pub use webhooks::{AttemptResult, Claim};
 
 use std::time::Duration;
 

@@ -96,6 +96,17 @@ fn delivery_from(m: hook_deliveries::Model) -> StoreResult<Delivery> {
 }
 
 /// Deliveries a node may claim now: due pending ones, and those whose claim expired.
+/// What [`Store::claim_delivery`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// Claimed: this node attempts it.
+    Claimed(Box<Delivery>),
+    /// Waiting for a later attempt, or held by another node, until then.
+    NotBefore(DateTime<Utc>),
+    /// Succeeded, failed for good, or deleted.
+    Finished,
+}
+
 fn claimable(now: DateTime<Utc>) -> Condition {
     use hook_deliveries::Column as C;
     Condition::any()
@@ -294,6 +305,30 @@ impl Store {
         limit: u64,
     ) -> StoreResult<Vec<Delivery>> {
         self.claim(|| claimable(now), hook_deliveries::Column::NextAttemptAt, node, until, limit).await
+    }
+
+    /// Claims one delivery (handed out by the cluster's work queue) for `node` until `until`,
+    /// if it is due; otherwise says when it will be, or that it is finished or gone.
+    pub async fn claim_delivery(
+        &self,
+        id: &str,
+        node: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        use hook_deliveries::Column as C;
+        let this = || Condition::all().add(claimable(now)).add(C::Id.eq(id));
+        if let Some(d) = self.claim(this, C::Id, node, until, 1).await?.pop() {
+            return Ok(Claim::Claimed(Box::new(d)));
+        }
+        let Some(row) = hook_deliveries::Entity::find_by_id(id.to_owned()).one(&self.db).await? else {
+            return Ok(Claim::Finished);
+        };
+        Ok(match row.status.as_str() {
+            "pending" => Claim::NotBefore(row.next_attempt_at.unwrap_or(now)),
+            "sending" => Claim::NotBefore(row.claimed_until.unwrap_or(now)),
+            _ => Claim::Finished,
+        })
     }
 
     /// Claims up to `limit` deliveries matching `condition` (oldest by `order` first) for
