@@ -289,6 +289,142 @@ async fn the_refresh_proxy_extends_a_proxied_connection() {
     assert_eq!(short.closed().await.code, 4002);
 }
 
+/// The next SSE event that is not a subscription's confirmation.
+async fn next_not_subscribed(sse: &mut crate::support::Sse) -> Value {
+    loop {
+        let event = sse.next_data().await.json();
+        if event["type"] != "subscribed" {
+            return event;
+        }
+    }
+}
+
+/// A long poll with the client's cookie and no token.
+async fn poll_with_cookie(h: &Herald, query: &str, cookie: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(format!("{}/v1/poll{query}", h.base));
+    if let Some(c) = cookie {
+        request = request.header("cookie", c);
+    }
+    let answer = request.timeout(Duration::from_secs(30)).send().await.unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_without_a_token_goes_through_the_connect_proxy_once_per_session() {
+    let h = node().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let proxy = Receiver::start().await;
+    proxy.respond(|r| {
+        let cookie = r.json()["headers"]["cookie"].as_str().unwrap_or("").to_owned();
+        if cookie.contains("session=alice") {
+            ok(json!({"user": "alice", "capabilities": {"room:*": ["subscribe"]}}))
+        } else {
+            deny("no session")
+        }
+    });
+    t.key
+        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
+        .await
+        .expect(201);
+    let body = json!({"connect_url": proxy.url}).to_string().into_bytes();
+    t.key
+        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", body)))
+        .await
+        .expect(200);
+
+    let (status, first) =
+        poll_with_cookie(&h, "?tenant=acme&channels=room:1&timeout=0", Some("session=alice")).await;
+    assert_eq!(status, 200, "{first}");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let connects = || proxy.received().iter().filter(|r| r.json()["kind"] == "connect").count();
+    assert_eq!(connects(), 1);
+    assert_eq!(proxy.received()[0].json()["transport"], "long_poll");
+    let presence = t.key.get("/v1/tenants/acme/channels/room:1/presence").await.expect(200);
+    assert_eq!(presence["clients"][0]["user"], "alice", "{presence}");
+
+    // Later polls of the session are proved by its cursor: no new connect call.
+    t.publish("room:1", json!({"n": 1})).await;
+    let (status, second) =
+        poll_with_cookie(&h, &format!("?tenant=acme&channels=room:1&timeout=5&cursor={cursor}"), None).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["messages"][0]["data"], json!({"n": 1}), "{second}");
+    assert_eq!(connects(), 1, "one connect per session");
+    // Capabilities come from the proxy.
+    let (status, outside) =
+        poll_with_cookie(&h, "?tenant=acme&channels=elsewhere&timeout=0", Some("session=alice")).await;
+    assert_eq!((status, outside["code"].as_str()), (403, Some("permission_denied")), "{outside}");
+
+    // Refused by the proxy: 403 with its code; a cursor of another tenant's session is no proof.
+    let (status, denied) = poll_with_cookie(&h, "?tenant=acme&channels=room:1&timeout=0", None).await;
+    assert_eq!((status, denied["code"].as_str()), (403, Some("proxy_denied")), "{denied}");
+    let (status, missing) = poll_with_cookie(&h, "?channels=room:1&timeout=0", None).await;
+    assert_eq!((status, missing["code"].as_str()), (401, Some("missing_credentials")), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_proxy_extends_sse_and_long_poll_sessions_too() {
+    let h = node().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let proxy = Receiver::start().await;
+    proxy.respond(|r| {
+        let now = chrono::Utc::now().timestamp();
+        match r.json()["kind"].as_str().unwrap() {
+            "connect" => {
+                ok(json!({"user": "ann", "expires_at": now + 1, "capabilities": {"*": ["subscribe"]}}))
+            }
+            "refresh" => ok(json!({"expires_at": now + 3600})),
+            _ => Answer::Status(500),
+        }
+    });
+    let with_refresh = json!({"connect_url": proxy.url, "refresh_url": proxy.url}).to_string().into_bytes();
+    t.key
+        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", with_refresh)))
+        .await
+        .expect(200);
+    let refreshes = || proxy.received().iter().filter(|r| r.json()["kind"] == "refresh").count();
+
+    // SSE: past its expiry the stream says `refreshed` and goes on delivering.
+    let mut sse = crate::support::Sse::open(&h.base, "?tenant=acme&channels=a", None).await.unwrap();
+    assert_eq!(sse.next_data().await.json()["type"], "connected");
+    let refreshed = next_not_subscribed(&mut sse).await;
+    assert_eq!(refreshed["type"], "refreshed", "{refreshed}");
+    assert_eq!(refreshes(), 1);
+    t.publish("a", json!({"after": "refresh"})).await;
+    let message = sse.next_data().await.json();
+    assert_eq!(message["data"], json!({"after": "refresh"}), "{message}");
+
+    // Long polling: a poll past the expiry consults the refresh proxy and is served.
+    let (status, first) = poll_with_cookie(&h, "?tenant=acme&channels=b&timeout=0", None).await;
+    assert_eq!(status, 200, "{first}");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    t.publish("b", json!({"late": true})).await;
+    let (status, late) =
+        poll_with_cookie(&h, &format!("?tenant=acme&channels=b&timeout=5&cursor={cursor}"), None).await;
+    assert_eq!(status, 200, "{late}");
+    assert_eq!(late["messages"][0]["data"], json!({"late": true}), "{late}");
+    assert_eq!(refreshes(), 2);
+
+    // Without a refresh proxy both end at the expiry (4002 / token_expired).
+    let without = json!({"connect_url": proxy.url}).to_string().into_bytes();
+    t.key
+        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", without)))
+        .await
+        .expect(200);
+    let mut sse = crate::support::Sse::open(&h.base, "?tenant=acme&channels=a", None).await.unwrap();
+    assert_eq!(sse.next_data().await.json()["type"], "connected");
+    let ended = next_not_subscribed(&mut sse).await;
+    assert_eq!((ended["type"].as_str(), ended["code"].as_i64()), (Some("disconnect"), Some(4002)), "{ended}");
+    let (status, first) = poll_with_cookie(&h, "?tenant=acme&channels=b&timeout=0", None).await;
+    assert_eq!(status, 200, "{first}");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (status, expired) =
+        poll_with_cookie(&h, &format!("?tenant=acme&channels=b&timeout=0&cursor={cursor}"), None).await;
+    assert_eq!((status, expired["code"].as_str()), (401, Some("token_expired")), "{expired}");
+    assert_eq!(refreshes(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_urls_are_checked() {
     let strict = Herald::sqlite().await;

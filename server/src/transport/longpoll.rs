@@ -58,6 +58,9 @@ struct LongPollSession {
     id: SessionId,
     tenant: String,
     user: String,
+    /// Opened by the tenant's connect proxy (no token): later polls are proved by the cursor,
+    /// which names this session, and the refresh proxy extends it at its expiry.
+    via_proxy: bool,
     channels: Vec<String>,
     inner: tokio::sync::Mutex<Inner>,
     /// Bumped by every poll; a waiting poll that sees a newer one returns at once.
@@ -135,7 +138,7 @@ async fn run(
     origin: Option<&str>,
     origin_checked: &mut bool,
 ) -> Result<Response, ApiError> {
-    let token = http::token(req, query.token)?;
+    let token = http::token(req, query.token);
     let channels = http::channels(query.channels.as_deref())?;
     let max = state.config.long_poll_max_timeout.as_secs();
     let timeout = query.timeout.unwrap_or(DEFAULT_TIMEOUT_SECONDS.min(max));
@@ -144,15 +147,37 @@ async fn run(
             .with_field("timeout")
             .with_limit(max));
     }
-    // Every poll proves its token again, so expiry and revocation apply between polls too.
-    let verified = herald_core::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
-        .await
-        .map_err(|e| http::refused(e.disconnect()))?;
-    if !herald_core::origin_allowed(&verified.tenant, origin) {
-        return Err(http::refused(Disconnect::OriginNotAllowed));
-    }
+    let auth = match token {
+        // Every poll proves its token again, so expiry and revocation apply between polls too.
+        Ok(token) => {
+            let verified =
+                herald_core::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
+                    .await
+                    .map_err(|e| http::refused(e.disconnect()))?;
+            if !herald_core::origin_allowed(&verified.tenant, origin) {
+                return Err(http::refused(Disconnect::OriginNotAllowed));
+            }
+            Auth::Token { token, tenant: verified.tenant.id().to_owned(), user: verified.claims.sub }
+        }
+        // No token: the tenant's connect proxy may let the client in.
+        Err(missing) => {
+            let Some(tenant) = query.tenant.as_deref() else { return Err(missing) };
+            let snapshot = match state.hub.directory.tenant(tenant).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(http::refused(Disconnect::AuthFailed(Code::UnknownTenant))),
+                Err(_) => return Err(http::refused(Disconnect::AuthFailed(Code::AuthUnavailable))),
+            };
+            if snapshot.proxy.as_ref().is_none_or(|p| p.settings.connect_url.is_none()) {
+                return Err(missing);
+            }
+            if !herald_core::origin_allowed(&snapshot, origin) {
+                return Err(http::refused(Disconnect::OriginNotAllowed));
+            }
+            Auth::Proxy { tenant: tenant.to_owned(), request: http::proxy_request(req, Transport::LongPoll) }
+        }
+    };
     *origin_checked = true;
-    let tenant = verified.tenant.id().to_owned();
+    let tenant = auth.tenant().to_owned();
     let cursor = match &query.cursor {
         Some(text) if !text.is_empty() => {
             let c =
@@ -165,21 +190,21 @@ async fn run(
         _ => None,
     };
 
-    let lp = session_for(
-        state,
-        &token,
-        &tenant,
-        &verified.claims.sub,
-        &channels,
-        cursor.as_ref(),
-        origin,
-        &query.tenant,
-    )
-    .await?;
+    let lp = session_for(state, &auth, &channels, cursor.as_ref(), origin, &query.tenant).await?;
     let generation = lp.generation.fetch_add(1, Ordering::SeqCst) + 1;
     lp.superseded.notify_waiters();
     let mut inner = lp.inner.lock().await;
     *lp.last_active.lock().expect("long-poll lock") = Instant::now();
+    // A session the connect proxy opened lives until its expiry, unless the refresh proxy
+    // extends it.
+    if lp.via_proxy
+        && let Some(session) = inner.session.as_mut()
+        && super::ws::token_expired(session.expires_at())
+        && !Box::pin(session.refresh_via_proxy()).await
+    {
+        drop_session(state, &lp, &mut inner);
+        return Err(http::refused(Disconnect::TokenExpired));
+    }
 
     let mut unrecovered: Vec<&str> = Vec::new();
     let mut messages: Vec<Arc<Publication>> = Vec::new();
@@ -322,12 +347,32 @@ fn drop_session(state: &SharedState, lp: &Arc<LongPollSession>, inner: &mut Inne
     state.long_polls.sessions.lock().expect("long-poll lock").retain(|_, s| !Arc::ptr_eq(s, lp));
 }
 
+/// How a poll proved who it is.
+enum Auth {
+    Token {
+        token: String,
+        tenant: String,
+        user: String,
+    },
+    /// No token; the tenant has a connect proxy, which gets this request when a session opens.
+    Proxy {
+        tenant: String,
+        request: serde_json::Value,
+    },
+}
+
+impl Auth {
+    fn tenant(&self) -> &str {
+        match self {
+            Auth::Token { tenant, .. } | Auth::Proxy { tenant, .. } => tenant,
+        }
+    }
+}
+
 /// The session named by the cursor, or a new one subscribed from the cursor's positions.
 async fn session_for(
     state: &SharedState,
-    token: &str,
-    tenant: &str,
-    user: &str,
+    auth: &Auth,
     channels: &[String],
     cursor: Option<&Cursor>,
     origin: Option<&str>,
@@ -342,17 +387,29 @@ async fn session_for(
             // Not `inner.lock()`: a poll in progress holds it, and this poll must get past
             // here to supersede that one.
             let alive = lp.alive.load(Ordering::SeqCst);
-            let owner = lp.tenant == tenant && lp.user == user;
+            // A token names its user; without one, holding the cursor of a session the
+            // connect proxy opened is the proof (it names 16 random bytes, under a MAC).
+            let owner = match auth {
+                Auth::Token { tenant, user, .. } => !lp.via_proxy && lp.tenant == *tenant && lp.user == *user,
+                Auth::Proxy { tenant, .. } => lp.via_proxy && lp.tenant == *tenant,
+            };
             if alive && owner && lp.channels == channels {
                 return Ok(lp);
             }
             reuse_id = owner || !alive;
         }
     }
-    let mut session =
-        Session::open(state.hub.clone(), token, tenant_param.as_deref(), Transport::LongPoll, origin)
-            .await
-            .map_err(http::refused)?;
+    let mut session = match auth {
+        Auth::Token { token, .. } => {
+            Session::open(state.hub.clone(), token, tenant_param.as_deref(), Transport::LongPoll, origin)
+                .await
+        }
+        Auth::Proxy { tenant, request } => {
+            Session::open_via_proxy(state.hub.clone(), tenant, Transport::LongPoll, origin, request.clone())
+                .await
+        }
+    }
+    .map_err(http::refused)?;
     let mut delivered = Vec::with_capacity(channels.len());
     for (i, channel) in channels.iter().enumerate() {
         let since = cursor.map(|c| c.positions[i].clone());
@@ -381,8 +438,9 @@ async fn session_for(
     }
     let lp = Arc::new(LongPollSession {
         id,
-        tenant: tenant.to_owned(),
-        user: user.to_owned(),
+        tenant: auth.tenant().to_owned(),
+        user: session.user().to_owned(),
+        via_proxy: matches!(auth, Auth::Proxy { .. }),
         channels: channels.to_vec(),
         inner: tokio::sync::Mutex::new(Inner { session: Some(session), delivered }),
         generation: AtomicU64::new(0),

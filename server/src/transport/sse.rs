@@ -129,7 +129,19 @@ impl Stream {
                 },
                 _ = tokio::time::sleep_until(self.next_heartbeat.min(expiry)) => {
                     if super::ws::token_expired(self.expires_at) {
-                        return Some(self.farewell(&Disconnect::TokenExpired));
+                        // A client the connect proxy let in may be extended by the refresh
+                        // proxy (the `refreshed` event follows); otherwise the stream ends.
+                        let refreshed = match self.guard.0.as_mut() {
+                            Some(s) => Box::pin(s.refresh_via_proxy()).await.then(|| s.expires_at()),
+                            None => None,
+                        };
+                        match refreshed {
+                            Some(exp) => {
+                                self.expires_at = exp;
+                                continue;
+                            }
+                            None => return Some(self.farewell(&Disconnect::TokenExpired)),
+                        }
                     }
                     self.next_heartbeat = Instant::now() + self.heartbeat;
                     return Some(Bytes::from_static(b": heartbeat\n\n"));
