@@ -170,6 +170,10 @@ pub async fn patch<T: DeserializeOwned>(path: &str, body: &Value) -> Result<T, P
     decode(call("PATCH", path, Some(body)).await?)
 }
 
+pub async fn put<T: DeserializeOwned>(path: &str, body: &Value) -> Result<T, Problem> {
+    decode(call("PUT", path, Some(body)).await?)
+}
+
 pub async fn delete(path: &str) -> Result<(), Problem> {
     call("DELETE", path, None).await.map(|_| ())
 }
@@ -396,6 +400,10 @@ pub struct Webhook {
     pub id: String,
     pub url: String,
     #[serde(default)]
+    pub batch_max_events: u32,
+    #[serde(default)]
+    pub batch_max_ms: u32,
+    #[serde(default)]
     pub description: String,
     pub events: Vec<String>,
     pub enabled: bool,
@@ -410,6 +418,37 @@ pub struct Webhook {
     #[serde(default)]
     pub secret: Option<String>,
 }
+
+/// A tenant's proxy endpoints (`/v1/tenants/{t}/proxy`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ProxyConfig {
+    #[serde(default)]
+    pub connect_url: Option<String>,
+    #[serde(default)]
+    pub subscribe_url: Option<String>,
+    #[serde(default)]
+    pub publish_url: Option<String>,
+    #[serde(default)]
+    pub refresh_url: Option<String>,
+    pub timeout_ms: u32,
+    pub on_failure: String,
+    pub updated_at: String,
+    /// Only in the answer that created or rotated it.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// The proxy kinds with what each decides.
+pub const PROXY_KINDS: [(&str, &str, &str); 4] = [
+    (
+        "connect_url",
+        "Connect",
+        "Authenticates clients that connect without a token (from their cookie, say).",
+    ),
+    ("subscribe_url", "Subscribe", "Allows or denies each subscription; may set its presence info."),
+    ("publish_url", "Publish", "Allows or denies each client publish; may replace its data."),
+    ("refresh_url", "Refresh", "Extends connections the connect proxy let in, at their expiry."),
+];
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RotatedSecret {

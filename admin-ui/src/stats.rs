@@ -76,6 +76,31 @@ pub struct Report {
     pub nodes: Vec<NodeStats>,
     #[serde(default)]
     pub tenants: Vec<TenantStats>,
+    /// This node's webhook and proxy figures (the operator's view only).
+    #[serde(default)]
+    pub hooks: Option<HookFigures>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HookFigures {
+    pub webhook_events_queued: u64,
+    pub webhook_events_dropped: u64,
+    pub webhook_attempts: u64,
+    pub webhook_deliveries_succeeded: u64,
+    pub webhook_deliveries_failed: u64,
+    pub webhook_retries: u64,
+    pub proxies: Vec<ProxyFigures>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ProxyFigures {
+    pub kind: String,
+    pub allowed: u64,
+    pub denied: u64,
+    pub failed: u64,
+    pub mean_latency_ms: Option<f64>,
 }
 
 /// What a chart shows: the whole cluster, one node or one tenant.

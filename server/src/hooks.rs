@@ -294,6 +294,7 @@ impl Hooks {
         let give_up_at = now + chrono::Duration::from_std(self.settings.retry_period).unwrap_or_default();
         let d = new_delivery(w, &event_id, WebhookEvent::WebhookTest, body, now, give_up_at);
         self.store.enqueue_deliveries(&w.tenant_id, std::slice::from_ref(&d), u64::MAX).await?;
+        self.counters.events_queued.fetch_add(1, Ordering::Relaxed);
         self.queued(vec![d.id.clone()]).await;
         Ok(d)
     }

@@ -18,7 +18,9 @@
 // and the delivery log shows it succeeded, a replay reaches it again with the same webhook-id,
 // a 410 Gone answer disables the webhook with its reason shown, enabling it again and
 // replaying succeeds, disable/enable, a rotated secret is shown once and signs the next
-// request, and the webhook is deleted.
+// request, and the webhook is deleted; a batching webhook keeps and shows its settings; the
+// tenant's proxies are saved (secret shown once), shown after a reload, rotated and removed;
+// the overview shows the node's webhook and proxy figures.
 //
 // Each step is printed as one JSON line; any failure exits with status 1 and a message. What
 // only the test around this script can see (what the receiver got) is asked as a line
@@ -515,11 +517,77 @@ async function webhooks() {
   await page.waitForSelector('text=No webhooks yet.');
   check((await api('GET', `/v1/tenants/${tenant}/webhooks`)).body.items.length === 0, 'no webhooks left');
 
+  step('a batching webhook: out-of-range sizes are refused on their field, the settings are kept and shown');
+  await page.click('[data-action=new-webhook]');
+  await page.fill(`${wf} input[name=url]`, receiver);
+  await page.check(`${wf} input[value="channel.occupied"]`);
+  await page.fill(`${wf} input[name=batch_max_events]`, '500');
+  await page.click(`${wf} button[type=submit]`);
+  await page.waitForSelector(`${wf} .field-error[data-field=batch_max_events]`);
+  await page.fill(`${wf} input[name=batch_max_events]`, '20');
+  await page.fill(`${wf} input[name=batch_max_ms]`, '250');
+  await page.click(`${wf} button[type=submit]`);
+  await page.click('[data-secret] >> text=I have copied it');
+  const batching = (await (await page.waitForSelector('tr[data-webhook] [data-batching]')).textContent()).trim();
+  check(batching.includes('20 events') && batching.includes('250 ms'), `the batch settings are shown: ${batching}`);
+  const batched = (await api('GET', `/v1/tenants/${tenant}/webhooks`)).body.items[0];
+  check(batched.batch_max_events === 20 && batched.batch_max_ms === 250, `stored: ${JSON.stringify(batched)}`);
+
+  step('proxies: a private URL is refused on its field; saving shows the secret once');
+  const pf = 'form[data-form=proxy]';
+  await page.waitForSelector('[data-proxy-status=none]');
+  await page.fill(`${pf} input[name=connect_url]`, 'http://10.0.0.1/');
+  await page.click(`${pf} [data-action=save-proxy]`);
+  await page.waitForSelector(`${pf} .field-error[data-field=connect_url]`);
+  await page.fill(`${pf} input[name=connect_url]`, receiver);
+  await page.fill(`${pf} input[name=refresh_url]`, receiver);
+  await page.fill(`${pf} input[name=timeout_ms]`, '2500');
+  await page.selectOption(`${pf} select[name=on_failure]`, 'allow');
+  await page.click(`${pf} [data-action=save-proxy]`);
+  const proxySecret = (await page.textContent('[data-testid=secret]')).trim();
+  check(proxySecret.startsWith('whsec_'), `a proxy secret is shown: ${proxySecret}`);
+  await page.waitForSelector('[data-proxy-status=configured]');
+  const proxy = (await api('GET', `/v1/tenants/${tenant}/proxy`)).body;
+  check(
+    proxy.connect_url === receiver && proxy.refresh_url === receiver && !proxy.subscribe_url &&
+      proxy.timeout_ms === 2500 && proxy.on_failure === 'allow' && !proxy.secret,
+    `the proxy as saved: ${JSON.stringify(proxy)}`,
+  );
+  await shot('proxy-saved');
+  await page.click('[data-secret] >> text=I have copied it');
+
+  step('the form shows what is stored after a reload; rotating shows a new secret once');
+  await page.reload();
+  await page.waitForSelector('[data-proxy-status=configured]');
+  check((await page.inputValue(`${pf} input[name=connect_url]`)) === receiver, 'the connect URL is filled in');
+  check((await page.inputValue(`${pf} select[name=on_failure]`)) === 'allow', 'the failure policy is filled in');
+  await page.click(`${pf} button:text-is("Rotate secret")`);
+  await page.click(`${pf} >> text=Rotate: requests are signed with the new one at once`);
+  const rotatedProxy = (await page.textContent('[data-testid=secret]')).trim();
+  check(rotatedProxy.startsWith('whsec_') && rotatedProxy !== proxySecret, `a new proxy secret: ${rotatedProxy}`);
+  await page.click('[data-secret] >> text=I have copied it');
+
+  step('removing the proxies');
+  await page.click(`${pf} button:text-is("Remove")`);
+  await page.click(`${pf} >> text=Remove every proxy`);
+  await page.waitForSelector('[data-proxy-status=none]');
+  check((await api('GET', `/v1/tenants/${tenant}/proxy`)).status === 404, 'no proxy left');
+
   step('the audit log records the changes');
   await nav('Audit log');
-  for (const action of ['webhook.create', 'webhook.rotate_secret', 'webhook.replay', 'webhook.delete']) {
+  for (const action of ['webhook.create', 'webhook.rotate_secret', 'webhook.replay', 'webhook.delete', 'proxy.put', 'proxy.rotate_secret', 'proxy.delete']) {
     await page.waitForSelector(`table[data-table=audit] tr[data-action="${action}"]`);
   }
+
+  step("the overview shows this node's webhook figures");
+  await page.goto(`${base}/admin/`);
+  await until(
+    () => Number(document.querySelector('[data-card=hooks] tr[data-hooks] td[data-col=succeeded]')?.textContent) >= 3,
+    null,
+    'the succeeded deliveries in the overview',
+  );
+  await page.waitForSelector('[data-card=hooks] table[data-table=proxy-figures] tr[data-proxy=connect]');
+  await shot('overview-hooks');
 }
 
 try {

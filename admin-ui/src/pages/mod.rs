@@ -8,6 +8,7 @@ pub mod live;
 pub mod login;
 pub mod overview;
 pub mod presence;
+pub mod proxy;
 pub mod shell;
 pub mod tenant;
 pub mod tenants;

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::chart::{Line, chart, format_value, sparkline};
 use crate::router::{self, Tab};
-use crate::stats::{self, Figures, Live, Scope, Status};
+use crate::stats::{self, Figures, HookFigures, Live, Scope, Status};
 use crate::ui::{Empty, Link, Loading, Table};
 
 pub const C_WS: &str = "#4f46e5";
@@ -116,6 +116,47 @@ fn figures_cells(f: &Figures) -> impl IntoView + use<> {
 }
 
 /// A table of figures per `first` (node or tenant), with a sparkline of its connections.
+/// This node's webhook and proxy figures since it started (the operator's view).
+fn hook_card(h: HookFigures) -> impl IntoView {
+    let webhooks = Table::new("webhook-figures")
+        .nums(&["Events queued", "Events dropped", "Attempts", "Succeeded", "Failed", "Retries"])
+        .rows([h.clone()], |h| {
+            view! {
+                <tr data-hooks="">
+                    <td class="num" data-col="queued">{h.webhook_events_queued}</td>
+                    <td class="num" data-col="dropped">{h.webhook_events_dropped}</td>
+                    <td class="num" data-col="attempts">{h.webhook_attempts}</td>
+                    <td class="num" data-col="succeeded">{h.webhook_deliveries_succeeded}</td>
+                    <td class="num" data-col="failed">{h.webhook_deliveries_failed}</td>
+                    <td class="num" data-col="retries">{h.webhook_retries}</td>
+                </tr>
+            }
+        });
+    let proxies = Table::new("proxy-figures")
+        .col("Proxy")
+        .nums(&["Allowed", "Denied", "Failed", "Mean latency"])
+        .rows(h.proxies, |p| {
+            let latency = p.mean_latency_ms.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.1} ms"));
+            view! {
+                <tr data-proxy=p.kind.clone()>
+                    <td class="mono">{p.kind.clone()}</td>
+                    <td class="num" data-col="allowed">{p.allowed}</td>
+                    <td class="num" data-col="denied">{p.denied}</td>
+                    <td class="num" data-col="failed">{p.failed}</td>
+                    <td class="num" data-col="latency">{latency}</td>
+                </tr>
+            }
+        });
+    view! {
+        <section class="card" data-card="hooks">
+            <h2 class="card-title">"Webhooks and proxies on this node"</h2>
+            <p class="muted small">"Since the node started. Per-webhook delivery logs are on each tenant's Webhooks page."</p>
+            {webhooks}
+            {proxies}
+        </section>
+    }
+}
+
 fn figures_table(name: &'static str, first: &'static str) -> Table {
     Table::new(name)
         .wide()
@@ -217,6 +258,7 @@ pub fn Overview() -> impl IntoView {
                     </tr>
                 }
             });
+            let hooks = report.as_ref().and_then(|r| r.hooks.clone());
             let tenants = report.as_ref().map(|r| r.tenants.clone()).unwrap_or_default();
             let tenants = figures_table("tenants", "Tenant")
                 .empty(
@@ -254,6 +296,7 @@ pub fn Overview() -> impl IntoView {
                     <h2 class="card-title">"Tenants"</h2>
                     {tenants}
                 </section>
+                {hooks.map(hook_card)}
             }
             .into_any()
         })

@@ -10,11 +10,13 @@ use serde_json::{Value, json};
 use crate::api::{self, Delivery, Load, Problem, RotatedSecret, WEBHOOK_EVENTS, Webhook};
 use crate::router::{self, Tab};
 use crate::ui::{
-    ConfirmButton, Field, Paged, SecretOnce, Table, badge, datetime, form_error, load_view, text_input, when,
+    ConfirmButton, Field, Paged, SecretOnce, Table, badge, datetime, form_error, load_view, number_input,
+    parse_number, text_input, when,
 };
 
 /// The fields of the create form, in the order they are shown.
-const FIELDS: &[&str] = &["url", "events", "include_api_publishes", "description"];
+const FIELDS: &[&str] =
+    &["url", "events", "include_api_publishes", "description", "batch_max_events", "batch_max_ms"];
 
 /// A signing secret to show once: title, secret, note.
 type Shown = (String, String, String);
@@ -40,6 +42,7 @@ fn put(list: RwSignal<Load<Vec<Webhook>>>, w: Webhook) {
 
 #[component]
 pub fn Webhooks(tenant: String) -> impl IntoView {
+    let proxy_tenant = tenant.clone();
     let base = format!("/v1/tenants/{}/webhooks", api::enc(&tenant));
     let page_path = router::tenant_path(&tenant, Tab::Webhooks);
     let paged = Paged::<Webhook>::new({
@@ -63,6 +66,8 @@ pub fn Webhooks(tenant: String) -> impl IntoView {
     let events = RwSignal::new(Vec::<String>::new());
     let api_publishes = RwSignal::new(false);
     let description = RwSignal::new(String::new());
+    let batch_events = RwSignal::new(String::new());
+    let batch_ms = RwSignal::new(String::new());
     let errors = RwSignal::new(None::<Problem>);
     let row_error = RwSignal::new(None::<Problem>);
     let busy = RwSignal::new(false);
@@ -89,6 +94,13 @@ pub fn Webhooks(tenant: String) -> impl IntoView {
             if !text.trim().is_empty() {
                 body["description"] = json!(text.trim());
             }
+            for (field, value) in [("batch_max_events", batch_events), ("batch_max_ms", batch_ms)] {
+                match parse_number(&value.get_untracked(), field) {
+                    Ok(Some(n)) => body[field] = json!(n),
+                    Ok(None) => {}
+                    Err(p) => return errors.set(Some(p)),
+                }
+            }
             let base = base.clone();
             busy.set(true);
             leptos::task::spawn_local(async move {
@@ -101,6 +113,8 @@ pub fn Webhooks(tenant: String) -> impl IntoView {
                         events.set(Vec::new());
                         api_publishes.set(false);
                         description.set(String::new());
+                        batch_events.set(String::new());
+                        batch_ms.set(String::new());
                         if let Some(secret) = w.secret.take() {
                             shown.set(Some((
                                 format!("Webhook for {} created", w.url),
@@ -184,6 +198,24 @@ pub fn Webhooks(tenant: String) -> impl IntoView {
                     <span>"Include REST publishes in message.published"</span>
                 </label>
             </Field>
+            <div class="grid-2">
+                <Field
+                    label="Batch up to (events)"
+                    field="batch_max_events"
+                    errors=errors
+                    hint="1-100. Empty or 1: one event per request. More: requests carry {\"events\": [...]}."
+                >
+                    {number_input(batch_events, "batch_max_events", "1")}
+                </Field>
+                <Field
+                    label="Batch wait (ms)"
+                    field="batch_max_ms"
+                    errors=errors
+                    hint="0-60000: how long a batch may wait to fill."
+                >
+                    {number_input(batch_ms, "batch_max_ms", "0")}
+                </Field>
+            </div>
             {form_error(errors, FIELDS)}
             <div class="form-actions">
                 <button type="submit" class="btn btn-primary" disabled=move || busy.get()>
@@ -263,6 +295,7 @@ pub fn Webhooks(tenant: String) -> impl IntoView {
         <section class="card card-flush">{rows}</section>
         {paged.more()}
         {deliveries}
+        <crate::pages::proxy::ProxyCard tenant=proxy_tenant />
     }
 }
 
@@ -380,6 +413,13 @@ fn webhook_row(
     let rotating = w.previous_secret_valid_until.clone().map(|until| {
         view! { <div class="small muted" data-rotating="">"Previous secret expires " {when(Some(&until))}</div> }
     });
+    let batching = (w.batch_max_events > 1).then(|| {
+        view! {
+            <div class="small muted" data-batching="">
+                {format!("Batches of up to {} events, waiting up to {} ms", w.batch_max_events, w.batch_max_ms)}
+            </div>
+        }
+    });
     view! {
         <tr data-webhook=w.id.clone() data-enabled=w.enabled.to_string() class:selected=is_selected>
             <td class="wrap">
@@ -387,7 +427,7 @@ fn webhook_row(
                 {(!w.description.is_empty()).then(|| view! { <div class="muted small">{w.description.clone()}</div> })}
                 <div class="mono small muted">{w.id.clone()}</div>
             </td>
-            <td class="wrap">{chips} {api_note}</td>
+            <td class="wrap">{chips} {api_note} {batching}</td>
             <td class="wrap" data-col="status">{status} {reason} {rotating}</td>
             <td>{when(Some(&w.created_at))}</td>
             <td class="actions">
