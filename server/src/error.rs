@@ -39,6 +39,11 @@ pub struct Problem {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// The channel refused, when an SSE stream or a long poll was refused for one of its
+    /// channels (the others could be used).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,6 +54,7 @@ pub struct ApiError {
     pub detail: String,
     pub field: Option<String>,
     pub limit: Option<u64>,
+    pub channel: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -57,7 +63,7 @@ impl ApiError {
     /// An error with its code's status.
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
         let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError { status, code, detail: detail.into(), field: None, limit: None }
+        ApiError { status, code, detail: detail.into(), field: None, limit: None, channel: None }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -67,6 +73,11 @@ impl ApiError {
 
     pub fn with_limit(mut self, limit: u64) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
         self
     }
 
@@ -94,6 +105,7 @@ impl ApiError {
             code: self.code.as_str().to_owned(),
             field: self.field.clone(),
             limit: self.limit,
+            channel: self.channel.clone(),
         }
     }
 }

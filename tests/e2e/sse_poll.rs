@@ -376,3 +376,86 @@ crate::on_both_fanouts!(
     concurrent_polls_neither_lose_nor_duplicate,
     websocket_sse_and_long_poll_receive_identical_sequences,
 );
+
+/// A client that knows its positions (it changed transport or channel list) resumes SSE and
+/// long polling with `since`; a long poll's new session hands out its `subscribed` frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_long_polling_resume_from_explicit_positions() {
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let token = t.token("u", caps()).await;
+    let first = t.publish("a", json!({"n": 1})).await;
+    t.publish("a", json!({"n": 2})).await;
+    t.publish("a", json!({"n": 3})).await;
+    let epoch = first["epoch"].as_str().unwrap();
+    let since = format!("{}:{epoch},", first["position"]);
+
+    // SSE: `a` resumes after its first message; `b` starts now.
+    let q = format!("?channels=a,b&token={token}&since={since}");
+    let mut sse = Sse::open(&h.base, &q, None).await.unwrap();
+    assert_eq!(sse.next_data().await.json()["type"], "connected");
+    let a = sse.next_data().await.json();
+    assert_eq!((a["channel"].as_str(), a["recovered"].as_bool()), (Some("a"), Some(true)), "{a}");
+    let replayed = pubs(&mut sse, 2).await;
+    let ns: Vec<u64> = replayed.iter().map(|(_, v)| v["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, vec![2, 3]);
+    // A Last-Event-ID cursor wins over `since`.
+    let cursor = replayed[1].0.clone();
+    let mut again = Sse::open(&h.base, &q, Some(&cursor)).await.unwrap();
+    assert_eq!(again.next_data().await.json()["type"], "connected");
+    let resumed = again.next_data().await.json();
+    assert_eq!(
+        (resumed["channel"].as_str(), resumed["position"].as_u64()),
+        (Some("a"), Some(3)),
+        "{resumed}"
+    );
+    t.publish("a", json!({"n": 4})).await;
+    assert_eq!(pubs(&mut again, 1).await[0].1["data"]["n"], 4, "nothing replayed twice");
+
+    // Long polling: the first answer of the session has the confirmations and the replay.
+    let answer =
+        poll(&h.base, &format!("?channels=a,b&timeout=0&token={token}&since={since}")).await.expect(200);
+    let subscribed = answer["subscribed"].as_array().expect("the new session's confirmations");
+    assert_eq!(subscribed.len(), 2, "{answer}");
+    assert_eq!(
+        (subscribed[0]["channel"].as_str(), subscribed[0]["recovered"].as_bool()),
+        (Some("a"), Some(true))
+    );
+    assert!(subscribed[1].get("recovered").is_none(), "b started now: {answer}");
+    let ns: Vec<u64> =
+        answer["messages"].as_array().unwrap().iter().map(|m| m["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, vec![2, 3, 4]);
+    let cursor = answer["cursor"].as_str().unwrap();
+    let next =
+        poll(&h.base, &format!("?channels=a,b&timeout=0&token={token}&cursor={cursor}")).await.expect(200);
+    assert!(next.get("subscribed").is_none(), "confirmations come once: {next}");
+    // A position from another epoch cannot be recovered, and says so.
+    let lost =
+        poll(&h.base, &format!("?channels=a&timeout=0&token={token}&since=1:zzzzzzzz")).await.expect(200);
+    assert_eq!(lost["subscribed"][0]["recovered"], false, "{lost}");
+
+    // Bad `since`, and a refused channel named in the problem.
+    for bad in ["1:x", "x:abc,", "1:a.b,", "-1:abc,"] {
+        let refused = poll(&h.base, &format!("?channels=a,b&timeout=0&token={token}&since={bad}")).await;
+        let body = refused.expect(400);
+        assert_eq!(
+            (body["code"].as_str(), body["field"].as_str()),
+            (Some("invalid_parameter"), Some("since")),
+            "{bad}: {body}"
+        );
+    }
+    let narrow = t.token("n", json!({"a": ["subscribe"]})).await;
+    t.key
+        .post("/v1/tenants/acme/channels", json!({"name": "secret", "options": {"private": true}}))
+        .await
+        .expect(201);
+    let refused =
+        Sse::open(&h.base, &format!("?channels=a,secret&token={narrow}"), None).await.err().unwrap();
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        (refused.body["code"].as_str(), refused.body["channel"].as_str()),
+        (Some("permission_denied"), Some("secret")),
+        "{}",
+        refused.body
+    );
+}

@@ -6,6 +6,7 @@ use poem::{IntoResponse, Request, Response};
 
 use crate::error::{ApiError, Code};
 use herald_core::Disconnect;
+use herald_core::channel::StreamPosition;
 
 /// Channels one SSE stream or poll may name at most (the connection's subscription limit
 /// applies too).
@@ -97,7 +98,40 @@ pub fn refused(reason: Disconnect) -> ApiError {
 /// A refused subscription as an HTTP problem: the core error's own code and status, naming
 /// the channel.
 pub fn subscribe_refused(channel: &str, e: herald_core::Error) -> ApiError {
-    crate::api::channel_error(e, channel).with_field("channels")
+    crate::api::channel_error(e, channel).with_field("channels").with_channel(channel)
+}
+
+/// The `since` parameter of SSE and long polling: per channel of `channels`, in the same order
+/// and comma-separated, `<position>:<epoch>` to resume after, or nothing to start now
+/// (`since=41:I1qUkL0H,,7:wKQEuiOR`). Clients that know their positions (after a change of
+/// transport, or of the channel list) resume with it; a cursor, when also given, wins.
+pub fn since(
+    text: Option<&str>,
+    channels: &[String],
+) -> Result<Option<Vec<Option<StreamPosition>>>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok(None) };
+    let bad = |why: &str| ApiError::new(Code::InvalidParameter, format!("since: {why}")).with_field("since");
+    let parts: Vec<&str> = text.split(',').collect();
+    if parts.len() != channels.len() {
+        return Err(bad("needs one entry per channel, in the order of `channels`"));
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            if part.is_empty() {
+                return Ok(None);
+            }
+            let (position, epoch) =
+                part.split_once(':').ok_or_else(|| bad("an entry is `<position>:<epoch>`"))?;
+            let position: u64 = position.parse().map_err(|_| bad("a position is a non-negative integer"))?;
+            if epoch.len() > 64 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(bad("an epoch is at most 64 letters, digits, `_` or `-`"));
+            }
+            Ok(Some(StreamPosition { position, epoch: epoch.to_owned() }))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Adds CORS headers for a browser request from `origin` (already checked against the tenant).

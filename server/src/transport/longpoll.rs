@@ -46,12 +46,16 @@ pub struct PollQuery {
     timeout: Option<u64>,
     token: Option<String>,
     tenant: Option<String>,
+    /// Per channel, where a new session resumes (see [`http::since`]); a cursor wins.
+    since: Option<String>,
 }
 
 struct Inner {
     session: Option<Session>,
     /// Per channel: the newest position handed out from this session's queue.
     delivered: Vec<StreamPosition>,
+    /// The session's `subscribed` frames, handed out with the next answer.
+    confirmations: Vec<Outgoing>,
 }
 
 struct LongPollSession {
@@ -190,7 +194,8 @@ async fn run(
         _ => None,
     };
 
-    let lp = session_for(state, &auth, &channels, cursor.as_ref(), origin, &query.tenant).await?;
+    let since = if cursor.is_some() { None } else { http::since(query.since.as_deref(), &channels)? };
+    let lp = session_for(state, &auth, &channels, cursor.as_ref(), since, origin, &query.tenant).await?;
     let generation = lp.generation.fetch_add(1, Ordering::SeqCst) + 1;
     lp.superseded.notify_waiters();
     let mut inner = lp.inner.lock().await;
@@ -209,6 +214,7 @@ async fn run(
     let mut unrecovered: Vec<&str> = Vec::new();
     let mut messages: Vec<Arc<Publication>> = Vec::new();
     let mut retry_after_ms = None;
+    let confirmations = std::mem::take(&mut inner.confirmations);
 
     // A retried or concurrent poll asks from an older position than this session handed out:
     // serve that stretch from history.
@@ -321,7 +327,20 @@ async fn run(
         }
         body.put_slice(p.frame.as_bytes());
     }
-    body.put_slice(b"],\"cursor\":\"");
+    body.put_slice(b"],");
+    if !confirmations.is_empty() {
+        body.put_slice(b"\"subscribed\":[");
+        for (i, c) in confirmations.iter().enumerate() {
+            if let Outgoing::Frame(f) = c {
+                if i > 0 {
+                    body.put_u8(b',');
+                }
+                body.put_slice(f.as_bytes());
+            }
+        }
+        body.put_slice(b"],");
+    }
+    body.put_slice(b"\"cursor\":\"");
     body.put_slice(next.as_bytes());
     body.put_slice(b"\"");
     if !unrecovered.is_empty() {
@@ -375,6 +394,7 @@ async fn session_for(
     auth: &Auth,
     channels: &[String],
     cursor: Option<&Cursor>,
+    since: Option<Vec<Option<StreamPosition>>>,
     origin: Option<&str>,
     tenant_param: &Option<String>,
 ) -> Result<Arc<LongPollSession>, ApiError> {
@@ -412,7 +432,11 @@ async fn session_for(
     .map_err(http::refused)?;
     let mut delivered = Vec::with_capacity(channels.len());
     for (i, channel) in channels.iter().enumerate() {
-        let since = cursor.map(|c| c.positions[i].clone());
+        let since = match (cursor, &since) {
+            (Some(c), _) => Some(c.positions[i].clone()),
+            (None, Some(since)) => since[i].clone(),
+            (None, None) => None,
+        };
         match session.subscribe(None, channel, since.clone()).await {
             // Replayed messages land in the queue and advance `delivered` as they are handed out.
             Ok(outcome) => delivered.push(match (since, outcome.recovered) {
@@ -425,11 +449,15 @@ async fn session_for(
             }
         }
     }
-    // Subscription confirmations are not part of a poll answer.
-    let mut discard = Vec::new();
-    let _ = session.outbox().drain(&mut discard);
-    let replayed: Vec<Outgoing> =
-        discard.into_iter().filter(|o| matches!(o, Outgoing::Publication(_))).collect();
+    // Subscription confirmations go out as the next answer's `subscribed`, not as messages.
+    let mut queued = Vec::new();
+    let _ = session.outbox().drain(&mut queued);
+    let (replayed, others): (Vec<Outgoing>, Vec<Outgoing>) =
+        queued.into_iter().partition(|o| matches!(o, Outgoing::Publication(_)));
+    let confirmations = others
+        .into_iter()
+        .filter(|o| matches!(o, Outgoing::Frame(f) if f.as_str().starts_with(r#"{"type":"subscribed""#)))
+        .collect();
     let _ = session.outbox().push_all(replayed);
     let mut id = [0u8; SESSION_LEN];
     match cursor.and_then(|c| c.session).filter(|_| reuse_id) {
@@ -442,7 +470,7 @@ async fn session_for(
         user: session.user().to_owned(),
         via_proxy: matches!(auth, Auth::Proxy { .. }),
         channels: channels.to_vec(),
-        inner: tokio::sync::Mutex::new(Inner { session: Some(session), delivered }),
+        inner: tokio::sync::Mutex::new(Inner { session: Some(session), delivered, confirmations }),
         generation: AtomicU64::new(0),
         superseded: tokio::sync::Notify::new(),
         alive: std::sync::atomic::AtomicBool::new(true),

@@ -29,6 +29,8 @@ pub struct SseQuery {
     tenant: Option<String>,
     /// For clients that cannot send the `Last-Event-ID` header.
     last_event_id: Option<String>,
+    /// Per channel, where to resume (see [`http::since`]); `Last-Event-ID` wins.
+    since: Option<String>,
 }
 
 /// Closes the session when the response body is dropped (client gone or stream ended).
@@ -209,9 +211,20 @@ async fn open(
         },
         None => None,
     };
+    let since = match http::since(query.since.as_deref(), &channels) {
+        Ok(since) => since,
+        Err(e) => {
+            session.close();
+            return Err(e);
+        }
+    };
+    let starts: Vec<Option<StreamPosition>> = match (&resume, since) {
+        (Some(cursor), _) => cursor.positions.iter().cloned().map(Some).collect(),
+        (None, Some(since)) => since,
+        (None, None) => vec![None; channels.len()],
+    };
     let mut positions = Vec::with_capacity(channels.len());
-    for (i, channel) in channels.iter().enumerate() {
-        let since = resume.as_ref().map(|c| c.positions[i].clone());
+    for (channel, since) in channels.iter().zip(starts) {
         match session.subscribe(None, channel, since.clone()).await {
             Ok(outcome) => positions.push(match (since, outcome.recovered) {
                 // Replayed messages follow and advance the cursor from where the client was.
