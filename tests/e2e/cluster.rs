@@ -10,13 +10,13 @@ use crate::support::{Client, Herald, NatsServer, PgDatabase, Sse, Start, poll, p
 /// Presence heartbeat of the test nodes; entries expire after two.
 const HEARTBEAT_SECONDS: u64 = 1;
 
-struct Cluster {
-    nats: NatsServer,
-    nodes: Vec<Herald>,
+pub(crate) struct Cluster {
+    pub(crate) nats: NatsServer,
+    pub(crate) nodes: Vec<Herald>,
     /// How each node was started, to restart it the same way.
     starts: Vec<Start>,
     /// The tenant's all-scope API key, one client per node.
-    keys: Vec<Client>,
+    pub(crate) keys: Vec<Client>,
     _db: Option<PgDatabase>,
     _sqlite_dir: Option<tempfile::TempDir>,
 }
@@ -45,7 +45,7 @@ async fn cluster(n: usize) -> Option<Cluster> {
 }
 
 /// [`cluster`] with more `HERALD_*` settings on every node.
-async fn cluster_with(n: usize, extra_env: &[(&str, &str)]) -> Option<Cluster> {
+pub(crate) async fn cluster_with(n: usize, extra_env: &[(&str, &str)]) -> Option<Cluster> {
     let nats = NatsServer::start().await?;
     let db = postgres_database();
     let sqlite_dir = db.is_none().then(|| tempfile::tempdir().unwrap());
@@ -101,7 +101,7 @@ impl Cluster {
     /// Waits until every node can serve `channel` (use a channel of its own, e.g.
     /// `ns:probe`): configuration made through one node (a new namespace) reaches the others
     /// through the control plane, within moments. The probe's connections are closed after.
-    async fn usable_everywhere(&self, channel: &str) {
+    pub(crate) async fn usable_everywhere(&self, channel: &str) {
         let token = self.token("settle").await;
         for node in &self.nodes {
             let mut ws = node.ws(&token).await;
@@ -127,7 +127,7 @@ impl Cluster {
         self.keys[i] = self.nodes[i].client(self.keys[0].token.as_deref().unwrap());
     }
 
-    async fn token(&self, sub: &str) -> String {
+    pub(crate) async fn token(&self, sub: &str) -> String {
         let minted = self.keys[0]
             .post("/v1/tenants/acme/tokens", json!({"sub": sub, "capabilities": caps()}))
             .await

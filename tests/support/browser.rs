@@ -49,6 +49,8 @@ impl Drop for PageServer {
 pub struct BrowserPage {
     child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Reports that came before the page finished loading, handed out first.
+    early: std::collections::VecDeque<Value>,
 }
 
 /// Where the browser tooling is, from `cargo xtask test`; `None` (with a notice) outside CI.
@@ -86,14 +88,25 @@ impl BrowserPage {
             .spawn()
             .expect("node runs");
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut page = BrowserPage { child, lines };
-        let loaded = page.next().await;
-        assert_eq!(loaded["loaded"], true, "{loaded}");
+        let mut page = BrowserPage { child, lines, early: Default::default() };
+        // Scripts may report while the page loads: keep those for `next`.
+        let mut early = std::collections::VecDeque::new();
+        loop {
+            let line = page.next().await;
+            if line["loaded"] == true {
+                break;
+            }
+            early.push_back(line);
+        }
+        page.early = early;
         Some(page)
     }
 
     /// The next line the page reported.
     pub async fn next(&mut self) -> Value {
+        if let Some(v) = self.early.pop_front() {
+            return v;
+        }
         let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
             .await
             .expect("the page reports in time")

@@ -8,6 +8,7 @@
 //!   installed PostgreSQL, installs it when it can; installs `nats-server` as `nats` does, for
 //!   the cluster-mode tests). Under `CI=true` a missing service fails the run; elsewhere the
 //!   tests that need it are skipped with a one-line notice.
+//!   It also builds the browser SDK (`clients/js`, npm) and reports its bundle size.
 //! - `dashboard`: only build the admin dashboard.
 //! - `openapi`: rewrite `openapi/herald.json` from the code.
 //! - `nats`: make sure a `nats-server` 2.11+ is available (`$HERALD_NATS_SERVER`, else the
@@ -151,6 +152,8 @@ fn test(args: &[String]) -> Result {
             )?;
         }
     }
+    // The browser SDK: type-checked and bundled (its tests load the bundle), size measured.
+    sdk::build()?;
     let mut tests = cargo();
     tests.args(["test", "--workspace", "--exclude", "admin-ui"]);
     match browser::ensure()? {
@@ -348,6 +351,54 @@ mod dashboard {
             .map_err(|e| format!("writing index.html: {e}"))?;
         println!("xtask: admin dashboard built in admin-ui/dist (served at /admin)");
         Ok(Some(dist))
+    }
+}
+
+/// The browser SDK in `clients/js`: its npm tooling (TypeScript, esbuild) installed with
+/// `npm ci`, then `npm run build` (type check, ESM module with declarations, minified bundles).
+/// The minified ESM bundle's gzipped size is printed and held to its budget.
+mod sdk {
+    use super::*;
+
+    /// The most the minified, gzipped bundle may weigh.
+    const BUDGET_BYTES: usize = 12 * 1024;
+
+    pub fn build() -> Result<Option<()>> {
+        let dir = root().join("clients/js");
+        if !have("npm") {
+            return missing("SDK", "install Node.js 20+ with npm");
+        }
+        let bin = dir.join("node_modules/.bin");
+        if !(bin.join("tsc").exists() && bin.join("esbuild").exists()) {
+            eprintln!("xtask: installing the SDK's build tools into clients/js (npm ci)");
+            if let Err(e) = status(
+                Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir),
+                "npm ci",
+            ) {
+                return missing("SDK", &format!("{e}; needs access to the npm registry"));
+            }
+        }
+        status(
+            Command::new("npm").args(["run", "--silent", "build"]).current_dir(&dir),
+            "npm run build (clients/js)",
+        )?;
+        let bundle = dir.join("dist/herald.min.js");
+        let minified = std::fs::metadata(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?.len();
+        let gzipped = output(Command::new("node").current_dir(&dir).args([
+            "-e",
+            "process.stdout.write(String(require('zlib').gzipSync(require('fs').readFileSync('dist/herald.min.js'), {level: 9}).length))",
+        ]))
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .ok_or("cannot measure the SDK bundle (node)")?;
+        println!(
+            "xtask: SDK bundle clients/js/dist/herald.min.js: {minified} bytes minified, {gzipped} bytes gzipped (budget {BUDGET_BYTES})"
+        );
+        if gzipped > BUDGET_BYTES {
+            return Err(format!(
+                "the SDK bundle is {gzipped} bytes gzipped, over its budget of {BUDGET_BYTES}"
+            ));
+        }
+        Ok(Some(()))
     }
 }
 
