@@ -1,5 +1,6 @@
-//! The committed OpenAPI spec is usable: a client generated from it by a maintained generator
-//! (openapi-python-client) publishes, and a WebSocket subscriber receives the message.
+//! The committed OpenAPI spec is usable: the publisher examples of `docs/examples`, with
+//! clients generated from it by maintained generators (openapi-python-client; openapi-typescript
+//! with openapi-fetch), publish, read history, and a WebSocket subscriber receives the message.
 
 use serde_json::json;
 
@@ -39,39 +40,60 @@ async fn generated_python_client_publishes_to_a_websocket_subscriber() {
     let mut ws = h.ws(&t.token("u", json!({"news": ["subscribe"]})).await).await;
     ws.subscribe("news").await;
 
-    let script = r#"
-import sys
-from herald_client import AuthenticatedClient
-from herald_client.api.messages import publish, history
-from herald_client.models import PublishRequest, Published, HistoryPage
-
-client = AuthenticatedClient(base_url=sys.argv[1], token=sys.argv[2])
-result = publish.sync(tenant="acme", channel="news", client=client,
-                      body=PublishRequest(data={"from": "python", "n": [1, 2]}, event="generated"))
-assert isinstance(result, Published), result
-page = history.sync(tenant="acme", channel="news", client=client)
-assert isinstance(page, HistoryPage), page
-print(result.position, result.epoch, len(page.publications))
-"#;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/publish-python/publish.py");
     let key = t.key.token.clone().unwrap();
     let run = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
+        .arg(&script)
         .arg(&h.base)
         .arg(&key)
-        .current_dir(dir.path())
+        .env("PYTHONPATH", dir.path())
         .output()
         .await
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let fields: Vec<&str> = stdout.split_whitespace().collect();
-    assert_eq!(fields[0], "1");
-    assert_eq!(fields[2], "1", "history holds the message");
+    let printed: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the example prints JSON");
+    assert_eq!(printed["position"], 1, "{printed}");
+    assert_eq!(printed["in_history"], true, "history holds the message");
 
     let received = ws.recv().await;
     assert_eq!(received["type"], "pub");
     assert_eq!(received["data"], json!({"from": "python", "n": [1, 2]}));
     assert_eq!(received["event"], "generated");
-    assert_eq!(received["epoch"], fields[1]);
+    assert_eq!(received["epoch"], printed["epoch"]);
+}
+
+/// The TypeScript publisher example (`docs/examples/publish-typescript`): types generated from
+/// the spec by openapi-typescript, requests by openapi-fetch; `cargo xtask test` generates,
+/// type-checks and bundles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_typescript_client_publishes_to_a_websocket_subscriber() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/publish-typescript");
+    let script = dir.join("dist/publish.js");
+    if !script.exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{} is missing: cargo xtask test builds it (npm)",
+            script.display()
+        );
+        eprintln!("skipping the TypeScript publisher test: cargo xtask test builds it (needs npm)");
+        return;
+    }
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let mut ws = h.ws(&t.token("u", json!({"news": ["subscribe"]})).await).await;
+    ws.subscribe("news").await;
+    let key = t.key.token.clone().unwrap();
+    let run = tokio::process::Command::new("node").arg(&script).arg(&h.base).arg(&key).output().await.unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the example prints JSON");
+    assert_eq!((printed["position"].as_u64(), printed["in_history"].as_bool()), (Some(1), Some(true)), "{printed}");
+    let received = ws.recv().await;
+    assert_eq!(received["data"], json!({"from": "typescript", "n": [1, 2]}));
+    assert_eq!(received["event"], "generated");
+    assert_eq!(received["epoch"], printed["epoch"]);
+
+    // A refusal comes back as the problem document, typed.
+    let bad = tokio::process::Command::new("node").arg(&script).arg(&h.base).arg("hk_wrong").output().await.unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("refused: invalid_credentials"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -363,25 +363,36 @@ mod sdk {
     /// The most the minified, gzipped bundle may weigh.
     const BUDGET_BYTES: usize = 12 * 1024;
 
-    pub fn build() -> Result<Option<()>> {
-        let dir = root().join("clients/js");
+    /// `npm ci` (when its tools are missing) and `npm run build` in `dir`; false (with a notice,
+    /// or an error under CI) without npm or the registry.
+    fn npm_build(dir: &Path, tools: &[&str], what: &str) -> Result<bool> {
         if !have("npm") {
-            return missing("SDK", "install Node.js 20+ with npm");
+            return missing::<()>(what, "install Node.js 20+ with npm").map(|_| false);
         }
         let bin = dir.join("node_modules/.bin");
-        if !(bin.join("tsc").exists() && bin.join("esbuild").exists()) {
-            eprintln!("xtask: installing the SDK's build tools into clients/js (npm ci)");
-            if let Err(e) = status(
-                Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir),
-                "npm ci",
-            ) {
-                return missing("SDK", &format!("{e}; needs access to the npm registry"));
+        if !tools.iter().all(|t| bin.join(t).exists()) {
+            eprintln!("xtask: installing the npm tools of {} (npm ci)", dir.display());
+            let installed =
+                status(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir), "npm ci");
+            if let Err(e) = installed {
+                return missing::<()>(what, &format!("{e}; needs access to the npm registry")).map(|_| false);
             }
         }
         status(
-            Command::new("npm").args(["run", "--silent", "build"]).current_dir(&dir),
-            "npm run build (clients/js)",
+            Command::new("npm").args(["run", "--silent", "build"]).current_dir(dir),
+            &format!("npm run build ({})", dir.display()),
         )?;
+        Ok(true)
+    }
+
+    pub fn build() -> Result<Option<()>> {
+        // The TypeScript publisher example: types generated from the spec, type-checked, bundled.
+        let example = root().join("docs/examples/publish-typescript");
+        npm_build(&example, &["tsc", "esbuild", "openapi-typescript"], "publisher example")?;
+        let dir = root().join("clients/js");
+        if !npm_build(&dir, &["tsc", "esbuild"], "SDK")? {
+            return Ok(None);
+        }
         let bundle = dir.join("dist/herald.min.js");
         let minified = std::fs::metadata(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?.len();
         let gzipped = output(Command::new("node").current_dir(&dir).args([
@@ -394,9 +405,7 @@ mod sdk {
             "xtask: SDK bundle clients/js/dist/herald.min.js: {minified} bytes minified, {gzipped} bytes gzipped (budget {BUDGET_BYTES})"
         );
         if gzipped > BUDGET_BYTES {
-            return Err(format!(
-                "the SDK bundle is {gzipped} bytes gzipped, over its budget of {BUDGET_BYTES}"
-            ));
+            return Err(format!("the SDK bundle is {gzipped} bytes gzipped, over its budget of {BUDGET_BYTES}"));
         }
         Ok(Some(()))
     }
