@@ -23,6 +23,7 @@ mod outbound;
 mod persistence;
 mod proxies;
 mod publish;
+mod rust_client;
 mod sdk;
 mod soak;
 mod sse_poll;

@@ -40,7 +40,8 @@ async fn generated_python_client_publishes_to_a_websocket_subscriber() {
     let mut ws = h.ws(&t.token("u", json!({"news": ["subscribe"]})).await).await;
     ws.subscribe("news").await;
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/publish-python/publish.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/publish-python/publish.py");
     let key = t.key.token.clone().unwrap();
     let run = tokio::process::Command::new(&python)
         .arg(&script)
@@ -83,17 +84,32 @@ async fn generated_typescript_client_publishes_to_a_websocket_subscriber() {
     let mut ws = h.ws(&t.token("u", json!({"news": ["subscribe"]})).await).await;
     ws.subscribe("news").await;
     let key = t.key.token.clone().unwrap();
-    let run = tokio::process::Command::new("node").arg(&script).arg(&h.base).arg(&key).output().await.unwrap();
+    let run =
+        tokio::process::Command::new("node").arg(&script).arg(&h.base).arg(&key).output().await.unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&run.stdout).expect("the example prints JSON");
-    assert_eq!((printed["position"].as_u64(), printed["in_history"].as_bool()), (Some(1), Some(true)), "{printed}");
+    assert_eq!(
+        (printed["position"].as_u64(), printed["in_history"].as_bool()),
+        (Some(1), Some(true)),
+        "{printed}"
+    );
     let received = ws.recv().await;
     assert_eq!(received["data"], json!({"from": "typescript", "n": [1, 2]}));
     assert_eq!(received["event"], "generated");
     assert_eq!(received["epoch"], printed["epoch"]);
 
     // A refusal comes back as the problem document, typed.
-    let bad = tokio::process::Command::new("node").arg(&script).arg(&h.base).arg("hk_wrong").output().await.unwrap();
+    let bad = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&h.base)
+        .arg("hk_wrong")
+        .output()
+        .await
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("refused: invalid_credentials"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("refused: invalid_credentials"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

@@ -372,8 +372,10 @@ mod sdk {
         let bin = dir.join("node_modules/.bin");
         if !tools.iter().all(|t| bin.join(t).exists()) {
             eprintln!("xtask: installing the npm tools of {} (npm ci)", dir.display());
-            let installed =
-                status(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir), "npm ci");
+            let installed = status(
+                Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir),
+                "npm ci",
+            );
             if let Err(e) = installed {
                 return missing::<()>(what, &format!("{e}; needs access to the npm registry")).map(|_| false);
             }
@@ -405,7 +407,9 @@ mod sdk {
             "xtask: SDK bundle clients/js/dist/herald.min.js: {minified} bytes minified, {gzipped} bytes gzipped (budget {BUDGET_BYTES})"
         );
         if gzipped > BUDGET_BYTES {
-            return Err(format!("the SDK bundle is {gzipped} bytes gzipped, over its budget of {BUDGET_BYTES}"));
+            return Err(format!(
+                "the SDK bundle is {gzipped} bytes gzipped, over its budget of {BUDGET_BYTES}"
+            ));
         }
         Ok(Some(()))
     }
