@@ -173,3 +173,29 @@ async fn the_rust_client_says_when_a_gap_cannot_be_filled_and_when_a_channel_is_
         client.close();
     }
 }
+
+/// An application that stops reading for a while loses nothing and blocks nothing: when a
+/// subscription's queue is full the client lets the connection go and resumes after what it
+/// handed over; a command meanwhile still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_application_loses_nothing_and_blocks_no_command() {
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    t.key
+        .post("/v1/tenants/acme/namespaces", json!({"name": "big", "options": {"history_size": 5000}}))
+        .await
+        .expect(201);
+    let token = t.token("ann", caps()).await;
+    let client = Client::connect(quick(&h.base, &token).transports(&[Transport::WebSocket]));
+    let mut sub = client.subscribe("big:feed");
+    subscribed(&mut sub).await;
+    let total = 1500u64;
+    for n in 1..=total {
+        t.publish("big:feed", json!({"n": n})).await;
+    }
+    // Not a single event was read yet; a command still goes through.
+    let history = tokio::time::timeout(Duration::from_secs(15), client.history("big:feed", None, 1)).await;
+    assert!(history.expect("answered in time").is_ok());
+    let got = publications(&mut sub, total as usize).await;
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "each message once, in order");
+}

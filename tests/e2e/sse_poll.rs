@@ -458,4 +458,10 @@ async fn sse_and_long_polling_resume_from_explicit_positions() {
         "{}",
         refused.body
     );
+    let bad_name = poll(&h.base, &format!("?channels=a,b%20c&timeout=0&token={token}")).await.expect(422);
+    assert_eq!(
+        (bad_name["field"].as_str(), bad_name["channel"].as_str()),
+        (Some("channels"), Some("b c")),
+        "{bad_name}"
+    );
 }

@@ -139,7 +139,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     super();
   }
   unsubscribe(): void {
-    this.client.unsubscribe(this.channel);
+    if (this.client.subscription(this.channel) === this) this.client.unsubscribe(this.channel);
   }
   /** @internal */ _emit<K extends keyof SubscriptionEvents>(e: K, v: SubscriptionEvents[K]): void {
     this.emit(e, v);
@@ -203,6 +203,16 @@ function problemClose(status: number, body: any): [number, string] {
   return [1011, code]; // 5xx, 429 and the rest: try again later.
 }
 
+/** Channel errors worth trying again later (the subscription stays). */
+const RETRYABLE = new Set(['closed', 'internal', 'cluster_unavailable', 'proxy_unavailable', 'quota_exceeded', 'auth_unavailable', 'unavailable']);
+
+/** `path` under the base URL (which may be relative to the page, and may have a path). */
+function endpoint(base: string, path: string): URL {
+  const u = new URL(base, (globalThis as any).location?.href);
+  u.pathname = u.pathname.replace(/\/$/, '') + path;
+  return u;
+}
+
 function sinceParam(subs: Subscription[]): string {
   return subs.map((s) => (s.position ? `${s.position.position}:${s.position.epoch}` : '')).join(',');
 }
@@ -217,8 +227,8 @@ class WsTransport implements Transport {
   private pinger?: ReturnType<typeof setInterval>;
   private lastSeen = Date.now();
   constructor(private c: Herald, private sink: Sink, url: string, token: string | undefined) {
-    const u = new URL('/v1/ws', url);
-    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+    const u = endpoint(url, '/v1/ws');
+    u.protocol = u.protocol === 'https:' || u.protocol === 'wss:' ? 'wss:' : 'ws:';
     if (c.opts.tenant) u.searchParams.set('tenant', c.opts.tenant);
     const WS = c.opts.WebSocket || WebSocket;
     this.ws = new WS(u.toString());
@@ -254,7 +264,8 @@ class WsTransport implements Transport {
         if (f.type === 'error') fail(new HeraldError(f.code, f.message, f));
         else ok(f);
       }
-      if (f.type !== 'error' || f.id === undefined) this.sink.frame(f);
+      if (f.type === 'error' && f.id === undefined) c._error(new HeraldError(f.code, f.message, f));
+      else if (f.type !== 'error') this.sink.frame(f);
     };
     this.ws.onclose = (e) => this.fail(e.code || 1006, e.reason || 'connection lost');
   }
@@ -290,7 +301,10 @@ class WsTransport implements Transport {
       this.call({ type: 'subscribe', channel: s.channel, ...(since ? { since } : {}) }).catch(
         (e: HeraldError) => {
           this.subscribed.delete(s.channel);
-          if (e.code !== 'disconnected') this.c._refused(s.channel, e);
+          if (e.code === 'disconnected') return;
+          // A passing condition: subscribe again in a moment; anything else ends it.
+          if (RETRYABLE.has(e.code)) setTimeout(() => this.sync(), 1000 + Math.random() * 1000);
+          else this.c._refused(s.channel, e);
         },
       );
     }
@@ -307,6 +321,9 @@ class WsTransport implements Transport {
   }
   close(): void {
     clearInterval(this.pinger);
+    this.ready = false;
+    for (const [, fail] of this.pending.values()) fail(new HeraldError('disconnected', 'the connection closed'));
+    this.pending.clear();
     this.ws.onclose = this.ws.onmessage = this.ws.onopen = null;
     this.ws.close(1000);
   }
@@ -323,7 +340,7 @@ abstract class HttpTransport implements Transport {
     queueMicrotask(() => this.run());
   }
   protected url(path: string, subs: Subscription[], extra: Record<string, string>): string {
-    const u = new URL(path, this.base);
+    const u = endpoint(this.base, path);
     u.searchParams.set('channels', subs.map((s) => s.channel).join(','));
     const token = this.c._token();
     if (token) u.searchParams.set('token', token);
@@ -337,7 +354,7 @@ abstract class HttpTransport implements Transport {
       body = await res.json();
     } catch {}
     // A refused channel (not the connection): drop it and go on with the others.
-    if (body && body.field === 'channels' && typeof body.channel === 'string' && subs.length) {
+    if (body && body.field === 'channels' && typeof body.channel === 'string' && subs.length && !RETRYABLE.has(body.code)) {
       this.c._refused(body.channel, new HeraldError(body.code, body.detail || body.code, body));
       return true;
     }
@@ -354,9 +371,28 @@ abstract class HttpTransport implements Transport {
     this.stopped = true;
     clearTimeout(this.restart);
     this.abort.abort();
+    this.wake?.();
   }
   protected abstract run(): Promise<void>;
+  private wake?: () => void;
+  /** The subscriptions one request carries (at most 64; more are refused), waiting while there are none. */
+  protected async channels(): Promise<Subscription[]> {
+    for (;;) {
+      if (this.restart) {
+        // The request about to go out already has the change.
+        clearTimeout(this.restart);
+        this.restart = undefined;
+        this.abort = new AbortController();
+      }
+      const all = this.c.subscriptions();
+      for (const s of all.slice(64)) this.c._refused(s.channel, new HeraldError('too_many_subscriptions', 'SSE and long polling carry at most 64 channels'));
+      if (all.length || this.stopped) return all.slice(0, 64);
+      await new Promise<void>((ok) => (this.wake = ok));
+      this.wake = undefined;
+    }
+  }
   sync(): void {
+    if (this.wake) return this.wake();
     // Batch the changes of one moment into one new request.
     if (this.stopped || this.restart) return;
     this.restart = setTimeout(() => {
@@ -375,7 +411,8 @@ class SseTransport extends HttpTransport {
   protected async run(): Promise<void> {
     const f = this.c.opts.fetch || fetch;
     while (!this.stopped) {
-      const subs = this.c.subscriptions().slice(0, 64);
+      const subs = await this.channels();
+      if (this.stopped) return;
       const signal = this.abort.signal;
       let idle: ReturnType<typeof setTimeout> | undefined;
       const watch = () => {
@@ -427,7 +464,7 @@ class SseTransport extends HttpTransport {
       } catch (e) {
         clearTimeout(idle);
         if (this.stopped) return;
-        if (signal.aborted) continue; // Reopened for a new channel list or token.
+        if (signal.aborted && signal !== this.abort.signal) continue; // Reopened for a new channel list or token.
         return this.fail(1006, String((e as Error).message || e));
       }
     }
@@ -437,15 +474,16 @@ class SseTransport extends HttpTransport {
 class PollTransport extends HttpTransport {
   readonly name = 'longpoll';
   private cursor?: string;
-  private channels = '';
+  private list = '';
   protected async run(): Promise<void> {
     const f = this.c.opts.fetch || fetch;
     const wait = this.c.opts.pollTimeout ?? 25;
     while (!this.stopped) {
-      const subs = this.c.subscriptions();
+      const subs = await this.channels();
+      if (this.stopped) return;
       const channels = subs.map((s) => s.channel).join(',');
-      if (channels !== this.channels) this.cursor = undefined; // A cursor names its channel list.
-      this.channels = channels;
+      if (channels !== this.list) this.cursor = undefined; // A cursor names its channel list.
+      this.list = channels;
       const signal = this.abort.signal;
       // A new session answers at once, with its confirmations; later polls wait.
       const extra: Record<string, string> = { timeout: String(this.cursor ? wait : 0) };
@@ -481,7 +519,7 @@ class PollTransport extends HttpTransport {
       } catch (e) {
         clearTimeout(timer);
         if (this.stopped) return;
-        if (signal.aborted && this.channels !== this.c.subscriptions().map((s) => s.channel).join(',')) continue;
+        if (signal.aborted && signal !== this.abort.signal) continue; // Reopened for a new channel list.
         return this.fail(1006, String((e as Error).message || e));
       }
     }
@@ -517,11 +555,14 @@ export class Herald extends Emitter<ClientEvents> {
   private failures = 0;
   private attempt = 0;
   private token?: string;
+  private tokenAt = 0;
   private expires?: number;
   private wanted = false;
+  /** Bumped by every open and disconnect: an open that was overtaken stops. */
+  private generation = 0;
   private timers: { [k: string]: ReturnType<typeof setTimeout> | undefined } = {};
   private openedAt = 0;
-  private waiting: (() => void)[] = [];
+  private waiting: { ok: () => void; fail: (e: HeraldError) => void }[] = [];
   /** The current state; also emitted as `state`. */
   state: ConnectionState = { state: 'disconnected', code: 1000, reason: 'not connected' };
 
@@ -537,11 +578,15 @@ export class Herald extends Emitter<ClientEvents> {
     return this.order[this.kind];
   }
 
-  /** Subscribes to `channel` (or returns the existing subscription) and connects if needed. */
-  subscribe(channel: string, onPublication?: Handler<Publication>): Subscription {
+  /**
+   * Subscribes to `channel` (or returns the existing subscription) and connects if needed.
+   * `since`: a position kept from before (e.g. across a page reload) to resume after.
+   */
+  subscribe(channel: string, onPublication?: Handler<Publication>, o: { since?: Position } = {}): Subscription {
     let s = this.subs.get(channel);
     if (!s) {
       s = new Subscription(this, channel);
+      if (o.since) s.position = { position: o.since.position, epoch: o.since.epoch };
       this.subs.set(channel, s);
       this.transport?.sync();
     }
@@ -577,11 +622,14 @@ export class Herald extends Emitter<ClientEvents> {
 
   disconnect(): void {
     this.wanted = false;
+    this.generation++;
     for (const k in this.timers) clearTimeout(this.timers[k]);
     this.transport?.close();
     this.probe?.close();
     this.transport = this.probe = undefined;
+    this.kind = this.failures = 0;
     for (const s of this.subs.values()) s.active = false;
+    for (const w of this.waiting.splice(0)) w.fail(new HeraldError('disconnected', 'disconnected by the client'));
     this.setState({ state: 'disconnected', code: 1000, reason: 'disconnected by the client' });
   }
 
@@ -594,7 +642,10 @@ export class Herald extends Emitter<ClientEvents> {
   }
 
   history(channel: string, o: { since?: Position; limit?: number } = {}): Promise<HistoryPage> {
-    return this.command({ type: 'history', channel, ...o });
+    const f: Record<string, unknown> = { type: 'history', channel };
+    if (o.since) f.since = { position: o.since.position, epoch: o.since.epoch };
+    if (o.limit) f.limit = o.limit;
+    return this.command(f);
   }
 
   presence(channel: string): Promise<Presence[]> {
@@ -605,11 +656,18 @@ export class Herald extends Emitter<ClientEvents> {
     this.connect();
     if (this.state.state !== 'connected') {
       await new Promise<void>((ok, fail) => {
-        const t = setTimeout(() => fail(new HeraldError('not_connected', 'not connected in time')), this.opts.connectTimeout ?? 10000);
-        this.waiting.push(() => {
-          clearTimeout(t);
-          ok();
-        });
+        const w = {
+          ok: () => {
+            clearTimeout(t);
+            ok();
+          },
+          fail,
+        };
+        const t = setTimeout(() => {
+          this.waiting = this.waiting.filter((x) => x !== w);
+          fail(new HeraldError('not_connected', 'not connected in time'));
+        }, this.opts.connectTimeout ?? 10000);
+        this.waiting.push(w);
       });
     }
     const t = this.transport;
@@ -621,6 +679,10 @@ export class Herald extends Emitter<ClientEvents> {
 
   /** @internal */ _token(): string | undefined {
     return this.token;
+  }
+
+  /** @internal */ _error(e: HeraldError): void {
+    this.emit('error', e);
   }
 
   /** @internal A channel the server refused: the subscription ends with the error. */
@@ -636,7 +698,7 @@ export class Herald extends Emitter<ClientEvents> {
 
   /** @internal The token's expiry as the server reported it: refresh before it. */
   _expiresAt(exp: number | undefined): void {
-    this.expires = exp;
+    this.expires = exp ?? this.expires;
     this.scheduleRefresh();
   }
 
@@ -647,34 +709,32 @@ export class Herald extends Emitter<ClientEvents> {
 
   private async fetchToken(): Promise<string | undefined> {
     const t = this.opts.token;
-    return typeof t === 'function' ? await t() : t;
+    const token = typeof t === 'function' ? await t() : t;
+    this.tokenAt = Date.now();
+    return token;
   }
 
   private async open(): Promise<void> {
     clearTimeout(this.timers.retry);
+    const generation = ++this.generation;
     const url = this.urls[this.urlIndex % this.urls.length];
     const kind = this.kind;
     this.setState({ state: 'connecting', transport: this.order[kind], url });
     try {
       this.token = await this.fetchToken();
     } catch (e) {
+      if (generation !== this.generation) return;
       this.emit('error', new HeraldError('token', `the token callback failed: ${e}`));
-      return this.closed(1011, 'token callback failed', false);
+      return this.closed(1011, 'token callback failed', false, false);
     }
-    if (!this.wanted || kind !== this.kind) return;
+    if (!this.wanted || generation !== this.generation) return;
     this.expires = tokenExpiry(this.token);
     let opened = false;
     const sink: Sink = {
       open: (client) => {
         opened = true;
         clearTimeout(this.timers.connect);
-        this.openedAt = Date.now();
-        this.failures = 0;
-        this.attempt = 0;
-        this.setState({ state: 'connected', transport: this.order[kind], url, client });
-        this.scheduleRefresh();
-        this.scheduleUpgrade();
-        for (const w of this.waiting.splice(0)) w();
+        this.connectedOn(kind, url, client);
       },
       frame: (f) => this.frame(f),
       close: (code, reason) => {
@@ -683,7 +743,14 @@ export class Herald extends Emitter<ClientEvents> {
         this.closed(code, reason, opened);
       },
     };
-    const t = this.create(this.order[kind], sink, url);
+    let t: Transport;
+    try {
+      t = this.create(this.order[kind], sink, url);
+    } catch (e) {
+      // A URL the browser will not open (mixed content, no WebSocket here): the next one.
+      this.emit('error', new HeraldError('transport', String((e as Error).message || e)));
+      return this.closed(1006, String(e), false);
+    }
     this.transport = t;
     this.timers.connect = setTimeout(() => {
       if (!opened && this.transport === t) {
@@ -692,6 +759,18 @@ export class Herald extends Emitter<ClientEvents> {
         this.closed(1006, 'connect timeout', false);
       }
     }, this.opts.connectTimeout ?? 10000);
+  }
+
+  /** A transport opened: the connection is up. */
+  private connectedOn(kind: number, url: string, client?: ClientInfo): void {
+    clearTimeout(this.timers.retry);
+    this.kind = kind;
+    this.openedAt = Date.now();
+    this.failures = 0;
+    this.setState({ state: 'connected', transport: this.order[kind], url, client });
+    this.scheduleRefresh();
+    this.scheduleUpgrade();
+    for (const w of this.waiting.splice(0)) w.ok();
   }
 
   private create(name: TransportName, sink: Sink, url: string): Transport {
@@ -708,11 +787,17 @@ export class Herald extends Emitter<ClientEvents> {
     else if (f.type === 'join' || f.type === 'leave') s._emit(f.type, { client: f.client, user: f.user, info: f.info });
   }
 
-  /** What to do after a connection ended: stop, reconnect at once, after a drain delay, or after a backoff. */
-  private closed(code: number, reason: string, opened: boolean): void {
+  /**
+   * What to do after a connection ended: stop, reconnect at once, after a drain delay, or
+   * after a backoff. `transportFault`: whether it may count against the transport (a token
+   * callback that failed does not).
+   */
+  private closed(code: number, reason: string, opened: boolean, transportFault = true): void {
     clearTimeout(this.timers.connect);
     clearTimeout(this.timers.refresh);
     clearTimeout(this.timers.upgrade);
+    this.probe?.close();
+    this.probe = undefined;
     for (const s of this.subs.values()) s.active = false;
     if (!this.wanted) return;
     const refreshable = typeof this.opts.token === 'function';
@@ -720,8 +805,12 @@ export class Herald extends Emitter<ClientEvents> {
       this.wanted = false;
       return this.setState({ state: 'disconnected', code, reason });
     }
-    // A transport that cannot connect, or keeps dropping at once, gives way to the next one.
-    if (!opened || Date.now() - this.openedAt < 5000) {
+    // Only a connection that lasted counts as a success: a flapping one keeps backing off.
+    if (opened && Date.now() - this.openedAt >= 10000) this.attempt = 0;
+    // A transport that cannot connect, or drops at once at the network level, gives way to the
+    // next one (the server's own close codes say nothing against the transport).
+    const quick = !opened || Date.now() - this.openedAt < 5000;
+    if (transportFault && code < 4000 && quick) {
       if (++this.failures >= (this.opts.fallbackAfter ?? 2) && this.order.length > 1) {
         this.failures = 0;
         this.kind = (this.kind + 1) % this.order.length;
@@ -731,7 +820,7 @@ export class Herald extends Emitter<ClientEvents> {
     const drain = /retry_after_ms=(\d+)/.exec(reason);
     if (code === 4002 && this.attempt === 0) delay = (this.attempt++, 0); // A fresh token, at once (once).
     else if (code >= 4200 && code < 4300) delay = Math.min(drain ? +drain[1] : 0, this.max());
-    else delay = this.backoff(this.attempt++);
+    else delay = this.backoff(++this.attempt);
     if (code >= 4200 || !opened || code === 1006) this.urlIndex++; // Try another node.
     const url = this.urls[this.urlIndex % this.urls.length];
     this.setState({ state: 'reconnecting', transport: this.transportName, url, delay, attempt: this.attempt, code, reason });
@@ -745,14 +834,17 @@ export class Herald extends Emitter<ClientEvents> {
   /** Full jitter: uniform between the minimum and min × 2^attempt, capped at the maximum. */
   private backoff(attempt: number): number {
     const min = this.opts.minReconnectDelay ?? 500;
-    const cap = Math.min(this.max(), min * 2 ** Math.min(attempt, 30));
+    const cap = Math.max(min, Math.min(this.max(), min * 2 ** Math.min(attempt, 30)));
     return Math.round(min + Math.random() * (cap - min));
   }
 
   private scheduleRefresh(): void {
     clearTimeout(this.timers.refresh);
     if (typeof this.opts.token !== 'function' || !this.expires || this.state.state !== 'connected') return;
-    const wait = Math.max(1000, this.expires * 1000 - Date.now() - (this.opts.refreshBefore ?? 30000));
+    const exp = this.expires * 1000;
+    // Ahead of the expiry by `refreshBefore`, or by half the token's life if it is short.
+    const lead = Math.min(this.opts.refreshBefore ?? 30000, Math.max(0, (exp - this.tokenAt) / 2));
+    const wait = Math.max(1000, exp - Date.now() - lead);
     this.timers.refresh = setTimeout(() => this.refresh(), Math.min(wait, 2 ** 31 - 1));
   }
 
@@ -767,6 +859,7 @@ export class Herald extends Emitter<ClientEvents> {
       if (t.name === 'sse') t.sync();
       this.scheduleRefresh();
     } catch (e) {
+      if (t !== this.transport) return; // The connection went meanwhile; the reconnect takes a new token.
       this.emit('error', e instanceof HeraldError ? e : new HeraldError('token', String(e)));
       this.timers.refresh = setTimeout(() => this.refresh(), 5000);
     }
@@ -780,29 +873,46 @@ export class Herald extends Emitter<ClientEvents> {
     this.timers.upgrade = setTimeout(() => {
       if (this.probe || this.state.state !== 'connected') return;
       const url = this.urls[this.urlIndex % this.urls.length];
+      const giveUp = () => {
+        clearTimeout(this.timers.probe);
+        if (this.probe === probe) {
+          this.probe = undefined;
+          probe.close();
+          if (this.state.state === 'connected') this.scheduleUpgrade();
+        }
+      };
       const sink: Sink = {
-        open: () => {
+        open: (client) => {
+          clearTimeout(this.timers.probe);
+          if (this.probe !== probe || !this.wanted || !this.transport || this.state.state !== 'connected') {
+            return giveUp();
+          }
           const old = this.transport;
           this.transport = probe;
           this.probe = undefined;
-          this.kind = 0;
-          old?.close();
+          old.close();
+          this.connectedOn(0, url, client);
           probe.sync();
-          this.setState({ state: 'connected', transport: this.order[0], url });
         },
-        frame: (f) => this.frame(f),
+        frame: (f) => {
+          if (this.transport === probe) this.frame(f);
+        },
         close: (code, reason) => {
-          if (this.probe === probe) {
-            this.probe = undefined;
-            this.scheduleUpgrade();
-          } else if (this.transport === probe) {
+          if (this.probe === probe) giveUp();
+          else if (this.transport === probe) {
             this.transport = undefined;
             this.closed(code, reason, true);
           }
         },
       };
-      const probe = this.create(this.order[0], sink, url);
+      let probe: Transport;
+      try {
+        probe = this.create(this.order[0], sink, url);
+      } catch {
+        return this.scheduleUpgrade();
+      }
       this.probe = probe;
+      this.timers.probe = setTimeout(giveUp, this.opts.connectTimeout ?? 10000);
     }, after);
   }
 }

@@ -240,7 +240,8 @@ impl Options {
     }
 }
 
-/// Full jitter: uniform between `min` and `min × 2^attempt`, capped at `max`.
+/// Full jitter: uniform between `min` and `min × 2^attempt`, capped at `max` (`attempt` counts
+/// the failures in a row, from 1).
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let cap = min.saturating_mul(1u32 << attempt.min(20)).min(max).max(min);
     let spread = (cap - min).as_millis() as u64;
@@ -248,8 +249,8 @@ pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
 }
 
 enum Cmd {
-    Subscribe(String, mpsc::Sender<Event>),
-    Unsubscribe(String),
+    Subscribe(String, u64, mpsc::Sender<Event>, Option<Position>),
+    Unsubscribe(String, u64),
     Call(serde_json::Map<String, Value>, oneshot::Sender<Result<Value, Error>>),
     Close,
 }
@@ -258,12 +259,14 @@ enum Cmd {
 pub struct Client {
     cmds: mpsc::UnboundedSender<Cmd>,
     state: watch::Receiver<State>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// One channel's subscription; it lasts across reconnects and transport changes. Dropping it
 /// unsubscribes.
 pub struct Subscription {
     pub channel: String,
+    id: u64,
     events: mpsc::Receiver<Event>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
@@ -277,13 +280,22 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.cmds.send(Cmd::Unsubscribe(self.channel.clone()));
+        let _ = self.cmds.send(Cmd::Unsubscribe(self.channel.clone(), self.id));
     }
 }
 
 impl Client {
     /// Starts connecting (on the current tokio runtime).
+    ///
+    /// Panics when `opts` has no URL, no transport, or a URL that does not parse.
     pub fn connect(opts: Options) -> Client {
+        assert!(
+            !opts.urls.is_empty() && !opts.transports.is_empty(),
+            "herald-client: no URL or no transport"
+        );
+        for url in &opts.urls {
+            assert!(reqwest::Url::parse(url).is_ok(), "herald-client: `{url}` is not a URL");
+        }
         let (cmds, rx) = mpsc::unbounded_channel();
         let first = State::Connecting {
             transport: opts.transports[0],
@@ -301,19 +313,31 @@ impl Client {
             failures: 0,
             attempt: 0,
             token: None,
+            token_at: 0,
             expires: None,
             closed: false,
+            queued: Vec::new(),
         };
         tokio::spawn(driver.run());
-        Client { cmds, state }
+        Client { cmds, state, next_id: std::sync::atomic::AtomicU64::new(1) }
     }
 
-    /// Subscribes to `channel`; events arrive on the returned subscription.
+    /// Subscribes to `channel`; events arrive on the returned subscription. A second
+    /// subscription to the same channel takes it over (the first one ends).
     pub fn subscribe(&self, channel: impl Into<String>) -> Subscription {
-        let channel = channel.into();
+        self.subscribe_at(channel.into(), None)
+    }
+
+    /// Subscribes and resumes after a position kept from before (e.g. across a restart).
+    pub fn subscribe_from(&self, channel: impl Into<String>, since: Position) -> Subscription {
+        self.subscribe_at(channel.into(), Some(since))
+    }
+
+    fn subscribe_at(&self, channel: String, since: Option<Position>) -> Subscription {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let _ = self.cmds.send(Cmd::Subscribe(channel.clone(), tx));
-        Subscription { channel, events, cmds: self.cmds.clone() }
+        let _ = self.cmds.send(Cmd::Subscribe(channel.clone(), id, tx, since));
+        Subscription { channel, id, events, cmds: self.cmds.clone() }
     }
 
     /// The connection's state, as it changes.
@@ -340,8 +364,28 @@ impl Client {
     }
 
     /// Publishes through the connection (WebSocket only); answers the `published` frame.
+    /// Commands sent while connecting wait for the connection (up to `connect_timeout`).
     pub async fn publish(&self, channel: &str, data: Value) -> Result<Value, Error> {
-        self.call(json!({"type": "publish", "channel": channel, "data": data})).await
+        self.publish_with(channel, data, None, None).await
+    }
+
+    /// Publishes with an event name and an idempotency key (a retry with the same key, e.g.
+    /// after `cluster_unavailable`, publishes once).
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        data: Value,
+        event: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, Error> {
+        let mut f = json!({"type": "publish", "channel": channel, "data": data});
+        if let Some(e) = event {
+            f["event"] = json!(e);
+        }
+        if let Some(k) = idempotency_key {
+            f["idempotency_key"] = json!(k);
+        }
+        self.call(f).await
     }
 
     pub async fn history(&self, channel: &str, since: Option<&Position>, limit: u32) -> Result<Value, Error> {
@@ -371,6 +415,7 @@ impl Drop for Client {
 // ---- the driver ---------------------------------------------------------------------------------
 
 struct Sub {
+    id: u64,
     tx: mpsc::Sender<Event>,
     position: Option<Position>,
     active: bool,
@@ -382,11 +427,13 @@ struct End {
     reason: String,
     /// It had opened (and when), or failed before.
     opened: Option<Instant>,
+    /// Whether it may count against the transport (a token callback that failed does not).
+    transport_fault: bool,
 }
 
 impl End {
     fn new(code: u16, reason: impl Into<String>, opened: Option<Instant>) -> End {
-        End { code, reason: reason.into(), opened }
+        End { code, reason: reason.into(), opened, transport_fault: true }
     }
 }
 
@@ -453,9 +500,27 @@ struct Driver {
     failures: u32,
     attempt: u32,
     token: Option<String>,
+    /// When the token was fetched (Unix seconds).
+    token_at: i64,
     expires: Option<i64>,
     closed: bool,
+    /// Commands waiting for a connection, with their deadline.
+    queued: Vec<Queued>,
 }
+
+/// A command waiting for a connection: the frame, where its answer goes, its deadline.
+type Queued = (serde_json::Map<String, Value>, oneshot::Sender<Result<Value, Error>>, Instant);
+
+/// Channel errors worth trying again later (the subscription stays).
+const RETRYABLE: &[&str] = &[
+    "closed",
+    "internal",
+    "cluster_unavailable",
+    "proxy_unavailable",
+    "quota_exceeded",
+    "auth_unavailable",
+    "unavailable",
+];
 
 /// What a command did to the subscription set.
 enum Applied {
@@ -482,7 +547,10 @@ impl Driver {
             let (transport, url) = (self.transport(), self.base());
             self.set(State::Connecting { transport, url: url.clone() });
             let end = match self.fetch_token().await {
-                Err(e) => End::new(1011, format!("the token callback failed: {e}"), None),
+                Err(e) => End {
+                    transport_fault: false,
+                    ..End::new(1011, format!("the token callback failed: {e}"), None)
+                },
                 Ok(()) => match transport {
                     Transport::WebSocket => self.websocket(&url).await,
                     Transport::Sse => self.sse(&url).await,
@@ -511,12 +579,15 @@ impl Driver {
                 tokio::select! {
                     _ = &mut wake => break,
                     cmd = self.cmds.recv() => match self.apply(cmd) {
-                        Applied::Call(_, reply) => { let _ = reply.send(Err(error("not_connected", "reconnecting"))); }
+                        Applied::Call(frame, reply) => self.queue(frame, reply),
                         _ if self.closed => break,
                         _ => {}
                     },
                 }
             }
+        }
+        for (_, reply, _) in self.queued.drain(..) {
+            let _ = reply.send(Err(error("closed", "the client is closed")));
         }
         self.subs.clear();
         self.set(State::Disconnected { code: 1000, reason: "closed by the client".into() });
@@ -529,8 +600,14 @@ impl Driver {
             self.set(State::Disconnected { code: end.code, reason: end.reason.clone() });
             return None;
         }
+        // Only a connection that lasted counts as a success: a flapping one keeps backing off.
+        if end.opened.is_some_and(|at| at.elapsed() >= Duration::from_secs(10)) {
+            self.attempt = 0;
+        }
+        // A transport that cannot connect, or drops at once at the network level, gives way to
+        // the next one (the server's own close codes say nothing against the transport).
         let quick_drop = end.opened.is_none_or(|at| at.elapsed() < Duration::from_secs(5));
-        if quick_drop {
+        if quick_drop && end.transport_fault && end.code < 4000 {
             self.failures += 1;
             if self.failures >= self.opts.fallback_after && self.opts.transports.len() > 1 {
                 self.failures = 0;
@@ -548,9 +625,8 @@ impl Driver {
         } else if (4200..4300).contains(&end.code) {
             Duration::from_millis(drain.unwrap_or(0)).min(self.opts.max_reconnect_delay)
         } else {
-            let d = backoff(self.opts.min_reconnect_delay, self.opts.max_reconnect_delay, self.attempt);
             self.attempt += 1;
-            d
+            backoff(self.opts.min_reconnect_delay, self.opts.max_reconnect_delay, self.attempt)
         };
         if end.code >= 4200 || end.opened.is_none() || end.code == 1006 {
             self.url += 1; // Another node.
@@ -563,8 +639,25 @@ impl Driver {
             Some(f) => Some(f().await?),
             None => self.opts.static_token.clone(),
         };
+        self.token_at = now_unix();
         self.expires = self.token.as_deref().and_then(token_expiry);
         Ok(())
+    }
+
+    /// Holds a command until the connection opens (up to `connect_timeout`).
+    fn queue(&mut self, frame: serde_json::Map<String, Value>, reply: oneshot::Sender<Result<Value, Error>>) {
+        self.expire_queued();
+        self.queued.push((frame, reply, Instant::now() + self.opts.connect_timeout));
+    }
+
+    fn expire_queued(&mut self) {
+        let now = Instant::now();
+        let (late, waiting): (Vec<_>, Vec<_>) =
+            self.queued.drain(..).partition(|(_, _, deadline)| *deadline <= now);
+        self.queued = waiting;
+        for (_, reply, _) in late {
+            let _ = reply.send(Err(error("not_connected", "not connected in time")));
+        }
     }
 
     /// When the token should be refreshed (with a token function).
@@ -572,7 +665,9 @@ impl Driver {
         self.opts.token_fn.as_ref()?;
         let exp = self.expires?;
         let left = Duration::from_secs(u64::try_from(exp - now_unix()).unwrap_or(0));
-        let wait = left.saturating_sub(self.opts.refresh_before).max(Duration::from_secs(1));
+        // Ahead by `refresh_before`, or by half the token's life if it is short.
+        let life = Duration::from_secs(u64::try_from(exp - self.token_at).unwrap_or(0));
+        let wait = left.saturating_sub(self.opts.refresh_before.min(life / 2)).max(Duration::from_secs(1));
         Some(tokio::time::Instant::now() + wait.min(Duration::from_secs(86_400)))
     }
 
@@ -582,12 +677,15 @@ impl Driver {
                 self.closed = true;
                 Applied::Nothing
             }
-            Some(Cmd::Subscribe(channel, tx)) => {
-                self.subs.insert(channel, Sub { tx, position: None, active: false });
+            Some(Cmd::Subscribe(channel, id, tx, since)) => {
+                // Taking over a channel keeps its position.
+                let position = since.or_else(|| self.subs.get(&channel).and_then(|s| s.position.clone()));
+                self.subs.insert(channel, Sub { id, tx, position, active: false });
                 Applied::Changed
             }
-            Some(Cmd::Unsubscribe(channel)) => {
-                if self.subs.remove(&channel).is_some() {
+            Some(Cmd::Unsubscribe(channel, id)) => {
+                if self.subs.get(&channel).is_some_and(|s| s.id == id) {
+                    self.subs.remove(&channel);
                     Applied::Changed
                 } else {
                     Applied::Nothing
@@ -597,21 +695,26 @@ impl Driver {
         }
     }
 
-    /// Hands a frame to its subscription: publications once each, in position order.
-    async fn frame(&mut self, f: &Value) {
-        let Some(channel) = f["channel"].as_str() else { return };
+    /// Hands a frame to its subscription: publications once each, in position order. Answers
+    /// false when the application's queue is full: the connection then restarts, resuming
+    /// after what was handed over (the driver never waits on the application, so commands and
+    /// other channels go on).
+    #[must_use]
+    fn frame(&mut self, f: &Value) -> bool {
+        let Some(channel) = f["channel"].as_str() else { return true };
         let transport = self.transport();
-        let Some(sub) = self.subs.get_mut(channel) else { return };
+        let Some(sub) = self.subs.get_mut(channel) else { return true };
+        let mut advance = None;
         let event = match f["type"].as_str() {
             Some("pub") => {
-                let Ok(p) = serde_json::from_value::<Publication>(f.clone()) else { return };
+                let Ok(p) = serde_json::from_value::<Publication>(f.clone()) else { return true };
                 if let Some(at) = &sub.position
                     && at.epoch == p.epoch
                     && p.position <= at.position
                 {
-                    return;
+                    return true;
                 }
-                sub.position = Some(Position { position: p.position, epoch: p.epoch.clone() });
+                advance = Some(Position { position: p.position, epoch: p.epoch.clone() });
                 Event::Publication(p)
             }
             Some("subscribed") => {
@@ -623,7 +726,7 @@ impl Driver {
                 sub.active = true;
                 // Replayed messages follow a recovered subscribe and advance the position.
                 if recovered != Some(true) {
-                    sub.position = Some(position.clone());
+                    advance = Some(position.clone());
                 }
                 Event::Subscribed { position, recovered, transport }
             }
@@ -632,26 +735,47 @@ impl Driver {
                 let user = f["user"].as_str().unwrap_or("").to_owned();
                 if kind == "join" { Event::Join { client, user } } else { Event::Leave { client, user } }
             }
-            _ => return,
+            _ => return true,
         };
-        // A full queue waits for the application; a dropped subscription goes away.
-        if sub.tx.send(event).await.is_err() {
-            self.subs.remove(channel);
+        match sub.tx.try_send(event) {
+            Ok(()) => {
+                if let Some(at) = advance {
+                    sub.position = Some(at);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.subs.remove(channel);
+                true
+            }
         }
     }
 
     /// The server refused a channel: its subscription ends with the reason.
-    async fn refused(&mut self, channel: &str, code: &str, message: &str) {
+    fn refused(&mut self, channel: &str, code: &str, message: &str) {
         if let Some(sub) = self.subs.remove(channel) {
-            let _ = sub.tx.send(Event::Refused { code: code.to_owned(), message: message.to_owned() }).await;
+            let _ = sub.tx.try_send(Event::Refused { code: code.to_owned(), message: message.to_owned() });
         }
     }
 
     fn opened(&mut self, url: &str) -> Instant {
         self.failures = 0;
-        self.attempt = 0;
         self.set(State::Connected { transport: self.transport(), url: url.to_owned() });
         Instant::now()
+    }
+
+    /// The channels one SSE stream or poll carries; past the server's 64, subscriptions are refused.
+    fn http_channels(&mut self) -> Vec<String> {
+        let extra: Vec<String> = self.subs.keys().skip(MAX_HTTP_CHANNELS).cloned().collect();
+        for channel in extra {
+            self.refused(
+                &channel,
+                "too_many_subscriptions",
+                "SSE and long polling carry at most 64 channels",
+            );
+        }
+        self.subs.keys().cloned().collect()
     }
 
     fn since(&self, channels: &[String]) -> String {
@@ -670,9 +794,6 @@ impl Driver {
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("channels", &channels.join(","));
-            if let Some(t) = &self.token {
-                q.append_pair("token", t);
-            }
             if let Some(t) = &self.opts.tenant {
                 q.append_pair("tenant", t);
             }
@@ -681,6 +802,15 @@ impl Driver {
             }
         }
         url.to_string()
+    }
+
+    /// A GET to an HTTP transport, the token in `Authorization` (out of URLs and their logs).
+    fn get(&self, url: String) -> reqwest::RequestBuilder {
+        let request = self.http.get(url);
+        match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
     }
 
     /// A refused HTTP request: a channel to drop (`Ok`), or how the connection ended.
@@ -694,8 +824,9 @@ impl Driver {
         let code = body["code"].as_str().unwrap_or("").to_owned();
         if body["field"] == "channels"
             && let Some(channel) = body["channel"].as_str()
+            && !RETRYABLE.contains(&code.as_str())
         {
-            self.refused(channel, &code, body["detail"].as_str().unwrap_or("")).await;
+            self.refused(channel, &code, body["detail"].as_str().unwrap_or(""));
             return Ok(());
         }
         Err(End::new(problem_close(status, &code), code, opened))
@@ -744,11 +875,22 @@ impl Driver {
         let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let refresh = tokio::time::sleep_until(far());
         tokio::pin!(refresh);
+        // Channels refused for a passing reason, subscribed again after a moment.
+        let mut held: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let retry = tokio::time::sleep_until(far());
+        tokio::pin!(retry);
         loop {
             // Subscribe what is new, unsubscribe what went.
             if opened.is_some() {
-                let wanted: Vec<String> =
-                    self.subs.keys().filter(|c| !subscribed.contains(*c)).cloned().collect();
+                let now = tokio::time::Instant::now();
+                held.retain(|_, at| *at > now);
+                retry.as_mut().reset(held.values().min().copied().unwrap_or_else(far));
+                let wanted: Vec<String> = self
+                    .subs
+                    .keys()
+                    .filter(|c| !subscribed.contains(*c) && !held.contains_key(*c))
+                    .cloned()
+                    .collect();
                 for channel in wanted {
                     seq += 1;
                     let mut f = json!({"type": "subscribe", "id": seq, "channel": channel});
@@ -787,6 +929,14 @@ impl Driver {
                         ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
                         self.expires = f["expires_at"].as_i64().or(self.expires);
                         refresh.as_mut().reset(self.refresh_at().unwrap_or_else(far));
+                        // Commands sent while connecting go out now.
+                        self.expire_queued();
+                        for (mut frame, reply, _) in std::mem::take(&mut self.queued) {
+                            seq += 1;
+                            frame.insert("id".into(), json!(seq));
+                            pending.insert(seq, Pending::Reply(reply));
+                            send!(Value::Object(frame));
+                        }
                         continue;
                     }
                     let id = f["id"].as_u64();
@@ -802,7 +952,12 @@ impl Driver {
                         Some(Pending::Subscribe(channel)) if f["type"] == "error" => {
                             subscribed.remove(&channel);
                             let (code, message) = (f["code"].as_str().unwrap_or("error"), f["message"].as_str().unwrap_or(""));
-                            self.refused(&channel, code, message).await;
+                            if RETRYABLE.contains(&code) {
+                                let wait = Duration::from_millis(1000 + rand::random::<u64>() % 1000);
+                                held.insert(channel, tokio::time::Instant::now() + wait);
+                            } else {
+                                self.refused(&channel, code, message);
+                            }
                         }
                         Some(Pending::Refresh) => {
                             if let Some(exp) = f["expires_at"].as_i64() {
@@ -810,13 +965,14 @@ impl Driver {
                             }
                             refresh.as_mut().reset(if f["type"] == "error" { tokio::time::Instant::now() + Duration::from_secs(5) } else { self.refresh_at().unwrap_or_else(far) });
                         }
-                        _ => self.frame(&f).await,
+                        _ if !self.frame(&f) => return End::new(4100, "the application does not keep up", opened),
+                        _ => {}
                     }
                 }
                 cmd = self.cmds.recv() => match self.apply(cmd) {
                     Applied::Call(mut frame, reply) => {
                         if opened.is_none() {
-                            let _ = reply.send(Err(error("not_connected", "not connected yet")));
+                            self.queue(frame, reply);
                             continue;
                         }
                         seq += 1;
@@ -825,7 +981,8 @@ impl Driver {
                         send!(Value::Object(frame));
                     }
                     _ if self.closed => {
-                        let _ = sink.send(Message::Close(None)).await;
+                        let normal = CloseFrame { code: 1000.into(), reason: "closed by the client".into() };
+                        let _ = sink.send(Message::Close(Some(normal))).await;
                         return End::new(1000, "closed by the client", opened);
                     }
                     _ => {}
@@ -850,6 +1007,7 @@ impl Driver {
                         Err(_) => refresh.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5)),
                     }
                 }
+                _ = &mut retry => {}
                 _ = &mut deadline, if opened.is_none() => return End::new(1006, "connect timeout", None),
             }
         }
@@ -860,7 +1018,7 @@ impl Driver {
     async fn sse(&mut self, base: &str) -> End {
         let mut opened: Option<Instant> = None;
         'stream: loop {
-            let channels: Vec<String> = self.subs.keys().take(MAX_HTTP_CHANNELS).cloned().collect();
+            let channels = self.http_channels();
             if channels.is_empty() {
                 // Nothing to listen to: wait for a subscription.
                 let cmd = self.cmds.recv().await;
@@ -877,7 +1035,7 @@ impl Driver {
                 continue;
             }
             let url = self.http_url(base, "/v1/sse", &channels, &[("since", self.since(&channels))]);
-            let request = self.http.get(url).header("accept", "text/event-stream").send();
+            let request = self.get(url).header("accept", "text/event-stream").send();
             let mut response = match tokio::time::timeout(self.opts.connect_timeout, request).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return End::new(1006, e.to_string(), opened),
@@ -894,7 +1052,8 @@ impl Driver {
                     .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
             );
             tokio::pin!(refresh);
-            let mut buf = String::new();
+            // Bytes until a whole event is in: a character may be split between chunks.
+            let mut buf: Vec<u8> = Vec::new();
             loop {
                 tokio::select! {
                     chunk = tokio::time::timeout(self.opts.idle_timeout, response.chunk()) => {
@@ -904,25 +1063,24 @@ impl Driver {
                             Ok(Ok(None)) => return End::new(1006, "stream ended", opened),
                             Ok(Ok(Some(b))) => b,
                         };
-                        buf.push_str(&String::from_utf8_lossy(&bytes));
-                        while let Some(end) = buf.find("\n\n") {
-                            let block: String = buf.drain(..end + 2).collect();
+                        buf.extend_from_slice(&bytes);
+                        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                            let raw: Vec<u8> = buf.drain(..end + 2).collect();
+                            let block = String::from_utf8_lossy(&raw);
                             let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data:")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
                             if data.is_empty() {
                                 continue;
                             }
                             let Ok(f) = serde_json::from_str::<Value>(&data.join("\n")) else { continue };
                             match f["type"].as_str() {
-                                Some("connected") => {
-                                    if opened.is_none() {
-                                        opened = Some(self.opened(base));
-                                    }
-                                }
+                                Some("connected") if opened.is_none() => opened = Some(self.opened(base)),
+                                Some("connected") => {}
                                 Some("disconnect") => {
                                     let code = f["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(1006);
                                     return End::new(code, f["reason"].as_str().unwrap_or(""), opened);
                                 }
-                                _ => self.frame(&f).await,
+                                _ if !self.frame(&f) => return End::new(4100, "the application does not keep up", opened),
+                                _ => {}
                             }
                         }
                     }
@@ -954,7 +1112,7 @@ impl Driver {
         let mut cursor: Option<String> = None;
         let mut last_channels: Vec<String> = Vec::new();
         loop {
-            let channels: Vec<String> = self.subs.keys().take(MAX_HTTP_CHANNELS).cloned().collect();
+            let channels = self.http_channels();
             if channels != last_channels {
                 cursor = None; // A cursor names its channel list.
                 last_channels = channels.clone();
@@ -981,7 +1139,7 @@ impl Driver {
                 None => extra.push(("since", self.since(&channels))),
             }
             let url = self.http_url(base, "/v1/poll", &channels, &extra);
-            let request = self.http.get(url).timeout(self.opts.poll_timeout + Duration::from_secs(15)).send();
+            let request = self.get(url).timeout(self.opts.poll_timeout + Duration::from_secs(15)).send();
             tokio::pin!(request);
             let response = loop {
                 tokio::select! {
@@ -1015,21 +1173,27 @@ impl Driver {
                 opened = Some(self.opened(base));
             }
             for f in body["subscribed"].as_array().into_iter().flatten() {
-                self.frame(f).await;
+                if !self.frame(f) {
+                    return End::new(4100, "the application does not keep up", opened);
+                }
             }
             for channel in body["unrecovered"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 let confirmed =
                     body["subscribed"].as_array().is_some_and(|s| s.iter().any(|f| f["channel"] == channel));
                 if !confirmed {
                     let f = json!({"type": "subscribed", "channel": channel, "position": 0, "epoch": "", "recovered": false});
-                    self.frame(&f).await;
+                    if !self.frame(&f) {
+                        return End::new(4100, "the application does not keep up", opened);
+                    }
                     if let Some(s) = self.subs.get_mut(channel) {
                         s.position = None;
                     }
                 }
             }
             for m in body["messages"].as_array().into_iter().flatten() {
-                self.frame(m).await;
+                if !self.frame(m) {
+                    return End::new(4100, "the application does not keep up", opened);
+                }
             }
             cursor = body["cursor"].as_str().map(str::to_owned);
             if let Some(ms) = body["retry_after_ms"].as_u64() {

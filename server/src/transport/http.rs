@@ -63,8 +63,9 @@ pub fn channels(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
             .with_limit(MAX_CHANNELS as u64));
     }
     for (i, name) in names.iter().enumerate() {
-        herald_types::names::channel(name)
-            .map_err(|e| ApiError::invalid("channels", format!("`{name}`: {}", e.0)))?;
+        herald_types::names::channel(name).map_err(|e| {
+            ApiError::invalid("channels", format!("`{name}`: {}", e.0)).with_channel(name.as_str())
+        })?;
         if names[..i].contains(name) {
             return Err(ApiError::invalid("channels", format!("`{name}` is named twice")));
         }
