@@ -51,6 +51,7 @@
 //! `--json FILE` writes the same figures as the table, as JSON.
 
 mod baseline;
+mod failover;
 mod pool;
 mod report;
 mod scenario;
@@ -117,6 +118,15 @@ enum Cmd {
     Cluster {
         #[command(flatten)]
         cluster: ClusterArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Clients of the Rust client crate on one channel of a cluster while the node they are on
+    /// stops (SIGTERM, draining; or SIGKILL): how reconnects spread, how long until each is
+    /// subscribed again, and that nothing was lost or duplicated.
+    Failover {
+        #[command(flatten)]
+        failover: failover::FailoverArgs,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -676,6 +686,7 @@ fn main() -> ExitCode {
         | Cmd::Fanout { common, .. }
         | Cmd::Channels { common, .. }
         | Cmd::Cluster { common, .. }
+        | Cmd::Failover { common, .. }
         | Cmd::Smoke { common, .. }
         | Cmd::Baseline {
             scenario:
@@ -710,6 +721,7 @@ fn main() -> ExitCode {
                 herald_mode(&server, &common, Plan::channels(&channels)).await
             }
             Cmd::Cluster { cluster, common } => cluster_mode(&cluster, &common).await,
+            Cmd::Failover { failover, .. } => failover::run(&failover).await,
             Cmd::Baseline { scenario } => match scenario {
                 BaselineScenario::Idle { idle, common } => baseline_mode(&common, Plan::idle(&idle)).await,
                 BaselineScenario::Fanout { fanout, common } => {
