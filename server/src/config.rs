@@ -192,8 +192,9 @@ pub struct Config {
     pub sse_retry_ms: u64,
     pub long_poll_max_timeout: Duration,
     pub long_poll_session_idle: Duration,
-    /// Where the built admin dashboard (index.html, WASM, CSS) is served from at `/admin`.
-    pub admin_dir: PathBuf,
+    /// A directory to serve the admin dashboard from instead of the copy built into the
+    /// binary (for working on the dashboard: `admin-ui/dist`).
+    pub admin_dir: Option<PathBuf>,
     /// NATS server(s) for cluster mode (`nats://host:4222`, comma-separated for several);
     /// `None` runs the node alone with in-process fan-out.
     pub nats_url: Option<String>,
@@ -306,7 +307,6 @@ impl std::fmt::Debug for Config {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-pub const DEFAULT_ADMIN_DIR: &str = "admin-ui/dist";
 
 /// Layers, lowest precedence first.
 struct Layers<'a>([(Source, &'a Layer); 3]);
@@ -516,7 +516,10 @@ impl Config {
             sse_retry_ms: l.number("sse_retry_ms", 2000, 0..=600_000)?,
             long_poll_max_timeout: l.seconds("long_poll_max_timeout_seconds", 60, 1..=3600)?,
             long_poll_session_idle: l.seconds("long_poll_session_idle_seconds", 60, 1..=86_400)?,
-            admin_dir: PathBuf::from(l.get("admin_dir").map_or(DEFAULT_ADMIN_DIR, |(d, _)| d)),
+            admin_dir: l
+                .get("admin_dir")
+                .map(|(d, _)| PathBuf::from(d))
+                .filter(|d| !d.as_os_str().is_empty()),
             nats_url,
             cluster_heartbeat: l.seconds("cluster_heartbeat_seconds", 5, 1..=60)?,
             cluster_history_max_bytes: l.number(

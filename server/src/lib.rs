@@ -20,7 +20,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod compress;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod hooks;
 pub mod listener;

@@ -146,55 +146,13 @@ fn not_ready(why: String) -> poem::Response {
     ApiError::new(Code::NotReady, why).into_response()
 }
 
-/// `/admin/*`: the dashboard's static files, with `index.html` for every path that is not a
-/// file (client-side routes).
-#[handler]
-async fn admin(req: &poem::Request, state: poem::web::Data<&SharedState>) -> poem::Response {
-    let dir = &state.config.admin_dir;
-    let rel = req.uri().path().trim_start_matches("/admin").trim_start_matches('/');
-    // Only plain relative paths inside the directory.
-    let safe = !rel.split('/').any(|seg| seg == ".." || seg.starts_with('.')) && !rel.contains('\\');
-    let candidate = dir.join(if rel.is_empty() || !safe { "index.html" } else { rel });
-    let path = if candidate.is_file() { candidate } else { dir.join("index.html") };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            let content_type = match path.extension().and_then(|e| e.to_str()) {
-                Some("html") => "text/html; charset=utf-8",
-                Some("js") => "text/javascript; charset=utf-8",
-                Some("wasm") => "application/wasm",
-                Some("css") => "text/css; charset=utf-8",
-                Some("svg") => "image/svg+xml",
-                Some("png") => "image/png",
-                Some("ico") => "image/x-icon",
-                Some("json") => "application/json",
-                _ => "application/octet-stream",
-            };
-            let cache = if path.file_name().is_some_and(|n| n == "index.html") {
-                "no-cache"
-            } else {
-                "public, max-age=300"
-            };
-            poem::Response::builder().content_type(content_type).header("cache-control", cache).body(bytes)
-        }
-        Err(_) => poem::Response::builder()
-            .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
-            .content_type("text/html; charset=utf-8")
-            .body(format!(
-                "<!doctype html><title>Herald</title><h1>The admin dashboard is not built</h1>\
-                 <p>Expected it in <code>{}</code>. Build it with <code>cargo xtask run</code> \
-                 (or set <code>admin_dir</code>).</p>",
-                dir.display()
-            )),
-    }
-}
-
 /// The complete application: REST API, its spec and docs, health endpoints.
 pub fn app(state: SharedState) -> impl Endpoint {
     let api = crate::api::service();
     let spec = api.spec();
     let docs = api.swagger_ui();
     Route::new()
-        .nest("/", api)
+        .nest("/", api.with(crate::compress::Compress))
         .at(
             "/v1/openapi.json",
             make_sync(move |_| poem::Response::builder().content_type("application/json").body(spec.clone())),
@@ -203,8 +161,8 @@ pub fn app(state: SharedState) -> impl Endpoint {
         .at("/v1/ws", get(crate::transport::ws::websocket))
         .at("/v1/sse", get(crate::transport::sse::sse).options(crate::transport::http::preflight))
         .at("/v1/poll", get(crate::transport::longpoll::poll).options(crate::transport::http::preflight))
-        .at("/admin", get(admin))
-        .at("/admin/*path", get(admin))
+        .at("/admin", get(crate::dashboard::admin))
+        .at("/admin/*path", get(crate::dashboard::admin))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))

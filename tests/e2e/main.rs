@@ -6,6 +6,7 @@ pub mod support;
 
 mod api_fuzz;
 mod architecture;
+mod assets;
 mod auth;
 mod browser;
 mod channels;

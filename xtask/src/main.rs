@@ -324,7 +324,10 @@ mod dashboard {
         )?;
         let wasm = target_dir().join(TARGET).join("release/admin_ui.wasm");
         let src = root().join("admin-ui/static");
-        let dist = root().join("admin-ui/dist");
+        // Built into a staging directory, then copied over only where a file changed: the server
+        // embeds admin-ui/dist (server/build.rs), and an untouched file keeps it from rebuilding.
+        let final_dist = root().join("admin-ui/dist");
+        let dist = target_dir().join("admin-ui-dist");
         if dist.exists() {
             std::fs::remove_dir_all(&dist).map_err(|e| format!("clearing {}: {e}", dist.display()))?;
         }
@@ -349,8 +352,34 @@ mod dashboard {
             std::fs::read_to_string(src.join("index.html")).map_err(|e| format!("index.html: {e}"))?;
         std::fs::write(dist.join("index.html"), index.replace("{{VERSION}}", &version))
             .map_err(|e| format!("writing index.html: {e}"))?;
-        println!("xtask: admin dashboard built in admin-ui/dist (served at /admin)");
-        Ok(Some(dist))
+        sync(&dist, &final_dist).map_err(|e| format!("updating {}: {e}", final_dist.display()))?;
+        println!("xtask: admin dashboard built in admin-ui/dist (built into the binary, served at /admin)");
+        Ok(Some(final_dist))
+    }
+
+    /// Makes `to` hold exactly the files of `from`, writing only those whose content differs.
+    fn sync(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        let mut wanted = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            wanted.insert(name.clone());
+            let (src, dst) = (entry.path(), to.join(&name));
+            if src.is_dir() {
+                sync(&src, &dst)?;
+            } else if std::fs::read(&dst).ok() != Some(std::fs::read(&src)?) {
+                std::fs::copy(&src, &dst)?;
+            }
+        }
+        for entry in std::fs::read_dir(to)? {
+            let entry = entry?;
+            if !wanted.contains(&entry.file_name()) {
+                let path = entry.path();
+                if path.is_dir() { std::fs::remove_dir_all(path)? } else { std::fs::remove_file(path)? }
+            }
+        }
+        Ok(())
     }
 }
 
