@@ -55,6 +55,7 @@ pub const KEYS: &[&str] = &[
     "max_subscriptions_per_connection",
     "idempotency_window_seconds",
     "shutdown_grace_seconds",
+    "shutdown_ready_delay_seconds",
     "reconnect_spread_ms",
     "sse_heartbeat_seconds",
     "sse_retry_ms",
@@ -187,6 +188,9 @@ pub struct Config {
     pub max_subscriptions_per_connection: u32,
     pub idempotency_window: Duration,
     pub shutdown_grace: Duration,
+    /// After the shutdown signal, how long the node still accepts connections while `/readyz`
+    /// says it is draining (so a load balancer stops sending it traffic first).
+    pub shutdown_ready_delay: Duration,
     pub reconnect_spread: Duration,
     pub sse_heartbeat: Duration,
     pub sse_retry_ms: u64,
@@ -280,6 +284,7 @@ impl std::fmt::Debug for Config {
             .field("max_subscriptions_per_connection", &self.max_subscriptions_per_connection)
             .field("idempotency_window", &self.idempotency_window)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("shutdown_ready_delay", &self.shutdown_ready_delay)
             .field("reconnect_spread", &self.reconnect_spread)
             .field("sse_heartbeat", &self.sse_heartbeat)
             .field("sse_retry_ms", &self.sse_retry_ms)
@@ -511,6 +516,7 @@ impl Config {
             )?,
             idempotency_window: l.seconds("idempotency_window_seconds", 300, 1..=86_400)?,
             shutdown_grace: l.seconds("shutdown_grace_seconds", 10, 0..=3600)?,
+            shutdown_ready_delay: l.seconds("shutdown_ready_delay_seconds", 0, 0..=300)?,
             reconnect_spread: Duration::from_millis(l.number("reconnect_spread_ms", 5000, 0..=600_000)?),
             sse_heartbeat: l.seconds("sse_heartbeat_seconds", 15, 1..=3600)?,
             sse_retry_ms: l.number("sse_retry_ms", 2000, 0..=600_000)?,

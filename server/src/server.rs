@@ -197,13 +197,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
+    let ready_delay = state.config.shutdown_ready_delay.min(grace);
     let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
     let signalled_at = Arc::new(std::sync::Mutex::new(None));
     let mark = signalled_at.clone();
+    // At the signal the node drains (not ready, real-time clients told to go); it still accepts
+    // connections for `shutdown_ready_delay`, so health checks see it draining, then stops.
     let signal = async move {
         shutdown.await;
         *mark.lock().expect("shutdown lock") = Some(tokio::time::Instant::now());
         let _ = signalled_tx.send(true);
+        tokio::time::sleep(ready_delay).await;
     };
     let sweeper = Arc::downgrade(&state);
     tokio::spawn(async move {

@@ -120,7 +120,7 @@ impl Cluster {
 
     /// Starts node `i` again (it must have stopped or been killed) on its data, as it was
     /// started; it listens on a new port.
-    async fn restart_node(&mut self, i: usize) {
+    pub(crate) async fn restart_node(&mut self, i: usize) {
         let placeholder = self.nodes.remove(i);
         let node = Herald::restart_as(placeholder, self.starts[i].clone()).await;
         self.nodes.insert(i, node);

@@ -24,6 +24,7 @@ mod outbound;
 mod persistence;
 mod proxies;
 mod publish;
+mod rolling;
 mod rust_client;
 mod sdk;
 mod soak;
