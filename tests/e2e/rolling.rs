@@ -104,14 +104,14 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
         }
     });
 
-    // Each node in turn: SIGTERM, not ready while it drains, back on a new port.
-    for i in 0..3 {
+    // Each node in turn: SIGTERM (it drains), then back on a new port behind its address.
+    for (i, proxy) in proxies.iter().enumerate() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pid = c.nodes[i].pid();
         std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
         c.nodes[i].stop().await; // Waits for it to exit.
         c.restart_node(i).await;
-        proxies[i].set_upstream(&c.nodes[i].base);
+        proxy.set_upstream(&c.nodes[i].base);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
