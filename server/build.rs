@@ -35,8 +35,8 @@ fn main() {
         for (i, file) in all.iter().enumerate() {
             let rel = file.strip_prefix(&dist).expect("inside dist").to_string_lossy().replace('\\', "/");
             let bytes = std::fs::read(file).expect("read a dashboard file");
-            let raw = out.join(format!("asset{i}"));
-            std::fs::write(&raw, &bytes).expect("write");
+            // The file itself is included; only its compressed copies are written here.
+            let raw = file.canonicalize().expect("a dashboard file's path");
             let compressible =
                 !matches!(file.extension().and_then(|e| e.to_str()), Some("png" | "ico" | "woff2"));
             let (gzip, brotli) = if compressible && bytes.len() >= COMPRESS_FROM {

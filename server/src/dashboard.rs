@@ -35,28 +35,6 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-/// The encodings the request accepts, of those Herald sends: brotli first, then gzip.
-pub fn preferred_encoding(req: &Request) -> Option<&'static str> {
-    let accept = req.headers().get(header::ACCEPT_ENCODING)?.to_str().ok()?;
-    let takes = |coding: &str| {
-        accept.split(',').any(|part| {
-            let mut it = part.trim().split(';');
-            let name = it.next().unwrap_or("").trim();
-            let refused = it.any(|p| {
-                p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
-            });
-            name.eq_ignore_ascii_case(coding) && !refused
-        })
-    };
-    if takes("br") {
-        Some("br")
-    } else if takes("gzip") {
-        Some("gzip")
-    } else {
-        None
-    }
-}
-
 fn cache_control(path: &str) -> &'static str {
     if path == "index.html" { "no-cache" } else { "public, max-age=300" }
 }
@@ -88,7 +66,7 @@ fn from_binary(req: &Request, rel: &str) -> Response {
                  both), or point <code>admin_dir</code> at a built dashboard. The REST API works without it.</p>",
             );
     };
-    let (body, encoding) = match preferred_encoding(req) {
+    let (body, encoding) = match crate::compress::preferred_encoding(req) {
         Some("br") if asset.brotli.is_some() => (asset.brotli.unwrap_or_default(), Some("br")),
         Some(_) if asset.gzip.is_some() => (asset.gzip.unwrap_or_default(), Some("gzip")),
         _ => (asset.raw, None),

@@ -47,6 +47,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How long past due a delivery must be for that sweep to take it (beyond the claim's lease).
 const SWEEP_OVERDUE: Duration = Duration::from_secs(60);
 
+/// The event types the presence detector produces, as a mask.
+const PRESENCE_EVENTS: u16 = WebhookEvent::ChannelOccupied.bit()
+    | WebhookEvent::ChannelVacated.bit()
+    | WebhookEvent::PresenceJoin.bit()
+    | WebhookEvent::PresenceLeave.bit();
+
 /// A delivery's id and when it is due again (`None`: finished).
 type Next = (String, Option<DateTime<Utc>>);
 
@@ -400,19 +406,29 @@ impl Hooks {
             let until = now + chrono::Duration::from_std(self.lease()).unwrap_or_default();
             let mut claimed = Vec::new();
             let mut tickets: HashMap<String, Box<dyn Ticket>> = HashMap::new();
-            for job in jobs {
-                match self.store.claim_delivery(&job.delivery, &self.node_id, now, until).await {
-                    Ok(Claim::Claimed(d)) => {
-                        tickets.insert(d.id.clone(), job.ticket);
-                        claimed.push(*d);
-                    }
-                    Ok(Claim::NotBefore(at)) => job.ticket.later(delay_until(at)).await,
-                    Ok(Claim::Finished) => job.ticket.done().await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim a webhook delivery");
-                        job.ticket.later(Duration::from_secs(1)).await;
+            let ids: Vec<String> = jobs.iter().map(|j| j.delivery.clone()).collect();
+            let mut waiting: HashMap<String, Box<dyn Ticket>> =
+                jobs.into_iter().map(|j| (j.delivery, j.ticket)).collect();
+            match self.store.claim_deliveries(&ids, &self.node_id, now, until).await {
+                Ok(claims) => {
+                    for (id, claim) in claims {
+                        let Some(ticket) = waiting.remove(&id) else { continue };
+                        match claim {
+                            Claim::Claimed(d) => {
+                                tickets.insert(id, ticket);
+                                claimed.push(*d);
+                            }
+                            Claim::NotBefore(at) => ticket.later(delay_until(at)).await,
+                            Claim::Finished => ticket.done().await,
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries"),
+            }
+            // Not answered (the store failed): again in a moment. (An id pulled twice keeps one
+            // ticket; the other returns after the ack wait and is then found finished.)
+            for (_, ticket) in waiting {
+                ticket.later(Duration::from_secs(1)).await;
             }
             for group in self.requests(claimed).await {
                 let held: Vec<(String, Box<dyn Ticket>)> =
@@ -708,11 +724,7 @@ impl Hooks {
             }
             // Per-tenant slots nobody holds, and breakers of webhooks that stopped failing
             // (or were deleted), so neither map outgrows the webhooks in use.
-            let max = self.settings.max_in_flight_per_tenant;
-            self.tenant_in_flight
-                .lock()
-                .expect("tenant slots")
-                .retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+            self.tenant_in_flight.lock().expect("tenant slots").retain(|_, s| Arc::strong_count(s) > 1);
             let stale = Duration::from_secs(3600);
             self.breakers
                 .lock()
@@ -817,14 +829,8 @@ impl HookSink for Hooks {
     }
 
     fn wants_presence(&self, tenant: &str) -> bool {
-        let presence = WebhookEvent::mask(&[
-            WebhookEvent::ChannelOccupied,
-            WebhookEvent::ChannelVacated,
-            WebhookEvent::PresenceJoin,
-            WebhookEvent::PresenceLeave,
-        ]);
         match self.cache.read().expect("hook cache").get(tenant) {
-            Some(t) => t.mask & presence != 0,
+            Some(t) => t.mask & PRESENCE_EVENTS != 0,
             // Unknown: include it (the queueing task caches it with its first event).
             None => true,
         }

@@ -251,22 +251,7 @@ async fn a_slow_proxy_times_out_under_each_failure_policy_and_blocks_nobody_else
 async fn the_refresh_proxy_extends_a_proxied_connection() {
     let h = node().await;
     let t = realtime_tenant(&h, "acme").await;
-    let proxy = Receiver::start().await;
-    proxy.respond(|r| {
-        let now = chrono::Utc::now().timestamp();
-        match r.json()["kind"].as_str().unwrap() {
-            "connect" => {
-                ok(json!({"user": "ann", "expires_at": now + 2, "capabilities": {"*": ["subscribe"]}}))
-            }
-            "refresh" => ok(json!({"expires_at": now + 3600})),
-            _ => Answer::Status(500),
-        }
-    });
-    let body = json!({"connect_url": proxy.url, "refresh_url": proxy.url}).to_string().into_bytes();
-    t.key
-        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", body)))
-        .await
-        .expect(200);
+    let proxy = refreshing_proxy(&t, 2).await;
     let mut ws = ws_with_cookie(&h, "acme", None).await;
     let hello = ws.recv().await;
     assert_eq!(hello["user"], "ann", "{hello}");
@@ -297,6 +282,28 @@ async fn next_not_subscribed(sse: &mut crate::support::Sse) -> Value {
             return event;
         }
     }
+}
+
+/// A connect and refresh proxy for tenant `acme`: connect lets `ann` in for `first_life`
+/// seconds, refresh extends by an hour.
+async fn refreshing_proxy(t: &crate::support::RealtimeTenant, first_life: i64) -> Receiver {
+    let proxy = Receiver::start().await;
+    proxy.respond(move |r| {
+        let now = chrono::Utc::now().timestamp();
+        match r.json()["kind"].as_str().unwrap() {
+            "connect" => ok(
+                json!({"user": "ann", "expires_at": now + first_life, "capabilities": {"*": ["subscribe"]}}),
+            ),
+            "refresh" => ok(json!({"expires_at": now + 3600})),
+            _ => Answer::Status(500),
+        }
+    });
+    let body = json!({"connect_url": proxy.url, "refresh_url": proxy.url}).to_string().into_bytes();
+    t.key
+        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", body)))
+        .await
+        .expect(200);
+    proxy
 }
 
 /// A long poll with the client's cookie and no token.
@@ -365,22 +372,7 @@ async fn long_polling_without_a_token_goes_through_the_connect_proxy_once_per_se
 async fn the_refresh_proxy_extends_sse_and_long_poll_sessions_too() {
     let h = node().await;
     let t = realtime_tenant(&h, "acme").await;
-    let proxy = Receiver::start().await;
-    proxy.respond(|r| {
-        let now = chrono::Utc::now().timestamp();
-        match r.json()["kind"].as_str().unwrap() {
-            "connect" => {
-                ok(json!({"user": "ann", "expires_at": now + 1, "capabilities": {"*": ["subscribe"]}}))
-            }
-            "refresh" => ok(json!({"expires_at": now + 3600})),
-            _ => Answer::Status(500),
-        }
-    });
-    let with_refresh = json!({"connect_url": proxy.url, "refresh_url": proxy.url}).to_string().into_bytes();
-    t.key
-        .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", with_refresh)))
-        .await
-        .expect(200);
+    let proxy = refreshing_proxy(&t, 1).await;
     let refreshes = || proxy.received().iter().filter(|r| r.json()["kind"] == "refresh").count();
 
     // SSE: past its expiry the stream says `refreshed` and goes on delivering.

@@ -4,11 +4,10 @@
 //! answering its health check, not ready, for `shutdown_ready_delay_seconds`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_client::{Client, Event, Options, State, Transport};
-use serde_json::json;
 
 use crate::support::CutProxy;
 
@@ -75,34 +74,15 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
     }
 
     // A publisher that goes on through whichever node answers.
-    let key = c.keys[0].token.clone().unwrap();
-    let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (a, s, targets) = (acked.clone(), stop.clone(), urls.clone());
-    let publisher = tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
-        let mut n = 0u64;
-        let mut attempt = 0usize;
-        while !s.load(Ordering::Relaxed) {
-            n += 1;
-            loop {
-                let base = &targets[attempt % targets.len()];
-                let sent = http
-                    .post(format!("{base}/v1/tenants/acme/channels/feed/messages"))
-                    .bearer_auth(&key)
-                    .json(&json!({"data": {"n": n}, "idempotency_key": format!("r{n}")}))
-                    .send()
-                    .await;
-                if sent.is_ok_and(|r| r.status().is_success()) {
-                    break;
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            a.store(n, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
+    let publisher = crate::support::publish_continuously(
+        Arc::new(std::sync::Mutex::new(urls.clone())),
+        c.keys[0].token.clone().unwrap(),
+        "feed",
+        None,
+        stop.clone(),
+        Duration::from_millis(25),
+    );
 
     // Each node in turn: SIGTERM (it drains), then back on a new port behind its address.
     for (i, proxy) in proxies.iter().enumerate() {
@@ -115,8 +95,7 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
-    let total = acked.load(Ordering::Relaxed);
+    let total = publisher.await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while logs.iter().any(|l| l.lock().unwrap().0.len() < total as usize) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, BrowserPage, CutProxy, Herald, NatsServer, PageServer, Start, realtime_tenant,
+    ADMIN_TOKEN, BrowserPage, CutProxy, Herald, NatsServer, PageServer, Start, publish_continuously,
+    realtime_tenant,
 };
 
 /// The SDK's browser bundle, or `None` with a notice (a failure under `CI=true`).
@@ -194,44 +195,6 @@ fn per_transport(url: Value, tokens: Value) -> Value {
     json!({"clients": [client("ws", "websocket"), client("sse", "sse"), client("poll", "longpoll")]})
 }
 
-/// Publishes 1..=n to `feed`, one every `gap`, each retried (with its idempotency key) until a
-/// node acknowledges it; `bases` says where to publish now.
-fn publisher(
-    bases: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    key: String,
-    n: u64,
-    gap: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
-        for i in 1..=n {
-            let mut attempt = 0usize;
-            loop {
-                let base = {
-                    let b = bases.lock().unwrap();
-                    b[attempt % b.len()].clone()
-                };
-                let sent = http
-                    .post(format!("{base}/v1/tenants/acme/channels/feed/messages"))
-                    .bearer_auth(&key)
-                    .json(&json!({"data": {"n": i}, "idempotency_key": format!("m{i}")}))
-                    .send()
-                    .await;
-                if sent.is_ok_and(|r| r.status().is_success()) {
-                    break;
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(gap).await;
-        }
-    })
-}
-
-fn all_received(page: &SdkPage, names: &[&str], n: u64) -> bool {
-    names.iter().all(|name| page.seen.iter().any(|v| v["client"] == *name && v["pub"]["data"]["n"] == n))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_during_a_continuous_publish_loses_and_repeats_nothing_on_any_transport() {
     let Some(nats) = NatsServer::start().await else { return };
@@ -257,7 +220,14 @@ async fn a_server_restart_during_a_continuous_publish_loses_and_repeats_nothing_
 
     let bases = std::sync::Arc::new(std::sync::Mutex::new(vec![h.base.clone()]));
     let total = 60;
-    let sending = publisher(bases.clone(), t.key.token.clone().unwrap(), total, Duration::from_millis(40));
+    let sending = publish_continuously(
+        bases.clone(),
+        t.key.token.clone().unwrap(),
+        "feed",
+        Some(total),
+        Default::default(),
+        Duration::from_millis(40),
+    );
     page.until(Duration::from_secs(20), "the first messages", |s| names.iter().all(|n| got(s, n, 10))).await;
     // The node restarts (SIGTERM: it drains), on a new port behind the same address.
     h.stop().await;
@@ -265,12 +235,10 @@ async fn a_server_restart_during_a_continuous_publish_loses_and_repeats_nothing_
     proxy.set_upstream(&h.base);
     *bases.lock().unwrap() = vec![h.base.clone()];
     sending.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !all_received(&page, &names, total) {
-        assert!(Instant::now() < deadline, "not everything arrived: {:#?}", page.tail());
-        let v = page.page.next().await;
-        page.seen.push(v);
-    }
+    page.until(Duration::from_secs(40), "every message on every transport", |s| {
+        names.iter().all(|n| got(s, n, total))
+    })
+    .await;
     for name in names {
         assert_eq!(
             page.received(name, "feed"),
@@ -305,16 +273,21 @@ async fn killing_a_cluster_node_moves_the_sdk_to_another_url_with_nothing_lost()
     }
     let bases = std::sync::Arc::new(std::sync::Mutex::new(vec![urls[1].clone(), urls[2].clone()]));
     let total = 60;
-    let sending = publisher(bases, c.keys[1].token.clone().unwrap(), total, Duration::from_millis(40));
+    let sending = publish_continuously(
+        bases,
+        c.keys[1].token.clone().unwrap(),
+        "feed",
+        Some(total),
+        Default::default(),
+        Duration::from_millis(40),
+    );
     page.until(Duration::from_secs(20), "the first messages", |s| names.iter().all(|n| got(s, n, 10))).await;
     c.nodes[0].kill9().await;
     sending.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !all_received(&page, &names, total) {
-        assert!(Instant::now() < deadline, "not everything arrived: {:#?}", page.tail());
-        let v = page.page.next().await;
-        page.seen.push(v);
-    }
+    page.until(Duration::from_secs(40), "every message on every transport", |s| {
+        names.iter().all(|n| got(s, n, total))
+    })
+    .await;
     for name in names {
         assert_eq!(
             page.received(name, "feed"),

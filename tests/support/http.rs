@@ -172,3 +172,48 @@ impl RealtimeTenant {
             .expect(200)
     }
 }
+
+/// A publisher that keeps going through failures, as a backend would: publishes `{"n": 1}`,
+/// `{"n": 2}`, … to `channel` of tenant `acme`, one every `gap`, each retried with its
+/// idempotency key through the next of `bases` (which the test may change meanwhile) until a
+/// node acknowledges it. Stops after `limit` messages, or once `stop` is set; answers how many
+/// were acknowledged.
+pub fn publish_continuously(
+    bases: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    key: String,
+    channel: &str,
+    limit: Option<u64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gap: std::time::Duration,
+) -> tokio::task::JoinHandle<u64> {
+    use std::sync::atomic::Ordering;
+    let channel = channel.to_owned();
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build().unwrap();
+        let mut acked = 0u64;
+        let mut attempt = 0usize;
+        while limit.is_none_or(|l| acked < l) && !stop.load(Ordering::Relaxed) {
+            let n = acked + 1;
+            loop {
+                let base = {
+                    let b = bases.lock().unwrap();
+                    b[attempt % b.len()].clone()
+                };
+                let sent = http
+                    .post(format!("{base}/v1/tenants/acme/channels/{channel}/messages"))
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"data": {"n": n}, "idempotency_key": format!("m{n}")}))
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            acked = n;
+            tokio::time::sleep(gap).await;
+        }
+        acked
+    })
+}

@@ -57,6 +57,11 @@ pub struct TenantSnapshot {
 }
 
 impl TenantSnapshot {
+    /// Whether clients without a token may be let in by the tenant's connect proxy.
+    pub fn has_connect_proxy(&self) -> bool {
+        self.proxy.as_ref().is_some_and(|p| p.settings.connect_url.is_some())
+    }
+
     pub fn id(&self) -> &str {
         &self.tenant.id
     }

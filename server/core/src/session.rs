@@ -94,8 +94,7 @@ impl Session {
             Ok(None) => return Err(refused(Code::UnknownTenant)),
             Err(_) => return Err(refused(Code::AuthUnavailable)),
         };
-        let has_connect = tenant.proxy.as_ref().is_some_and(|p| p.settings.connect_url.is_some());
-        if !has_connect {
+        if !tenant.has_connect_proxy() {
             return Err(refused(Code::MissingCredentials));
         }
         if tenant.tenant.status == herald_types::model::TenantStatus::Suspended {

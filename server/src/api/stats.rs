@@ -181,7 +181,7 @@ fn hook_figures(state: &SharedState) -> HookFigures {
             let c = state.proxies.counters(kind);
             let (allowed, denied, failed) =
                 (c.allowed.load(Relaxed), c.denied.load(Relaxed), c.failed.load(Relaxed));
-            let answered = allowed + denied;
+            let answered = c.answered.load(Relaxed);
             let mean_latency_ms =
                 (answered > 0).then(|| c.latency_us.load(Relaxed) as f64 / answered as f64 / 1000.0);
             ProxyFigures { kind: kind.as_str().into(), allowed, denied, failed, mean_latency_ms }

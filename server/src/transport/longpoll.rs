@@ -28,8 +28,10 @@ use crate::error::{ApiError, Code};
 use crate::state::SharedState;
 use herald_core::channel::StreamPosition;
 use herald_core::outbox::Outgoing;
+use herald_core::protocol::{self, ServerFrame};
 use herald_core::publication::Publication;
 use herald_core::{Disconnect, Session, Transport};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 /// Messages read from history per channel when a poll catches up; the queue itself is bounded
@@ -55,7 +57,7 @@ struct Inner {
     /// Per channel: the newest position handed out from this session's queue.
     delivered: Vec<StreamPosition>,
     /// The session's `subscribed` frames, handed out with the next answer.
-    confirmations: Vec<Outgoing>,
+    confirmations: Vec<Utf8Bytes>,
 }
 
 struct LongPollSession {
@@ -171,7 +173,7 @@ async fn run(
                 Ok(None) => return Err(http::refused(Disconnect::AuthFailed(Code::UnknownTenant))),
                 Err(_) => return Err(http::refused(Disconnect::AuthFailed(Code::AuthUnavailable))),
             };
-            if snapshot.proxy.as_ref().is_none_or(|p| p.settings.connect_url.is_none()) {
+            if !snapshot.has_connect_proxy() {
                 return Err(missing);
             }
             if !herald_core::origin_allowed(&snapshot, origin) {
@@ -330,13 +332,11 @@ async fn run(
     body.put_slice(b"],");
     if !confirmations.is_empty() {
         body.put_slice(b"\"subscribed\":[");
-        for (i, c) in confirmations.iter().enumerate() {
-            if let Outgoing::Frame(f) = c {
-                if i > 0 {
-                    body.put_u8(b',');
-                }
-                body.put_slice(f.as_bytes());
+        for (i, f) in confirmations.iter().enumerate() {
+            if i > 0 {
+                body.put_u8(b',');
             }
+            body.put_slice(f.as_bytes());
         }
         body.put_slice(b"],");
     }
@@ -431,6 +431,7 @@ async fn session_for(
     }
     .map_err(http::refused)?;
     let mut delivered = Vec::with_capacity(channels.len());
+    let mut confirmations = Vec::with_capacity(channels.len());
     for (i, channel) in channels.iter().enumerate() {
         let since = match (cursor, &since) {
             (Some(c), _) => Some(c.positions[i].clone()),
@@ -439,25 +440,30 @@ async fn session_for(
         };
         match session.subscribe(None, channel, since.clone()).await {
             // Replayed messages land in the queue and advance `delivered` as they are handed out.
-            Ok(outcome) => delivered.push(match (since, outcome.recovered) {
-                (Some(since), Some(true)) => since,
-                _ => StreamPosition { position: outcome.position, epoch: outcome.epoch.to_string() },
-            }),
+            Ok(outcome) => {
+                confirmations.push(protocol::frame(&ServerFrame::Subscribed {
+                    id: None,
+                    channel,
+                    epoch: &outcome.epoch,
+                    position: outcome.position,
+                    recovered: outcome.recovered,
+                }));
+                delivered.push(match (since, outcome.recovered) {
+                    (Some(since), Some(true)) => since,
+                    _ => StreamPosition { position: outcome.position, epoch: outcome.epoch.to_string() },
+                });
+            }
             Err(e) => {
                 session.close();
                 return Err(http::subscribe_refused(channel, e));
             }
         }
     }
-    // Subscription confirmations go out as the next answer's `subscribed`, not as messages.
+    // The confirmations go out as the next answer's `subscribed` (built above), not as messages.
     let mut queued = Vec::new();
     let _ = session.outbox().drain(&mut queued);
-    let (replayed, others): (Vec<Outgoing>, Vec<Outgoing>) =
-        queued.into_iter().partition(|o| matches!(o, Outgoing::Publication(_)));
-    let confirmations = others
-        .into_iter()
-        .filter(|o| matches!(o, Outgoing::Frame(f) if f.as_str().starts_with(r#"{"type":"subscribed""#)))
-        .collect();
+    let replayed: Vec<Outgoing> =
+        queued.into_iter().filter(|o| matches!(o, Outgoing::Publication(_))).collect();
     let _ = session.outbox().push_all(replayed);
     let mut id = [0u8; SESSION_LEN];
     match cursor.and_then(|c| c.session).filter(|_| reuse_id) {

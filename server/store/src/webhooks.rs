@@ -4,6 +4,8 @@
 //! mid-attempt loses the lease and another node takes the delivery over. Finished deliveries
 //! stay as the webhook's delivery log, the newest [`Store::prune_deliveries`] keeps.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
@@ -95,8 +97,7 @@ fn delivery_from(m: hook_deliveries::Model) -> StoreResult<Delivery> {
     })
 }
 
-/// Deliveries a node may claim now: due pending ones, and those whose claim expired.
-/// What [`Store::claim_delivery`] found.
+/// What [`Store::claim_deliveries`] found for one delivery.
 #[derive(Debug)]
 pub enum Claim {
     /// Claimed: this node attempts it.
@@ -107,6 +108,7 @@ pub enum Claim {
     Finished,
 }
 
+/// Deliveries a node may claim now: due pending ones, and those whose claim expired.
 fn claimable(now: DateTime<Utc>) -> Condition {
     use hook_deliveries::Column as C;
     Condition::any()
@@ -307,28 +309,43 @@ impl Store {
         self.claim(|| claimable(now), hook_deliveries::Column::NextAttemptAt, node, until, limit).await
     }
 
-    /// Claims one delivery (handed out by the cluster's work queue) for `node` until `until`,
-    /// if it is due; otherwise says when it will be, or that it is finished or gone.
-    pub async fn claim_delivery(
+    /// Claims the deliveries `ids` (handed out by the cluster's work queue) for `node` until
+    /// `until`, those that are due; for each of the others says when it will be, or that it is
+    /// finished or gone. One claim pass and one read for the lot.
+    pub async fn claim_deliveries(
         &self,
-        id: &str,
+        ids: &[String],
         node: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    ) -> StoreResult<Vec<(String, Claim)>> {
         use hook_deliveries::Column as C;
-        let this = || Condition::all().add(claimable(now)).add(C::Id.eq(id));
-        if let Some(d) = self.claim(this, C::Id, node, until, 1).await?.pop() {
-            return Ok(Claim::Claimed(Box::new(d)));
-        }
-        let Some(row) = hook_deliveries::Entity::find_by_id(id.to_owned()).one(&self.db).await? else {
-            return Ok(Claim::Finished);
+        let these = || Condition::all().add(claimable(now)).add(C::Id.is_in(ids.to_vec()));
+        let claimed = self.claim(these, C::Id, node, until, ids.len() as u64).await?;
+        let rest: Vec<String> =
+            ids.iter().filter(|id| !claimed.iter().any(|d| &d.id == *id)).cloned().collect();
+        let rows: HashMap<String, hook_deliveries::Model> = if rest.is_empty() {
+            HashMap::new()
+        } else {
+            hook_deliveries::Entity::find()
+                .filter(C::Id.is_in(rest.clone()))
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|m| (m.id.clone(), m))
+                .collect()
         };
-        Ok(match row.status.as_str() {
-            "pending" => Claim::NotBefore(row.next_attempt_at.unwrap_or(now)),
-            "sending" => Claim::NotBefore(row.claimed_until.unwrap_or(now)),
-            _ => Claim::Finished,
-        })
+        let mut out: Vec<(String, Claim)> =
+            claimed.into_iter().map(|d| (d.id.clone(), Claim::Claimed(Box::new(d)))).collect();
+        for id in rest {
+            let claim = match rows.get(&id) {
+                Some(row) if row.status == "pending" => Claim::NotBefore(row.next_attempt_at.unwrap_or(now)),
+                Some(row) if row.status == "sending" => Claim::NotBefore(row.claimed_until.unwrap_or(now)),
+                _ => Claim::Finished,
+            };
+            out.push((id, claim));
+        }
+        Ok(out)
     }
 
     /// Claims up to `limit` deliveries matching `condition` (oldest by `order` first) for

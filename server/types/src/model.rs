@@ -453,7 +453,7 @@ impl WebhookEvent {
     }
 
     /// A bit of [`WebhookEvent::mask`].
-    pub fn bit(self) -> u16 {
+    pub const fn bit(self) -> u16 {
         1 << (self as u16)
     }
 
