@@ -70,7 +70,10 @@ async fn the_rust_client_resumes_on_every_transport_after_a_dropped_connection()
             t.publish(&channel, json!({"n": n})).await;
         }
         assert_eq!(publications(&mut sub, 3).await, vec![n - 2, n - 1, n], "{transport:?}");
-        // The network drops; messages go on meanwhile.
+        // The network drops; messages go on meanwhile. (Long polling: once the next poll is
+        // out and waiting; a drop between two polls would go unnoticed, the next poll simply
+        // opening a new connection, and no reconnect would follow.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
         proxy.cut();
         for _ in 0..3 {
             n += 1;
