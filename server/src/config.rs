@@ -70,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "http_write_timeout_seconds",
     "max_connections_per_ip",
     "trusted_proxies",
+    "metrics_tenant_series",
     "history_max_bytes",
     "tenant_history_max_bytes",
     "max_live_channels_per_tenant",
@@ -218,6 +219,8 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// Reverse proxies and load balancers: exempt from `max_connections_per_ip`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Tenants with their own `herald_tenant_*` series on `/metrics` (the rest are summed).
+    pub metrics_tenant_series: u32,
     /// Bytes of message history one node keeps in memory for all tenants together.
     pub history_max_bytes: u64,
     /// Bytes of message history one node keeps per tenant (unless its limits say otherwise).
@@ -299,6 +302,7 @@ impl std::fmt::Debug for Config {
             .field("http_write_timeout", &self.http_write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("metrics_tenant_series", &self.metrics_tenant_series)
             .field("history_max_bytes", &self.history_max_bytes)
             .field("tenant_history_max_bytes", &self.tenant_history_max_bytes)
             .field("max_live_channels_per_tenant", &self.max_live_channels_per_tenant)
@@ -538,6 +542,7 @@ impl Config {
             http_write_timeout: l.seconds("http_write_timeout_seconds", 30, 1..=3600)?,
             max_connections_per_ip: l.number("max_connections_per_ip", 4096, 0..=10_000_000)?,
             trusted_proxies,
+            metrics_tenant_series: l.number("metrics_tenant_series", 50, 0..=1000)?,
             history_max_bytes: l.number("history_max_bytes", 1 << 30, (1 << 20)..=(1 << 40))?,
             tenant_history_max_bytes: l.number(
                 "tenant_history_max_bytes",

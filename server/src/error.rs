@@ -142,6 +142,9 @@ impl From<herald_core::Error> for ApiError {
 }
 
 fn problem_response(problem: &Problem) -> Response {
+    if let Some(code) = Code::parse(&problem.code) {
+        herald_core::metrics::metrics().refused(code);
+    }
     Response::builder()
         .status(StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .content_type(PROBLEM_CONTENT_TYPE)

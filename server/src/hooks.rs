@@ -637,7 +637,9 @@ impl Hooks {
         let headers =
             herald_webhooks::sign_headers(&secrets, &group[0].event_id, now.timestamp(), body.as_bytes());
         self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let outcome = self.outbound.post(&webhook.url, &headers, body.into_bytes()).await;
+        herald_core::metrics::metrics().webhook_requests.observe(started.elapsed().as_secs_f64());
         let at = herald_store::now();
         let mut result = AttemptResult {
             at,

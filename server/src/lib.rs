@@ -26,6 +26,7 @@ pub mod dashboard;
 pub mod error;
 pub mod hooks;
 pub mod listener;
+pub mod metrics;
 pub mod outbound;
 pub mod proxy;
 pub mod server;

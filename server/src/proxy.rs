@@ -106,11 +106,10 @@ impl Proxies {
         let id = format!("prx_{}", uuid::Uuid::now_v7().simple());
         let headers = herald_webhooks::sign_headers(&[secret], &id, chrono::Utc::now().timestamp(), &bytes);
         let timeout = Duration::from_millis(u64::from(proxy.settings.timeout_ms));
-        let answer = self
-            .outbound
-            .post_within(url, &headers, bytes, Some(timeout))
-            .await
-            .map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        let answer = self.outbound.post_within(url, &headers, bytes, Some(timeout)).await;
+        herald_core::metrics::metrics().proxy_request(kind.as_str(), started.elapsed());
+        let answer = answer.map_err(|e| e.to_string())?;
         let counters = self.counters(kind);
         counters.latency_us.fetch_add(answer.latency.as_micros() as u64, Ordering::Relaxed);
         counters.answered.fetch_add(1, Ordering::Relaxed);

@@ -43,102 +43,16 @@ async fn readyz(state: poem::web::Data<&SharedState>) -> poem::Response {
     }
 }
 
-/// `/metrics`: Prometheus text format.
+/// `/metrics`: Prometheus text format, or OpenMetrics when the scraper asks for it.
 #[handler]
-fn metrics(state: poem::web::Data<&SharedState>) -> poem::Response {
-    use std::fmt::Write;
-    let s = state.hub.stats.snapshot();
-    let mut out = String::with_capacity(1024);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, i64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    metric(
-        "herald_connections",
-        "gauge",
-        "Open client connections by transport.",
-        &[
-            ("{transport=\"websocket\"}", s.connections_websocket),
-            ("{transport=\"sse\"}", s.connections_sse),
-            ("{transport=\"long_poll\"}", s.connections_long_poll),
-        ],
-    );
-    metric("herald_subscriptions", "gauge", "Active channel subscriptions.", &[("", s.subscriptions)]);
-    metric(
-        "herald_messages_published_total",
-        "counter",
-        "Messages accepted for publishing.",
-        &[("", s.published as i64)],
-    );
-    metric(
-        "herald_messages_delivered_total",
-        "counter",
-        "Messages handed to subscriber connections.",
-        &[("", s.delivered as i64)],
-    );
-    metric(
-        "herald_slow_consumer_disconnects_total",
-        "counter",
-        "Connections closed because they could not keep up.",
-        &[("", s.slow_consumers as i64)],
-    );
-    let h = &state.hooks.counters;
-    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
-    for (name, help, value) in [
-        (
-            "herald_webhook_events_queued_total",
-            "Webhook deliveries stored in the queue.",
-            n(&h.events_queued),
-        ),
-        (
-            "herald_webhook_events_dropped_total",
-            "Webhook events dropped: the tenant's queue or the node's buffer was full.",
-            n(&h.events_dropped),
-        ),
-        ("herald_webhook_attempts_total", "Webhook requests sent.", n(&h.attempts)),
-        ("herald_webhook_deliveries_succeeded_total", "Webhook deliveries answered 2xx.", n(&h.succeeded)),
-        ("herald_webhook_deliveries_failed_total", "Webhook deliveries given up.", n(&h.failed)),
-        (
-            "herald_webhook_retries_total",
-            "Webhook attempts that failed and were scheduled again.",
-            n(&h.retried),
-        ),
-        (
-            "herald_webhook_breaker_opened_total",
-            "Times a webhook's circuit breaker opened.",
-            n(&h.breaker_opened),
-        ),
-    ] {
-        metric(name, "counter", help, &[("", value)]);
-    }
-    let kinds = herald_types::model::ProxyKind::ALL;
-    let mut outcomes = Vec::new();
-    let mut latency = Vec::new();
-    for kind in kinds {
-        let c = state.proxies.counters(kind);
-        for (outcome, counter) in [("allowed", &c.allowed), ("denied", &c.denied), ("failed", &c.failed)] {
-            outcomes.push((format!("{{kind=\"{}\",outcome=\"{outcome}\"}}", kind.as_str()), n(counter)));
-        }
-        latency.push((format!("{{kind=\"{}\"}}", kind.as_str()), n(&c.latency_us)));
-    }
-    fn as_refs(v: &[(String, i64)]) -> Vec<(&str, i64)> {
-        v.iter().map(|(l, x)| (l.as_str(), *x)).collect()
-    }
-    metric(
-        "herald_proxy_requests_total",
-        "counter",
-        "Calls to tenants' proxy endpoints by kind and outcome.",
-        &as_refs(&outcomes),
-    );
-    metric(
-        "herald_proxy_latency_microseconds_total",
-        "counter",
-        "Total time spent waiting for tenants' proxy endpoints that answered, by kind.",
-        &as_refs(&latency),
-    );
-    poem::Response::builder().content_type("text/plain; version=0.0.4").body(out)
+async fn metrics(state: poem::web::Data<&SharedState>, req: &poem::Request) -> poem::Response {
+    let openmetrics = req
+        .headers()
+        .get(poem::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = crate::metrics::render(&state, openmetrics).await;
+    poem::Response::builder().content_type(content_type).body(body)
 }
 
 fn not_ready(why: String) -> poem::Response {
@@ -152,7 +66,7 @@ pub fn app(state: SharedState) -> impl Endpoint {
     let spec = api.spec();
     let docs = api.swagger_ui();
     Route::new()
-        .nest("/", api.with(crate::compress::Compress))
+        .nest("/", api.with(crate::compress::Compress).with(crate::metrics::TrackRequests))
         .at(
             "/v1/openapi.json",
             make_sync(move |_| poem::Response::builder().content_type("application/json").body(spec.clone())),

@@ -318,7 +318,15 @@ impl Channel {
         // stay a contiguous run ending at the newest position.
         self.retain(&mut inner, &publication);
         let (delivered, overflowed) = Self::fan_out(&mut inner, &publication);
+        drop(inner);
         stats.record_delivery(&self.counters, delivered, overflowed);
+        let m = crate::metrics::metrics();
+        if delivered > 0 {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let took = now_ms.saturating_sub(publication.timestamp_ms).max(0) as f64 / 1000.0;
+            m.publish_to_deliver.observe(took);
+        }
+        m.dropped("slow_consumer", overflowed);
         Ok(())
     }
 
@@ -403,6 +411,9 @@ impl Channel {
             },
             None => (None, Vec::new()),
         };
+        if let Some(recovered) = recovered {
+            crate::metrics::metrics().resumed(recovered);
+        }
         let outcome = SubscribeOutcome {
             epoch: inner.epoch.clone(),
             position: inner.last_position,

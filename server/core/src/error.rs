@@ -130,6 +130,22 @@ codes! {
     NotReady = "not_ready", 503, "The node is not ready.";
 }
 
+impl Code {
+    /// A quota or limit refused it (counted in `herald_limit_refusals_total`).
+    pub const fn is_limit(self) -> bool {
+        matches!(
+            self,
+            Code::PayloadTooLarge
+                | Code::MessageTooLarge
+                | Code::QuotaExceeded
+                | Code::TooManySubscriptions
+                | Code::TooManySubscribers
+                | Code::ConnectionLimit
+                | Code::RateLimited
+        )
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

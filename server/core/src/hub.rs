@@ -543,6 +543,8 @@ impl Hub {
         }
         drop(counts);
         self.stats.connection_closed(&conn.counters, conn.transport);
+        let code = conn.outbox.close_reason().unwrap_or(Disconnect::Normal).code();
+        crate::metrics::metrics().connection_closed(conn.transport, code);
         self.emit_hook(&conn.tenant, WebhookEvent::ConnectionClose, || {
             // Closed by the server for a reason, or else by the client (normal closure).
             let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);

@@ -28,6 +28,7 @@ pub mod error;
 pub mod hooks;
 pub mod hub;
 pub mod memory;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod proxy;

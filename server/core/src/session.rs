@@ -227,6 +227,7 @@ impl Session {
     /// condition ([`Error::code`]).
     fn reply_error(&self, id: Option<&RawValue>, channel: Option<&str>, err: &Error) {
         let message = err.detail();
+        crate::metrics::metrics().refused(err.code());
         self.reply(protocol::frame(&ServerFrame::Error {
             id,
             code: err.code().as_str(),
@@ -238,6 +239,7 @@ impl Session {
     }
 
     fn reply_code(&self, id: Option<&RawValue>, code: Code, message: &str) {
+        crate::metrics::metrics().refused(code);
         self.reply(protocol::frame(&ServerFrame::error(id, None, code.as_str(), message)));
     }
 

@@ -492,7 +492,9 @@ impl Cluster {
             if let Some(key) = idempotency_key {
                 message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
             }
+            let started = Instant::now();
             let ack = self.js.send_publish(subject.clone(), message).await.map_err(Self::unavailable)?.await;
+            herald_core::metrics::metrics().jetstream_publish.observe(started.elapsed().as_secs_f64());
             match ack {
                 Ok(ack) if ack.duplicate => {
                     // The first publish with this key is stored: answer with its outcome. If it
