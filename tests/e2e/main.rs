@@ -19,6 +19,7 @@ mod hardening;
 mod isolation;
 mod jwt;
 mod keys;
+mod logs;
 mod metrics;
 mod openapi_client;
 mod outbound;

@@ -510,11 +510,26 @@ impl Hub {
             if let Some(max) = tenant.tenant.limits.max_connections
                 && *count >= max
             {
+                tracing::debug!(
+                    tenant = %conn.tenant,
+                    conn = %self.client_id(conn.id),
+                    node = %self.settings.node_id,
+                    transport = conn.transport.as_str(),
+                    limit = max,
+                    "connection refused: the tenant's connection limit"
+                );
                 return Err(Disconnect::ConnectionLimit);
             }
             *count += 1;
         }
         self.stats.connection_opened(&conn.counters, conn.transport);
+        tracing::debug!(
+            tenant = %conn.tenant,
+            conn = %self.client_id(conn.id),
+            node = %self.settings.node_id,
+            transport = conn.transport.as_str(),
+            "connection opened"
+        );
         self.emit_hook(&conn.tenant, WebhookEvent::ConnectionOpen, || {
             HookEvent::new(
                 &conn.tenant,
@@ -543,8 +558,17 @@ impl Hub {
         }
         drop(counts);
         self.stats.connection_closed(&conn.counters, conn.transport);
-        let code = conn.outbox.close_reason().unwrap_or(Disconnect::Normal).code();
-        crate::metrics::metrics().connection_closed(conn.transport, code);
+        let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);
+        crate::metrics::metrics().connection_closed(conn.transport, reason.code());
+        tracing::debug!(
+            tenant = %conn.tenant,
+            conn = %self.client_id(conn.id),
+            node = %self.settings.node_id,
+            transport = conn.transport.as_str(),
+            code = reason.code(),
+            reason = %reason.reason(),
+            "connection closed"
+        );
         self.emit_hook(&conn.tenant, WebhookEvent::ConnectionClose, || {
             // Closed by the server for a reason, or else by the client (normal closure).
             let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);

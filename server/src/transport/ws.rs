@@ -179,7 +179,13 @@ async fn run(
     connect_id: Option<Box<serde_json::value::RawValue>>,
 ) {
     let _ = session.outbox().push(session.connected_frame(connect_id.as_deref()));
-    let span = tracing::debug_span!("ws", conn = %session.conn.id, tenant = %session.tenant_id());
+    let span = tracing::debug_span!(
+        "connection",
+        tenant = %session.tenant_id(),
+        conn = %hub.client_id(session.conn.id),
+        node = %hub.settings.node_id,
+        transport = "websocket",
+    );
     let reason = tracing::Instrument::instrument(drive(&mut ws, &hub, session), span).await;
     if let Some(reason) = reason {
         Box::pin(close(&mut ws, &reason)).await;
