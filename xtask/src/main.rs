@@ -496,9 +496,37 @@ mod deploy {
                 .collect();
             status(Command::new(shellcheck).args(&scripts), "shellcheck deploy/*.sh")?;
         }
-        println!("xtask: deploy/ checked (hadolint, yamllint, kubernetes-validate, shellcheck)");
+        systemd_unit(&dir.join("systemd").join("herald.service"))?;
+        println!(
+            "xtask: deploy/ checked (hadolint, yamllint, kubernetes-validate, shellcheck, systemd-analyze)"
+        );
         Ok(())
     }
+}
+
+/// The systemd unit: `systemd-analyze verify` (syntax, directives) and its offline security
+/// review, which must stay at an exposure of 2.0 or less (of 10). The unit names the installed
+/// binary's path, which does not exist here: a copy points at `/bin/true` to be verified.
+fn systemd_unit(unit: &Path) -> Result {
+    if !have("systemd-analyze") {
+        eprintln!("xtask: notice: systemd-analyze not found; the systemd unit is not checked");
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(unit).map_err(|e| format!("{}: {e}", unit.display()))?;
+    let dir = std::env::temp_dir().join(format!("herald-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let copy = dir.join("herald.service");
+    std::fs::write(&copy, text.replace("/usr/local/bin/herald", "/bin/true")).map_err(|e| e.to_string())?;
+    status(
+        Command::new("systemd-analyze").arg("verify").arg(&copy),
+        "systemd-analyze verify herald.service",
+    )?;
+    status(
+        Command::new("systemd-analyze").args(["security", "--offline=yes", "--threshold=20"]).arg(&copy),
+        "systemd-analyze security herald.service (exposure above 2.0)",
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// Chromium from the distribution and playwright-core from npm (tests/browser), for the tests
