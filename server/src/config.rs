@@ -70,6 +70,8 @@ pub const KEYS: &[&str] = &[
     "http_write_timeout_seconds",
     "max_connections_per_ip",
     "trusted_proxies",
+    "tls_cert",
+    "tls_key",
     "metrics_tenant_series",
     "history_max_bytes",
     "tenant_history_max_bytes",
@@ -219,6 +221,9 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// Reverse proxies and load balancers: exempt from `max_connections_per_ip`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTPS on the listening port with this certificate chain and key (`tls_cert` and
+    /// `tls_key`, both PEM); `None` serves plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Tenants with their own `herald_tenant_*` series on `/metrics` (the rest are summed).
     pub metrics_tenant_series: u32,
     /// Bytes of message history one node keeps in memory for all tenants together.
@@ -302,6 +307,7 @@ impl std::fmt::Debug for Config {
             .field("http_write_timeout", &self.http_write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls", &self.tls)
             .field("metrics_tenant_series", &self.metrics_tenant_series)
             .field("history_max_bytes", &self.history_max_bytes)
             .field("tenant_history_max_bytes", &self.tenant_history_max_bytes)
@@ -476,6 +482,28 @@ impl Config {
             None => Ok(Vec::new()),
         };
         let trusted_proxies = networks("trusted_proxies")?;
+
+        // Both TLS files or neither; the pair is loaded once here so that a bad file fails
+        // start-up naming its key (reloads later only warn and keep the previous pair).
+        let path = |key: &'static str| match l.get(key) {
+            Some((raw, _)) if raw.trim().is_empty() => Err(l.invalid(key, "must not be empty")),
+            Some((raw, _)) => Ok(Some(PathBuf::from(raw))),
+            None => Ok(None),
+        };
+        let tls = match (path("tls_cert")?, path("tls_key")?) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(l.invalid("tls_cert", "is set but `tls_key` is not: set both or neither"));
+            }
+            (None, Some(_)) => {
+                return Err(l.invalid("tls_key", "is set but `tls_cert` is not: set both or neither"));
+            }
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles { cert, key };
+                crate::tls::load(&files).map_err(|e| l.invalid(e.file.key(), e.message))?;
+                Some(files)
+            }
+        };
         let outbound_allowed_networks = networks("outbound_allowed_networks")?;
         let webhooks = WebhookSettings {
             timeout: l.seconds("webhook_timeout_seconds", 10, 1..=120)?,
@@ -542,6 +570,7 @@ impl Config {
             http_write_timeout: l.seconds("http_write_timeout_seconds", 30, 1..=3600)?,
             max_connections_per_ip: l.number("max_connections_per_ip", 4096, 0..=10_000_000)?,
             trusted_proxies,
+            tls,
             metrics_tenant_series: l.number("metrics_tenant_series", 50, 0..=1000)?,
             history_max_bytes: l.number("history_max_bytes", 1 << 30, (1 << 20)..=(1 << 40))?,
             tenant_history_max_bytes: l.number(
@@ -640,6 +669,30 @@ mod tests {
         assert!(err.contains("lisen"), "{err}");
         std::fs::write(&path, "listen = [1]\n").unwrap();
         assert!(Layer::from_file(&path).unwrap_err().to_string().contains("`listen`"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_the_one_at_fault() {
+        let none = Layer::default();
+        let err = Config::resolve(&none, &env(&[("HERALD_TLS_CERT", "/x/cert.pem")]), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`tls_cert`") && err.contains("HERALD_TLS_CERT") && err.contains("`tls_key`"),
+            "{err}"
+        );
+        let err =
+            Config::resolve(&none, &none, &layer(&[("tls_key", "/x/key.pem")])).unwrap_err().to_string();
+        assert!(err.contains("`tls_key`") && err.contains("--tls-key"), "{err}");
+        let file = layer(&[("tls_cert", "/nonexistent/cert.pem"), ("tls_key", "/nonexistent/key.pem")]);
+        let err = Config::resolve(&file, &none, &none).unwrap_err().to_string();
+        assert!(
+            err.contains("`tls_cert`") && err.contains("config file") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = Config::resolve(&none, &env(&[("HERALD_TLS_KEY", "")]), &none).unwrap_err().to_string();
+        assert!(err.contains("`tls_key`") && err.contains("must not be empty"), "{err}");
+        assert!(Config::resolve(&none, &none, &none).unwrap().tls.is_none());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`proxy`]: tenants' connect/subscribe/publish/refresh proxies over HTTP.
 //! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`.
 //! - [`server`]: routes, health endpoints, graceful shutdown; [`listener`]: the connection
-//!   layer (accept loop, header-read and write timeouts, per-address limits).
+//!   layer (accept loop, header-read and write timeouts, per-address limits, HTTP/2 by ALPN);
+//!   [`tls`]: the certificate it serves over HTTPS, reloaded on SIGHUP or when its files change.
 //!
 //! The delivery core is `herald-core`, the cluster backend `herald-nats`, persistence
 //! `herald-store`, the domain types `herald-types`.
@@ -31,4 +32,5 @@ pub mod outbound;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod transport;

@@ -15,6 +15,20 @@
 //! - **Graceful shutdown**: on the signal the loop stops accepting, every connection is asked
 //!   to finish its request and close, and serving ends once all are gone or the grace period
 //!   has passed.
+//!
+//! With TLS (`tls_cert`/`tls_key`, see `tls.rs`) the same bounds hold, and:
+//!
+//! - **The handshake is timed** by the header-read timeout: a client that connects and never
+//!   completes it is dropped. The write timeout sits under TLS
+//!   (`TlsStream<TimedWrites<TcpStream>>`), so it covers handshake and record writes alike.
+//! - **HTTP/2 is chosen by ALPN** (`h2`), else HTTP/1.1; nothing is sniffed. Plain TCP is
+//!   HTTP/1.1 only. WebSocket stays an HTTP/1.1 upgrade: the extended CONNECT protocol
+//!   (RFC 8441) is not offered, so browsers open an HTTP/1.1 connection for `wss:`.
+//! - **HTTP/2 connections are bounded** by [`H2_MAX_CONCURRENT_STREAMS`] streams and
+//!   [`H2_MAX_HEADER_LIST_BYTES`] of request headers, pinged every [`H2_PING_INTERVAL`] (a peer
+//!   that does not answer within [`H2_PING_TIMEOUT`] is dropped), and closed once they have had
+//!   no request in progress for the header-read timeout: the HTTP/2 counterpart of the
+//!   HTTP/1.1 header timeout, which also ends connections that never send their preface.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,15 +40,37 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Endpoint, EndpointExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+
+/// Streams one HTTP/2 connection may have open at once (SSE streams of one page, requests).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The largest request header block accepted on HTTP/2 (decoded, as HTTP/2 counts it); client
+/// tokens travel in the query string, so this leaves room for long URLs.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// How often an HTTP/2 connection is pinged when the peer has sent nothing.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A ping not answered within this ends the HTTP/2 connection.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+tokio::task_local! {
+    /// The TLS acceptor of the node's listener, set by [`with_tls`] around the serving future.
+    static TLS: Option<TlsAcceptor>;
+}
+
+/// Runs `serving` (which calls [`serve`]) so that the listener speaks TLS with `tls`, or plain
+/// TCP for `None`.
+pub async fn with_tls<F: Future>(tls: Option<TlsAcceptor>, serving: F) -> F::Output {
+    TLS.scope(tls, serving).await
+}
 
 /// The bounds every connection is served under (from configuration).
 #[derive(Debug, Clone)]
@@ -99,7 +135,8 @@ where
     let endpoint: Arc<dyn poem::endpoint::DynEndpoint<Output = poem::Response>> =
         Arc::new(poem::endpoint::ToDynEndpoint(endpoint.map_to_response()));
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "listening");
+    let tls = TLS.try_with(Clone::clone).ok().flatten();
+    tracing::info!(addr = %local, tls = tls.is_some(), "listening");
     let limits = Arc::new(limits);
     let addresses = Arc::new(PerAddress::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -142,10 +179,11 @@ where
         };
         let _ = socket.set_nodelay(true);
         open += 1;
-        let (endpoint, limits, stop, done) =
-            (endpoint.clone(), limits.clone(), stop_rx.clone(), done_tx.clone());
+        let (endpoint, limits, tls, stop, done) =
+            (endpoint.clone(), limits.clone(), tls.clone(), stop_rx.clone(), done_tx.clone());
         tokio::spawn(async move {
-            serve_connection(socket, local, remote, endpoint, &limits, stop).await;
+            let handler = Handler { endpoint, local, remote, scheme: Scheme::HTTP, activity: None };
+            serve_connection(socket, handler, &limits, tls, stop).await;
             drop(slot);
             let _ = done.send(());
         });
@@ -168,33 +206,59 @@ where
 
 async fn serve_connection(
     socket: TcpStream,
-    local: SocketAddr,
-    remote: SocketAddr,
-    endpoint: Arc<dyn poem::endpoint::DynEndpoint<Output = poem::Response>>,
+    mut handler: Handler,
     limits: &ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let endpoint = endpoint.clone();
-        async move {
-            let req = poem::Request::from((
-                req,
-                LocalAddr(Addr::SocketAddr(local)),
-                RemoteAddr(Addr::SocketAddr(remote)),
-                Scheme::HTTP,
-            ));
-            let resp: hyper::Response<BoxBody> = endpoint.get_response(req).await.into();
-            Ok::<_, Infallible>(resp)
+    let socket = TimedWrites::new(socket, limits.write_timeout);
+    let remote = handler.remote;
+    let Some(acceptor) = tls else {
+        return serve_http1(socket, handler, limits, stop).await;
+    };
+    // The handshake is bounded like a request head; a shutdown ends it too.
+    let stream = tokio::select! {
+        accepted = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(socket)) => {
+            match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            }
         }
-    });
-    let io = TokioIo::new(TimedWrites::new(socket, limits.write_timeout));
-    // HTTP/1.1 straight away: no protocol sniffing, which would wait for a first byte without
-    // the header timeout.
+        _ = stop.wait_for(|stop| *stop) => return,
+    };
+    handler.scheme = Scheme::HTTPS;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    tracing::debug!(%remote, protocol = if h2 { "h2" } else { "http/1.1" }, "TLS connection");
+    if h2 {
+        serve_http2(stream, handler, limits, stop).await;
+    } else {
+        serve_http1(stream, handler, limits, stop).await;
+    }
+}
+
+/// HTTP/1.1 straight away: no protocol sniffing, which would wait for a first byte without the
+/// header timeout.
+async fn serve_http1<I>(
+    io: I,
+    handler: Handler,
+    limits: &ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let remote = handler.remote;
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
-        .serve_connection(io, service)
+        .serve_connection(TokioIo::new(io), handler)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -208,6 +272,139 @@ async fn serve_connection(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// HTTP/2 (negotiated by ALPN), bounded as the module documentation says.
+async fn serve_http2<I>(
+    io: I,
+    mut handler: Handler,
+    limits: &ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let remote = handler.remote;
+    let (activity, in_progress) = tokio::sync::watch::channel(0usize);
+    handler.activity = Some(Arc::new(activity));
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), handler);
+    tokio::pin!(conn);
+    let idle = idle_for(in_progress, limits.header_read_timeout);
+    let linger = tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %remote, "HTTP/2 connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.wait_for(|stop| *stop) => None,
+        _ = idle => Some(limits.header_read_timeout),
+    };
+    // GOAWAY: streams in progress finish, no new ones start.
+    conn.as_mut().graceful_shutdown();
+    match linger {
+        None => {
+            let _ = conn.await;
+        }
+        // An idle connection gets one more header-read period to close (a peer that never sent
+        // its preface is never going to).
+        Some(limit) => {
+            let _ = tokio::time::timeout(limit, conn).await;
+        }
+    }
+}
+
+/// Resolves once no request has been in progress for `limit` (`in_progress` counts requests
+/// from their head to the end of their response body).
+async fn idle_for(mut in_progress: tokio::sync::watch::Receiver<usize>, limit: Duration) {
+    loop {
+        if in_progress.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(limit, in_progress.wait_for(|n| *n > 0)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands each request of one connection to the endpoint.
+#[derive(Clone)]
+struct Handler {
+    endpoint: Arc<dyn poem::endpoint::DynEndpoint<Output = poem::Response>>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    scheme: Scheme,
+    /// HTTP/2: requests in progress, for the idle bound.
+    activity: Option<Arc<tokio::sync::watch::Sender<usize>>>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
+    type Response = hyper::Response<Tracked>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let in_progress = self.activity.clone().map(InProgress::new);
+        let endpoint = self.endpoint.clone();
+        let req = poem::Request::from((
+            req,
+            LocalAddr(Addr::SocketAddr(self.local)),
+            RemoteAddr(Addr::SocketAddr(self.remote)),
+            self.scheme.clone(),
+        ));
+        Box::pin(async move {
+            let resp: hyper::Response<BoxBody> = endpoint.get_response(req).await.into();
+            Ok(resp.map(|body| Tracked { body, _in_progress: in_progress }))
+        })
+    }
+}
+
+/// One request in progress on an HTTP/2 connection, until its response body is gone.
+struct InProgress(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InProgress {
+    fn new(count: Arc<tokio::sync::watch::Sender<usize>>) -> InProgress {
+        count.send_modify(|n| *n += 1);
+        InProgress(count)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that keeps its request counted as in progress while it is being sent.
+struct Tracked {
+    body: BoxBody,
+    _in_progress: Option<InProgress>,
+}
+
+impl Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A socket whose writes fail once they have made no progress for `limit`: a peer that stops

@@ -52,6 +52,12 @@ struct NodeArgs {
     /// NATS server for cluster mode, e.g. nats://127.0.0.1:4222 [default: none, single node].
     #[arg(long, value_name = "URL")]
     nats_url: Option<String>,
+    /// PEM certificate chain for HTTPS on the listening port (with --tls-key) [default: none, plain HTTP].
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -65,6 +71,8 @@ impl NodeArgs {
         layer.set("max_body_bytes", self.max_body_bytes);
         layer.set("node_id", self.node_id);
         layer.set("nats_url", self.nats_url);
+        layer.set("tls_cert", self.tls_cert.map(|p| p.display().to_string()));
+        layer.set("tls_key", self.tls_key.map(|p| p.display().to_string()));
         layer
     }
 }
@@ -127,6 +135,7 @@ fn main() -> ExitCode {
 async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(?config, "starting");
     let listen = config.listen;
+    let tls_files = config.tls.clone();
     let boot = herald::state::bootstrap(config, serve).await?;
     if !serve {
         println!("migrations applied");
@@ -138,9 +147,21 @@ async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Erro
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    // The pair was checked with the configuration; it is loaded again here, and from now on
+    // reloaded on SIGHUP and when its files change.
+    let tls = match tls_files {
+        Some(files) => {
+            let tls = std::sync::Arc::new(herald::tls::Tls::new(files)?);
+            tls.watch();
+            Some(tls)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("Herald listening on http://{addr}");
-    tracing::info!(%addr, database = boot.state.store.backend_name(), "listening");
-    herald::server::serve(boot.state, listener, herald::server::shutdown_signal()).await?;
+    println!("Herald listening on {scheme}://{addr}");
+    tracing::info!(%addr, scheme, database = boot.state.store.backend_name(), "listening");
+    let serving = herald::server::serve(boot.state, listener, herald::server::shutdown_signal());
+    herald::listener::with_tls(tls.as_ref().map(|t| t.acceptor()), serving).await?;
     Ok(())
 }

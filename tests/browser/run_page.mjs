@@ -1,12 +1,15 @@
 // Opens one page in the system Chromium and relays what the page reports.
 //
-//   node run_page.mjs <url> [screenshot.png]
+//   node run_page.mjs [--ignore-https-errors] <url> [screenshot.png]
 //
+// --ignore-https-errors accepts any server certificate (a test node with a self-signed one).
 // The page calls `window.report(line)`; each line is written to stdout. The process runs until
 // its stdin says `quit` or closes (then it takes the screenshot, if asked, and exits).
 import { chromium } from 'playwright-core';
 
-const [url, screenshot] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const ignoreHTTPSErrors = args.includes('--ignore-https-errors');
+const [url, screenshot] = args.filter((a) => !a.startsWith('--'));
 const browser = await chromium.launch({
   executablePath: process.env.HERALD_TEST_CHROMIUM || '/usr/bin/chromium',
   args: [
@@ -17,9 +20,10 @@ const browser = await chromium.launch({
     '--disable-component-update',
     '--disable-sync',
     '--no-first-run',
+    ...(ignoreHTTPSErrors ? ['--ignore-certificate-errors'] : []),
   ],
 });
-const page = await browser.newPage();
+const page = await browser.newPage({ ignoreHTTPSErrors });
 await page.exposeFunction('report', (line) => process.stdout.write(line + '\n'));
 page.on('console', (m) => process.stderr.write(`console: ${m.text()}\n`));
 page.on('pageerror', (e) => process.stderr.write(`page error: ${e}\n`));

@@ -33,6 +33,7 @@ mod soak;
 mod sse_poll;
 mod stats;
 mod tenants;
+mod tls;
 mod tokens;
 mod users;
 mod webhook_signatures;

@@ -71,11 +71,30 @@ pub fn browser_tooling() -> Option<(String, PathBuf)> {
     }
 }
 
+/// How the browser is started for a page.
+#[derive(Default, Clone, Copy)]
+pub struct PageOptions {
+    /// Accept any server certificate (a node serving HTTPS with a self-signed one).
+    pub ignore_https_errors: bool,
+}
+
 impl BrowserPage {
     pub async fn open(url: &str, screenshot: Option<&std::path::Path>) -> Option<BrowserPage> {
+        BrowserPage::open_with(url, screenshot, PageOptions::default()).await
+    }
+
+    pub async fn open_with(
+        url: &str,
+        screenshot: Option<&std::path::Path>,
+        options: PageOptions,
+    ) -> Option<BrowserPage> {
         let (chromium, dir) = browser_tooling()?;
         let mut cmd = Command::new("node");
-        cmd.arg(dir.join("run_page.mjs")).arg(url);
+        cmd.arg(dir.join("run_page.mjs"));
+        if options.ignore_https_errors {
+            cmd.arg("--ignore-https-errors");
+        }
+        cmd.arg(url);
         if let Some(path) = screenshot {
             cmd.arg(path);
         }

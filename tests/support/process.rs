@@ -87,6 +87,8 @@ pub struct Start {
     pub env: Vec<(String, String)>,
     /// Run the node with at most this many open file descriptors (`prlimit --nofile`).
     pub fd_limit: Option<u64>,
+    /// A PEM certificate the node's REST clients trust (a node serving HTTPS with it).
+    pub trust_pem: Option<Vec<u8>>,
 }
 
 impl Herald {
@@ -181,7 +183,13 @@ impl Herald {
             stdout_lines: seen,
             log_path,
             _dir: dir,
-            http: reqwest::Client::new(),
+            http: match &opts.trust_pem {
+                Some(pem) => reqwest::Client::builder()
+                    .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("a PEM certificate"))
+                    .build()
+                    .expect("an HTTPS client"),
+                None => reqwest::Client::new(),
+            },
         }
     }
 
