@@ -323,8 +323,28 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Layers, lowest precedence first.
-struct Layers<'a>([(Source, &'a Layer); 3]);
+/// Layers, lowest precedence first, and the numeric settings read through them.
+struct Layers<'a>([(Source, &'a Layer); 3], std::cell::RefCell<Vec<NumericSetting>>);
+
+/// A numeric key as the validator applies it: its default and its inclusive range, in the
+/// key's unit (`_seconds`, `_ms`, `_bytes`, or a count). `docs/configuration.md` is checked
+/// against these (`tests/e2e/cli.rs`).
+#[derive(Debug, Clone)]
+pub struct NumericSetting {
+    pub key: &'static str,
+    pub default: String,
+    pub min: String,
+    pub max: String,
+}
+
+/// Every numeric setting, with its default and range.
+pub fn numeric_settings() -> Vec<NumericSetting> {
+    let empty = Layer::default();
+    let l =
+        Layers([(Source::File, &empty), (Source::Env, &empty), (Source::Flag, &empty)], Default::default());
+    let _ = Config::resolve_with(&l);
+    l.1.into_inner()
+}
 
 impl Layers<'_> {
     /// The value of the highest layer that sets `key`, with where it came from.
@@ -351,6 +371,12 @@ impl Layers<'_> {
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
+        self.1.borrow_mut().push(NumericSetting {
+            key,
+            default: default.to_string(),
+            min: range.start().to_string(),
+            max: range.end().to_string(),
+        });
         let Some((raw, _)) = self.get(key) else { return Ok(default) };
         let parsed: T =
             raw.trim().parse().map_err(|_| self.invalid(key, format!("`{raw}` is not a whole number")))?;
@@ -373,8 +399,13 @@ impl Layers<'_> {
 impl Config {
     /// Merges layers (lowest precedence first) and validates the result.
     pub fn resolve(file: &Layer, env: &Layer, flags: &Layer) -> Result<Config, ConfigError> {
-        let l = Layers([(Source::File, file), (Source::Env, env), (Source::Flag, flags)]);
+        Self::resolve_with(&Layers(
+            [(Source::File, file), (Source::Env, env), (Source::Flag, flags)],
+            Default::default(),
+        ))
+    }
 
+    fn resolve_with(l: &Layers) -> Result<Config, ConfigError> {
         let listen = match l.get("listen") {
             Some((raw, _)) => raw
                 .trim()

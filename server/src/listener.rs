@@ -61,19 +61,8 @@ pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A ping not answered within this ends the HTTP/2 connection.
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-tokio::task_local! {
-    /// The TLS acceptor of the node's listener, set by [`with_tls`] around the serving future.
-    static TLS: Option<TlsAcceptor>;
-}
-
-/// Runs `serving` (which calls [`serve`]) so that the listener speaks TLS with `tls`, or plain
-/// TCP for `None`.
-pub async fn with_tls<F: Future>(tls: Option<TlsAcceptor>, serving: F) -> F::Output {
-    TLS.scope(tls, serving).await
-}
-
-/// The bounds every connection is served under (from configuration).
-#[derive(Debug, Clone)]
+/// The bounds every connection is served under (from configuration), and its TLS.
+#[derive(Clone)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub write_timeout: Duration,
@@ -81,6 +70,8 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: u32,
     /// Addresses exempt from the per-address limit (reverse proxies, load balancers).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TLS on the listening port (`tls_cert`/`tls_key`); `None`: plain TCP, HTTP/1.1 only.
+    pub tls: Option<TlsAcceptor>,
 }
 
 type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, io::Error>;
@@ -135,7 +126,7 @@ where
     let endpoint: Arc<dyn poem::endpoint::DynEndpoint<Output = poem::Response>> =
         Arc::new(poem::endpoint::ToDynEndpoint(endpoint.map_to_response()));
     let local = listener.local_addr()?;
-    let tls = TLS.try_with(Clone::clone).ok().flatten();
+    let tls = limits.tls.clone();
     tracing::info!(addr = %local, tls = tls.is_some(), "listening");
     let limits = Arc::new(limits);
     let addresses = Arc::new(PerAddress::default());
@@ -223,10 +214,12 @@ async fn serve_connection(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                    herald_core::metrics::metrics().tls_handshake_failed("error");
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%remote, "TLS handshake timed out");
+                    herald_core::metrics::metrics().tls_handshake_failed("timeout");
                     return;
                 }
             }
@@ -235,7 +228,9 @@ async fn serve_connection(
     };
     handler.scheme = Scheme::HTTPS;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    tracing::debug!(%remote, protocol = if h2 { "h2" } else { "http/1.1" }, "TLS connection");
+    let protocol = if h2 { "h2" } else { "http/1.1" };
+    tracing::debug!(%remote, protocol, "TLS connection");
+    herald_core::metrics::metrics().tls_connection(protocol);
     if h2 {
         serve_http2(stream, handler, limits, stop).await;
     } else {

@@ -161,7 +161,7 @@ async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Erro
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("Herald listening on {scheme}://{addr}");
     tracing::info!(%addr, scheme, database = boot.state.store.backend_name(), "listening");
-    let serving = herald::server::serve(boot.state, listener, herald::server::shutdown_signal());
-    herald::listener::with_tls(tls.as_ref().map(|t| t.acceptor()), serving).await?;
+    let acceptor = tls.as_ref().map(|t| t.acceptor());
+    herald::server::serve(boot.state, listener, acceptor, herald::server::shutdown_signal()).await?;
     Ok(())
 }

@@ -108,6 +108,7 @@ async fn log_request<E: Endpoint>(next: Arc<E>, req: poem::Request) -> poem::Res
 pub async fn serve(
     state: SharedState,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
@@ -156,6 +157,7 @@ pub async fn serve(
         write_timeout: state.config.http_write_timeout,
         max_connections_per_ip: state.config.max_connections_per_ip,
         trusted_proxies: state.config.trusted_proxies.clone(),
+        tls,
     };
     crate::listener::serve(listener, app(state), limits, signal, grace).await?;
     // One grace period in all, counted from the signal.

@@ -189,12 +189,14 @@ impl Tls {
                 };
                 let reloading = tls.clone();
                 match tokio::task::spawn_blocking(move || reloading.reload()).await {
-                    Ok(Ok(())) => tracing::info!(reason, "TLS certificate reloaded"),
-                    Ok(Err(e)) => tracing::warn!(
-                        reason,
-                        error = %e,
-                        "TLS certificate not reloaded; the previous one stays in use"
-                    ),
+                    Ok(Ok(())) => {
+                        herald_core::metrics::metrics().tls_reloaded(true);
+                        tracing::info!(reason, "TLS certificate reloaded")
+                    }
+                    Ok(Err(e)) => {
+                        herald_core::metrics::metrics().tls_reloaded(false);
+                        tracing::warn!(reason, error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                    }
                     Err(e) => tracing::warn!(error = %e, "TLS reload task failed"),
                 }
             }

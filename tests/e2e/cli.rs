@@ -100,3 +100,77 @@ async fn spec_and_docs_are_served() {
     let ready = h.anonymous().get("/readyz").await.expect(200);
     assert_eq!(ready["status"], "ready");
 }
+
+/// `docs/configuration.md` cannot drift from the code: one row per key, the environment
+/// variable and flag each key really has, and for every numeric setting the default and the
+/// range the validator applies.
+#[test]
+fn the_configuration_reference_matches_the_code() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect())
+        .collect();
+    let documented: Vec<&str> = rows.iter().map(|r| r[0].trim_matches('`')).collect();
+    let keys = herald::config::KEYS;
+    let missing: Vec<&&str> = keys.iter().filter(|k| !documented.contains(k)).collect();
+    let extra: Vec<&&str> = documented.iter().filter(|k| !keys.contains(k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "undocumented keys {missing:?}, documented but unknown {extra:?}"
+    );
+    assert_eq!(documented.len(), keys.len(), "a key has two rows");
+
+    let help = String::from_utf8(herald().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
+    for row in &rows {
+        let key = row[0].trim_matches('`');
+        assert_eq!(row.len(), 5, "`{key}`: a row has five cells");
+        assert_eq!(row[3], format!("`HERALD_{}`", key.to_ascii_uppercase()), "`{key}`: environment variable");
+        let flag = format!("--{}", key.replace('_', "-"));
+        let has_flag = help.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == flag);
+        match row[4].as_str() {
+            "—" => assert!(!has_flag, "`{key}` has the flag {flag}, the reference says none"),
+            cell => {
+                assert_eq!(cell, format!("`{flag}`"), "`{key}`: flag");
+                assert!(has_flag, "`{key}`: `herald serve --help` has no {flag}");
+            }
+        }
+        assert!(doc.contains(&format!("**`{key}`**")), "`{key}` has a row but no explanation");
+    }
+    let numeric = herald::config::numeric_settings();
+    // Every row with a numeric range is one the validator reads (none skipped).
+    for row in &rows {
+        let first = row[2].split_whitespace().next().unwrap_or("");
+        let is_range = first.split_once('-').is_some_and(|(a, b)| {
+            [a, b].iter().all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        });
+        if is_range && !row[2].contains("characters") {
+            assert!(
+                numeric.iter().any(|n| row[0] == format!("`{}`", n.key)),
+                "{} is not read as a number",
+                row[0]
+            );
+        }
+    }
+    assert!(numeric.len() > 30, "{numeric:?}");
+    for setting in numeric {
+        let row = rows.iter().find(|r| r[0] == format!("`{}`", setting.key)).unwrap();
+        assert!(
+            row[1].starts_with(&format!("`{}`", setting.default)),
+            "`{}`: the default is {}, the reference says {}",
+            setting.key,
+            setting.default,
+            row[1]
+        );
+        assert!(
+            row[2].starts_with(&format!("{}-{}", setting.min, setting.max)),
+            "`{}`: the range is {}-{}, the reference says {}",
+            setting.key,
+            setting.min,
+            setting.max,
+            row[2]
+        );
+    }
+}

@@ -323,6 +323,23 @@ async fn the_certificate_is_reloaded_on_sighup_and_when_its_files_change() {
     // Fixed: the matching key arrives, and D is served.
     rewrite(&node, &d.cert_pem, &d.key_pem);
     wait_for_cert(h, &known, &d).await;
+
+    // A new client trusting only A gives up the handshake now.
+    assert!(client_trusting(&[&a]).build().unwrap().get(&url).send().await.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reloads and the handshakes, as /metrics counts them.
+    let metrics =
+        client_trusting(&[&d]).build().unwrap().get(format!("{}/metrics", h.base)).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    let count = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(count("herald_tls_certificate_reloads_total{outcome=\"ok\"}"), 3, "B, C and D");
+    assert!(count("herald_tls_certificate_reloads_total{outcome=\"failed\"}") >= 4);
+    assert!(count("herald_tls_connections_total{protocol=\"h2\"}") >= 4);
+    assert!(count("herald_tls_handshake_failures_total{reason=\"error\"}") >= 1);
 }
 
 #[tokio::test]

@@ -106,6 +106,17 @@ pub struct Metrics {
     pub dropped: Family<Reason, Counter>,
     /// Requests and commands refused by a quota or limit, by error code.
     pub refused: Family<Limit, Counter>,
+    /// TLS connections by negotiated protocol (`h2`, `http/1.1`).
+    pub tls_connections: Family<Protocol, Counter>,
+    /// TLS handshakes that failed (`error`) or did not finish in time (`timeout`).
+    pub tls_handshake_failures: Family<Reason, Counter>,
+    /// Certificate reloads: `ok`, or `failed` (the previous certificate stays).
+    pub tls_reloads: Family<Outcome, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Protocol {
+    pub protocol: &'static str,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -118,6 +129,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     resumes: Family::default(),
     dropped: Family::default(),
     refused: Family::default(),
+    tls_connections: Family::default(),
+    tls_handshake_failures: Family::default(),
+    tls_reloads: Family::default(),
 });
 
 /// The process's metrics.
@@ -174,6 +188,33 @@ impl Metrics {
             "Requests and commands refused by a quota or limit, by error code",
             self.refused.clone(),
         );
+        registry.register(
+            "tls_connections",
+            "TLS connections accepted, by the protocol ALPN chose (h2 or http/1.1)",
+            self.tls_connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (error) or did not finish within the header-read timeout (timeout)",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificate reloads (SIGHUP or changed files): ok, or failed with the previous certificate kept",
+            self.tls_reloads.clone(),
+        );
+    }
+
+    pub fn tls_connection(&self, protocol: &'static str) {
+        self.tls_connections.get_or_create(&Protocol { protocol }).inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn tls_reloaded(&self, ok: bool) {
+        self.tls_reloads.get_or_create(&Outcome { outcome: if ok { "ok" } else { "failed" } }).inc();
     }
 
     pub fn connection_closed(&self, transport: Transport, code: u16) {
