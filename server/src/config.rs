@@ -37,6 +37,7 @@ pub enum LogFormat {
 /// Every configuration key.
 pub const KEYS: &[&str] = &[
     "listen",
+    "listen_backlog",
     "data_dir",
     "database_url",
     "admin_token",
@@ -173,6 +174,9 @@ impl Layer {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Pending connections the kernel queues before Herald accepts them (capped by
+    /// `net.core.somaxconn`).
+    pub listen_backlog: u32,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub admin_token: Option<String>,
@@ -274,6 +278,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("listen_backlog", &self.listen_backlog)
             .field("data_dir", &self.data_dir)
             .field("database_url", &herald_core::crypto::redact_url(&self.database_url))
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
@@ -557,6 +562,7 @@ impl Config {
 
         let config = Config {
             listen,
+            listen_backlog: l.number("listen_backlog", 4096, 1..=65535)?,
             data_dir,
             database_url,
             admin_token,

@@ -112,6 +112,17 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Binds the listening socket with room for `backlog` connections not yet accepted (the kernel
+/// caps it at `net.core.somaxconn`). tokio's own `bind` asks for 1,024, which a burst of
+/// reconnecting clients (a node's drain, a load balancer's failover) overflows.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves `endpoint` on `listener` until `shutdown` resolves, then drains for up to `grace`.
 pub async fn serve<E>(
     listener: TcpListener,

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(?config, "starting");
-    let listen = config.listen;
+    let (listen, backlog) = (config.listen, config.listen_backlog);
     let tls_files = config.tls.clone();
     let boot = herald::state::bootstrap(config, serve).await?;
     if !serve {
@@ -145,7 +145,7 @@ async fn run(config: Config, serve: bool) -> Result<(), Box<dyn std::error::Erro
         println!("Generated admin token (shown once; set HERALD_ADMIN_TOKEN to choose your own): {token}");
     }
     let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        herald::listener::bind(listen, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     // The pair was checked with the configuration; it is loaded again here, and from now on
     // reloaded on SIGHUP and when its files change.

@@ -679,3 +679,26 @@ async fn admin_login_is_throttled_per_address() {
     // Other endpoints are not affected.
     h.admin().get("/v1/tenants").await.expect(200);
 }
+
+/// The listening socket's backlog, as the kernel reports it (`ss`: `Send-Q` of a LISTEN socket).
+fn listen_backlog(h: &Herald) -> Option<u32> {
+    let port = h.base.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_configurable_and_larger_than_tokios_default() {
+    let configured = Herald::with_env(&[("HERALD_LISTEN_BACKLOG", "2000")]).await;
+    let Some(backlog) = listen_backlog(&configured) else {
+        eprintln!("skipping: `ss` (iproute2) is not installed");
+        return;
+    };
+    assert_eq!(backlog, 2000);
+    let somaxconn: u32 =
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let default = Herald::sqlite().await;
+    assert_eq!(listen_backlog(&default), Some(somaxconn.min(4096)), "the default, capped by somaxconn");
+    assert!(somaxconn <= 1024 || listen_backlog(&default).unwrap() > 1024);
+}
