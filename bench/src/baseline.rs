@@ -27,9 +27,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The line the server prints on stdout once it listens (followed by `http://ADDR`).
 pub const LISTENING: &str = "Baseline listening on ";
@@ -40,17 +38,52 @@ const QUEUE: usize = 1024;
 
 const EPOCH: &str = "baseline";
 
-#[derive(Default)]
-struct Hub {
-    channels: Mutex<HashMap<String, Arc<Channel>>>,
+/// Which WebSocket library the baseline serves with: the version Herald uses, or the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Library {
+    /// tokio-tungstenite 0.27, as Herald.
+    #[value(name = "tungstenite-0.27")]
+    Tungstenite027,
+    /// tokio-tungstenite 0.30, the newest release.
+    #[value(name = "tungstenite-0.30")]
+    Tungstenite030,
+}
+
+impl Library {
+    pub fn name(self) -> &'static str {
+        match self {
+            Library::Tungstenite027 => "tungstenite-0.27",
+            Library::Tungstenite030 => "tungstenite-0.30",
+        }
+    }
+}
+
+/// A pre-serialised text frame of one library, and how that library serves a socket.
+trait Frame: Clone + Send + Sync + 'static {
+    fn from_string(s: String) -> Self;
+    fn websocket(
+        stream: TcpStream,
+        hub: Arc<Hub<Self>>,
+        write_buffer: usize,
+    ) -> impl std::future::Future<Output = Result<(), BoxError>> + Send;
+}
+
+struct Hub<F> {
+    channels: Mutex<HashMap<String, Arc<Channel<F>>>>,
     ids: AtomicU64,
 }
 
-struct Channel {
+impl<F> Default for Hub<F> {
+    fn default() -> Self {
+        Hub { channels: Mutex::default(), ids: AtomicU64::new(0) }
+    }
+}
+
+struct Channel<F> {
     name: String,
     /// The position and the sender under one lock, so positions reach the queue in order and
     /// a subscriber learns the position its receiver starts after.
-    inner: Mutex<(u64, broadcast::Sender<Utf8Bytes>)>,
+    inner: Mutex<(u64, broadcast::Sender<F>)>,
 }
 
 /// Herald's `pub` frame, field for field.
@@ -72,8 +105,8 @@ struct Published {
     ts: i64,
 }
 
-impl Hub {
-    fn channel(&self, name: &str) -> Arc<Channel> {
+impl<F: Frame> Hub<F> {
+    fn channel(&self, name: &str) -> Arc<Channel<F>> {
         let mut channels = self.channels.lock().expect("hub lock");
         channels
             .entry(name.to_owned())
@@ -95,7 +128,7 @@ impl Hub {
         inner.0 += 1;
         let position = inner.0;
         let wire = Wire { kind: "pub", channel: &channel.name, position, epoch: EPOCH, id: &id, ts, data };
-        let frame = Utf8Bytes::from(serde_json::to_string(&wire).expect("frame serialises"));
+        let frame = F::from_string(serde_json::to_string(&wire).expect("frame serialises"));
         // No receivers is not an error: nobody is subscribed.
         let _ = inner.1.send(frame);
         Published { position, id, ts }
@@ -105,10 +138,14 @@ impl Hub {
 /// Entry point of `herald-bench baseline-server`. `write_buffer` is tungstenite's
 /// `write_buffer_size`: 0 (Herald's setting) writes every frame with its own `send`; more lets
 /// the frames drained at one wake-up leave in one `send`.
-pub fn main(listen: SocketAddr, write_buffer: usize) -> ExitCode {
+pub fn main(listen: SocketAddr, write_buffer: usize, library: Library) -> ExitCode {
     crate::sys::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(serve(listen, write_buffer)) {
+    let served = match library {
+        Library::Tungstenite027 => runtime.block_on(serve::<Utf8Bytes>(listen, write_buffer)),
+        Library::Tungstenite030 => runtime.block_on(serve::<next::Utf8Bytes>(listen, write_buffer)),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald-bench baseline-server: {e}");
@@ -117,7 +154,7 @@ pub fn main(listen: SocketAddr, write_buffer: usize) -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr, write_buffer: usize) -> std::io::Result<()> {
+async fn serve<F: Frame>(listen: SocketAddr, write_buffer: usize) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     {
         use std::io::Write;
@@ -125,7 +162,7 @@ async fn serve(listen: SocketAddr, write_buffer: usize) -> std::io::Result<()> {
         writeln!(out, "{LISTENING}http://{}", listener.local_addr()?)?;
         out.flush()?;
     }
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::<F>::default());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => pair,
@@ -145,7 +182,7 @@ async fn serve(listen: SocketAddr, write_buffer: usize) -> std::io::Result<()> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn handle(stream: TcpStream, hub: Arc<Hub>, write_buffer: usize) -> Result<(), BoxError> {
+async fn handle<F: Frame>(stream: TcpStream, hub: Arc<Hub<F>>, write_buffer: usize) -> Result<(), BoxError> {
     stream.set_nodelay(true)?;
     let mut head = [0u8; 4];
     loop {
@@ -158,15 +195,7 @@ async fn handle(stream: TcpStream, hub: Arc<Hub>, write_buffer: usize) -> Result
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    if &head == b"GET " { websocket(stream, hub, write_buffer).await } else { http(stream, hub).await }
-}
-
-fn socket_config(write_buffer: usize) -> WebSocketConfig {
-    // By default the same sizes Herald uses for its sockets.
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(write_buffer)
-        .max_write_buffer_size(write_buffer + (8 << 20))
+    if &head == b"GET " { F::websocket(stream, hub, write_buffer).await } else { http(stream, hub).await }
 }
 
 #[derive(Deserialize)]
@@ -178,18 +207,48 @@ struct ClientCommand<'a> {
     channel: Option<String>,
 }
 
-async fn recv(
-    rx: &mut Option<broadcast::Receiver<Utf8Bytes>>,
-) -> Result<Utf8Bytes, broadcast::error::RecvError> {
+async fn recv<F: Clone>(rx: &mut Option<broadcast::Receiver<F>>) -> Result<F, broadcast::error::RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-async fn websocket(stream: TcpStream, hub: Arc<Hub>, write_buffer: usize) -> Result<(), BoxError> {
+/// One socket's loop, written once for both libraries (their APIs are the same here).
+macro_rules! library {
+    ($module:ident, $tt:ident) => {
+        mod $module {
+            use super::*;
+            use $tt::tungstenite::protocol::frame::coding::CloseCode;
+            use $tt::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+            pub use $tt::tungstenite::Utf8Bytes;
+            use $tt::tungstenite::Message;
+
+            fn socket_config(write_buffer: usize) -> WebSocketConfig {
+    // By default the same sizes Herald uses for its sockets.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(write_buffer)
+        .max_write_buffer_size(write_buffer + (8 << 20))
+}
+
+            impl Frame for Utf8Bytes {
+                fn from_string(s: String) -> Self {
+                    Utf8Bytes::from(s)
+                }
+
+                fn websocket(
+                    stream: TcpStream,
+                    hub: Arc<Hub<Self>>,
+                    write_buffer: usize,
+                ) -> impl std::future::Future<Output = Result<(), BoxError>> + Send {
+                    websocket(stream, hub, write_buffer)
+                }
+            }
+
+            async fn websocket(stream: TcpStream, hub: Arc<Hub<Utf8Bytes>>, write_buffer: usize) -> Result<(), BoxError> {
     let mut ws =
-        tokio_tungstenite::accept_async_with_config(stream, Some(socket_config(write_buffer))).await?;
+        $tt::accept_async_with_config(stream, Some(socket_config(write_buffer))).await?;
     ws.send(Message::text(r#"{"type":"connected"}"#)).await?;
     let mut rx: Option<broadcast::Receiver<Utf8Bytes>> = None;
     loop {
@@ -222,8 +281,14 @@ async fn websocket(stream: TcpStream, hub: Arc<Hub>, write_buffer: usize) -> Res
         }
     }
 }
+        }
+    };
+}
 
-fn command(hub: &Hub, text: &str, rx: &mut Option<broadcast::Receiver<Utf8Bytes>>) -> String {
+library!(current, tokio_tungstenite);
+library!(next, tokio_tungstenite_next);
+
+fn command<F: Frame>(hub: &Hub<F>, text: &str, rx: &mut Option<broadcast::Receiver<F>>) -> String {
     let error = |id: Option<&RawValue>, code: &str| {
         serde_json::json!({"type": "error", "id": id, "code": code, "message": code}).to_string()
     };
@@ -245,7 +310,7 @@ fn command(hub: &Hub, text: &str, rx: &mut Option<broadcast::Receiver<Utf8Bytes>
 const MAX_BODY: usize = 1 << 20;
 
 /// A minimal HTTP/1.1 server for the publish endpoint (keep-alive, `Content-Length` bodies).
-async fn http(stream: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
+async fn http<F: Frame>(stream: TcpStream, hub: Arc<Hub<F>>) -> Result<(), BoxError> {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut line = String::new();
@@ -304,7 +369,7 @@ struct PublishBody<'a> {
     data: &'a RawValue,
 }
 
-fn route(hub: &Hub, method: &str, path: &str, body: &[u8]) -> (&'static str, String) {
+fn route<F: Frame>(hub: &Hub<F>, method: &str, path: &str, body: &[u8]) -> (&'static str, String) {
     let segments: Vec<&str> = path.split('?').next().unwrap_or("").split('/').collect();
     match (method, segments.as_slice()) {
         ("POST", ["", "v1", "tenants", _, "channels", channel, "messages"]) => {
@@ -338,7 +403,7 @@ mod tests {
 
     #[test]
     fn publish_builds_herald_shaped_frames_in_order() {
-        let hub = Hub::default();
+        let hub = Hub::<Utf8Bytes>::default();
         let mut rx = hub.channel("c").inner.lock().unwrap().1.subscribe();
         let data = RawValue::from_string(r#"{"t":1}"#.into()).unwrap();
         assert_eq!(hub.publish("c", &data).position, 1);
@@ -351,7 +416,7 @@ mod tests {
 
     #[test]
     fn routes_publish_only() {
-        let hub = Hub::default();
+        let hub = Hub::<Utf8Bytes>::default();
         let (status, body) = route(&hub, "POST", "/v1/tenants/t/channels/c/messages", br#"{"data":5}"#);
         assert_eq!(status, "200 OK", "{body}");
         assert_eq!(route(&hub, "GET", "/nope", b"").0, "404 Not Found");

@@ -150,6 +150,9 @@ enum Cmd {
         /// tungstenite write_buffer_size: 0 (as Herald) sends each frame on its own.
         #[arg(long, value_name = "BYTES", default_value_t = 0)]
         write_buffer: usize,
+        /// The WebSocket library to serve with.
+        #[arg(long, value_enum, default_value = "tungstenite-0.27")]
+        library: baseline::Library,
     },
     /// Internal: a load worker driven over stdin/stdout by the main process.
     #[command(hide = true)]
@@ -235,6 +238,10 @@ struct CommonArgs {
     /// with its own `send`; e.g. 65536 lets queued frames leave in one `send`.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     baseline_write_buffer: usize,
+    /// The baseline's WebSocket library: Herald's (tokio-tungstenite 0.27) or the newest (0.30),
+    /// to tell the library's share of a difference from Herald's own.
+    #[arg(long, value_enum, default_value = "tungstenite-0.27")]
+    baseline_library: baseline::Library,
 }
 
 impl CommonArgs {
@@ -513,7 +520,9 @@ async fn herald_mode(server: &HeraldArgs, common: &CommonArgs, plan: Plan) -> an
     let cpu = common.server_cpu();
     let herald = open_herald(server, cpu).await?;
     let baseline = match server.compare_baseline {
-        true => Some(Server::spawn_baseline(cpu, common.baseline_write_buffer).await?),
+        true => {
+            Some(Server::spawn_baseline(cpu, common.baseline_write_buffer, common.baseline_library).await?)
+        }
         false => None,
     };
     let result = execute(&plan, Some(&herald), baseline.as_ref(), &common.layout()).await;
@@ -577,7 +586,9 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
 
 async fn baseline_mode(common: &CommonArgs, plan: Plan) -> anyhow::Result<()> {
     warn_if_busy().await;
-    let baseline = Server::spawn_baseline(common.server_cpu(), common.baseline_write_buffer).await?;
+    let baseline =
+        Server::spawn_baseline(common.server_cpu(), common.baseline_write_buffer, common.baseline_library)
+            .await?;
     let result = execute(&plan, None, Some(&baseline), &common.layout()).await;
     baseline.stop().await;
     output(common, vec![result?])
@@ -592,7 +603,7 @@ async fn smoke(spawn: Option<PathBuf>, common: &CommonArgs) -> anyhow::Result<()
     };
     let cpu = common.server_cpu();
     let herald = Server::spawn_herald(&path, cpu, &[]).await?;
-    let baseline = Server::spawn_baseline(cpu, common.baseline_write_buffer).await?;
+    let baseline = Server::spawn_baseline(cpu, common.baseline_write_buffer, common.baseline_library).await?;
     let layout = common.layout();
     let publish = PublishParams {
         rate: 50.0,
@@ -681,7 +692,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
         Cmd::Worker => return worker::main(),
-        Cmd::BaselineServer { listen, write_buffer } => return baseline::main(*listen, *write_buffer),
+        Cmd::BaselineServer { listen, write_buffer, library } => {
+            return baseline::main(*listen, *write_buffer, *library);
+        }
         Cmd::Idle { common, .. }
         | Cmd::Fanout { common, .. }
         | Cmd::Channels { common, .. }

@@ -265,14 +265,20 @@ impl Server {
     }
 
     /// Starts `herald-bench baseline-server` (this same binary) on port 0.
-    pub async fn spawn_baseline(cpu: Option<usize>, write_buffer: usize) -> anyhow::Result<Server> {
+    pub async fn spawn_baseline(
+        cpu: Option<usize>,
+        write_buffer: usize,
+        library: crate::baseline::Library,
+    ) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let mut cmd = command(&exe, cpu);
         cmd.arg("baseline-server")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--write-buffer")
-            .arg(write_buffer.to_string());
+            .arg(write_buffer.to_string())
+            .arg("--library")
+            .arg(library.name());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null()).kill_on_drop(true);
         let mut child = cmd.spawn().context("starting the baseline server")?;
         let pid = child.id();
