@@ -155,3 +155,43 @@ async fn a_stopping_node_answers_not_ready_for_its_ready_delay_then_stops_listen
     assert!(gone >= Duration::from_millis(1900), "still listening for the ready delay: {gone:?}");
     h.stop().await;
 }
+
+/// The same with clients to drain in a cluster: the node keeps answering 503 for the whole
+/// delay while it tells its clients to go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_draining_clients_stays_reachable_and_not_ready_for_its_delay() {
+    let Some(c) = crate::cluster::cluster_with(2, &[("HERALD_SHUTDOWN_READY_DELAY_SECONDS", "2")]).await
+    else {
+        return;
+    };
+    let token = c.token("u").await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut ws = c.nodes[0].ws(&token).await;
+        ws.subscribe("news").await;
+        clients.push(ws);
+    }
+    let readyz = format!("{}/readyz", c.nodes[0].base);
+    let probe =
+        reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(1)).build().unwrap();
+    assert_eq!(probe.get(&readyz).send().await.unwrap().status(), 200);
+    std::process::Command::new("kill").arg("-TERM").arg(c.nodes[0].pid().to_string()).status().unwrap();
+    let signalled = Instant::now();
+    let mut answers = Vec::new();
+    while signalled.elapsed() < Duration::from_millis(3500) {
+        let status = probe.get(&readyz).send().await.map(|r| r.status().as_u16()).ok();
+        answers.push((signalled.elapsed(), status));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (at, status) in &answers {
+        if *at < Duration::from_millis(1800) {
+            assert_eq!(*status, Some(503), "at {at:?}: {answers:?}");
+        } else if *at > Duration::from_millis(2600) {
+            assert_eq!(*status, None, "still listening at {at:?}: {answers:?}");
+        }
+    }
+    // Every client was told to reconnect elsewhere.
+    for ws in &mut clients {
+        assert_eq!(ws.closed().await.code, 4200);
+    }
+}
