@@ -208,16 +208,28 @@ where
 
 async fn serve_connection(
     socket: TcpStream,
-    mut handler: Handler,
+    handler: Handler,
     limits: &ConnectionLimits,
     tls: Option<TlsAcceptor>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let socket = TimedWrites::new(socket, limits.write_timeout);
+    match tls {
+        None => serve_http1(socket, handler, limits, stop).await,
+        // Boxed: a TLS session and the HTTP/2 state are several KiB, which every plain
+        // connection's task would otherwise reserve too.
+        Some(acceptor) => Box::pin(serve_tls(socket, acceptor, handler, limits, stop)).await,
+    }
+}
+
+async fn serve_tls(
+    socket: TimedWrites,
+    acceptor: TlsAcceptor,
+    mut handler: Handler,
+    limits: &ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let remote = handler.remote;
-    let Some(acceptor) = tls else {
-        return serve_http1(socket, handler, limits, stop).await;
-    };
     // The handshake is bounded like a request head; a shutdown ends it too.
     let stream = tokio::select! {
         accepted = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(socket)) => {
