@@ -119,6 +119,7 @@ async fn a_connect_proxy_authenticates_a_tokenless_client_from_its_cookie() {
     assert_eq!(denied.status(), 403);
     let problem: Value = denied.json().await.unwrap();
     assert_eq!(problem["code"], "proxy_denied");
+    assert_eq!(problem["detail"], "the tenant's connect proxy refused the connection", "{problem}");
     // A tenant without a connect proxy still needs a token.
     let other = realtime_tenant(&h, "other").await;
     drop(other);

@@ -80,7 +80,14 @@ pub fn origin(req: &Request) -> Option<String> {
 /// A refused connection as an HTTP problem.
 pub fn refused(reason: Disconnect) -> ApiError {
     match reason {
-        Disconnect::AuthFailed(code) => ApiError::new(code, "the client token was refused"),
+        Disconnect::AuthFailed(code) => ApiError::new(
+            code,
+            match code {
+                Code::ProxyUnavailable => "the tenant's connect proxy failed or did not answer in time",
+                Code::ProxyDenied => "the tenant's connect proxy refused the connection",
+                _ => "the client token was refused",
+            },
+        ),
         Disconnect::TokenExpired => ApiError::new(Code::TokenExpired, "the client token has expired"),
         Disconnect::TokenRevoked => ApiError::new(Code::TokenRevoked, "the client token has been revoked"),
         Disconnect::TenantSuspended => ApiError::new(Code::TenantSuspended, "the tenant is suspended"),
