@@ -430,3 +430,53 @@ async fn proxy_urls_are_checked() {
     assert_eq!(p.problem(422, "invalid_value")["field"], "timeout_ms");
     t.key.get("/v1/tenants/acme/proxy").await.problem(404, "route_not_found");
 }
+
+/// While a WebSocket command waits for the tenant's proxy, the connection's other channels
+/// keep being delivered: the queue (16 messages here) is written meanwhile, not left to fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_messages_keep_flowing_while_a_command_waits_for_the_proxy() {
+    let h = Herald::start(Start {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        env: vec![
+            ("HERALD_OUTBOUND_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into()),
+            ("HERALD_CLIENT_QUEUE_MESSAGES".into(), "16".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let t = realtime_tenant(&h, "acme").await;
+    let proxy = Receiver::start().await;
+    proxy.respond(|r| if r.json()["channel"] == "slow" { Answer::Hang } else { ok(json!({})) });
+    let settings = json!({"subscribe_url": proxy.url, "timeout_ms": 2000, "on_failure": "allow"});
+    t.key
+        .raw(
+            reqwest::Method::PUT,
+            "/v1/tenants/acme/proxy",
+            Some(("application/json", settings.to_string().into_bytes())),
+        )
+        .await
+        .expect(200);
+    let token = t.token("ann", json!({"*": ["subscribe"]})).await;
+    let mut ws = h.ws(&token).await;
+    ws.subscribe("live").await;
+    ws.send(json!({"type": "subscribe", "id": 9, "channel": "slow"})).await;
+    for i in 0..40 {
+        t.publish("live", json!(i)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Everything arrives, most of it before the proxy's timeout lets the slow subscription in.
+    let mut order = Vec::new();
+    while order.iter().filter(|f: &&Value| f["type"] == "pub").count() < 40
+        || !order.iter().any(|f| f["id"] == 9)
+    {
+        let frame =
+            ws.next_event().await.unwrap_or_else(|closed| panic!("closed: {closed:?} after {order:?}"));
+        order.push(frame);
+    }
+    let reply = order.iter().position(|f| f["id"] == 9).unwrap();
+    assert_eq!(order[reply]["type"], "subscribed", "{:?}", order[reply]);
+    let before = order[..reply].iter().filter(|f| f["type"] == "pub").count();
+    assert!(before >= 30, "only {before} of 40 messages arrived while the proxy was waited for");
+    let data: Vec<Value> = order.iter().filter(|f| f["type"] == "pub").map(|f| f["data"].clone()).collect();
+    assert_eq!(data, (0..40).map(|i| json!(i)).collect::<Vec<_>>());
+}

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::error::{ApiError, Code};
 use crate::state::SharedState;
-use herald_core::outbox::Outgoing;
+use herald_core::outbox::{Outbox, Outgoing};
 use herald_core::protocol::{self, Command, ServerFrame};
 use herald_core::{CommandOutcome, Disconnect, Hub, Session, Transport};
 
@@ -192,6 +192,45 @@ async fn run(
     }
 }
 
+/// Writes what the outbox holds, within the write bound. `Err` ends the connection with the
+/// close to send, if one can still be sent.
+async fn write_queued(
+    ws: &mut Socket,
+    outbox: &Outbox,
+    batch: &mut Vec<Outgoing>,
+    write_timeout: Duration,
+) -> Result<(), Option<Disconnect>> {
+    outbox.drain(batch).map_err(Some)?;
+    let written = tokio::time::timeout(write_timeout, write_batch(ws, batch)).await;
+    if batch.capacity() > 256 {
+        *batch = Vec::new();
+    }
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(Disconnect::SlowConsumer)),
+    }
+}
+
+/// Runs `work` to its end while the outbox keeps being written (no new command is read
+/// meanwhile).
+async fn write_while<T>(
+    ws: &mut Socket,
+    outbox: &Outbox,
+    batch: &mut Vec<Outgoing>,
+    write_timeout: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Option<Disconnect>> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return Ok(done),
+            _ = outbox.ready() => write_queued(ws, outbox, batch, write_timeout).await?,
+        }
+    }
+}
+
 /// Runs the connection until it ends; returns the close to send, if one can still be sent.
 async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disconnect> {
     let ping_interval = hub.settings.ping_interval;
@@ -219,19 +258,8 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
         tokio::select! {
             biased;
             _ = outbox.ready() => {
-                match outbox.drain(&mut batch) {
-                    Ok(()) => {
-                        let written = tokio::time::timeout(write_timeout, write_batch(ws, &mut batch)).await;
-                        if batch.capacity() > 256 {
-                            batch = Vec::new();
-                        }
-                        match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break None,
-                            Err(_) => break Some(Disconnect::SlowConsumer),
-                        }
-                    }
-                    Err(reason) => break Some(reason),
+                if let Err(reason) = write_queued(ws, &outbox, &mut batch, write_timeout).await {
+                    break reason;
                 }
             }
             msg = ws.next() => {
@@ -239,8 +267,14 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
                 match msg {
                     Some(Ok(Message::Text(text))) => match protocol::parse(text.as_str()) {
                         Ok(request) => {
-                            if let CommandOutcome::Close(reason) = Box::pin(session.handle(request)).await {
-                                break Some(reason);
+                            // A command may wait (a tenant's proxy, up to its timeout): the
+                            // queue keeps going out meanwhile, so live messages neither stall
+                            // nor overflow it.
+                            let handling = Box::pin(session.handle(request));
+                            match write_while(ws, &outbox, &mut batch, write_timeout, handling).await {
+                                Ok(CommandOutcome::Close(reason)) => break Some(reason),
+                                Ok(_) => {}
+                                Err(reason) => break reason,
                             }
                         }
                         Err(bad) => {
@@ -278,8 +312,13 @@ async fn drive(ws: &mut Socket, hub: &Hub, mut session: Session) -> Option<Disco
             }
             _ = &mut timer => {
                 let now = Instant::now();
-                if token_expired(session.expires_at()) && !Box::pin(session.refresh_via_proxy()).await {
-                    break Some(Disconnect::TokenExpired);
+                if token_expired(session.expires_at()) {
+                    let refreshing = Box::pin(session.refresh_via_proxy());
+                    match write_while(ws, &outbox, &mut batch, write_timeout, refreshing).await {
+                        Ok(true) => {}
+                        Ok(false) => break Some(Disconnect::TokenExpired),
+                        Err(reason) => break reason,
+                    }
                 }
                 // Never leave an elapsed deadline in place (it would fire again at once).
                 expires = expiry_instant(token_exp).max(now + Duration::from_millis(100));
