@@ -5,7 +5,6 @@
 //! each client took to be subscribed again, and what was lost or duplicated (nothing, if the
 //! resume guarantee holds).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,19 +13,13 @@ use anyhow::{Context, bail};
 use herald_client::{Client, Event, Options, State, Transport};
 use serde_json::json;
 
-use crate::target::{Cluster, ClusterSpec};
+use crate::target::{Cluster, ClusterProcesses};
 
 #[derive(clap::Args)]
 pub struct FailoverArgs {
-    /// The herald binary every node runs.
-    #[arg(long, value_name = "PATH")]
-    spawn: PathBuf,
-    /// The nats-server binary, 2.11 or later.
-    #[arg(long, value_name = "PATH", env = "HERALD_NATS_SERVER")]
-    nats_server: PathBuf,
-    /// Herald nodes (at least 2).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    nodes: usize,
+    /// The cluster (at least 2 nodes).
+    #[command(flatten)]
+    cluster: ClusterProcesses,
     /// Clients, all starting on node 1 (each knows every node's URL).
     #[arg(long, value_name = "N", default_value_t = 300)]
     clients: usize,
@@ -73,18 +66,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub async fn run(args: &FailoverArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.nodes >= 2, "failover needs at least 2 nodes");
+    anyhow::ensure!(args.cluster.nodes >= 2, "failover needs at least 2 nodes");
     let transports: Vec<Transport> =
         args.transports.iter().map(|t| transport(t)).collect::<Result<_, _>>()?;
     let env = [("HERALD_RECONNECT_SPREAD_MS".to_owned(), "5000".to_owned())];
-    let spec = ClusterSpec {
-        herald: &args.spawn,
-        nats_server: &args.nats_server,
-        nodes: args.nodes,
-        database_url: None,
-        env: &env,
-        cpu: None,
-    };
+    let spec = args.cluster.spec(None, &env, None);
     let mut cluster = Cluster::spawn(&spec).await?;
     let outcome = measure(args, &transports, &mut cluster).await;
     cluster.stop().await;

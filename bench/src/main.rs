@@ -70,7 +70,7 @@ use clap::{Args, Parser, Subcommand};
 use pool::LoadLayout;
 use report::{Output, Pinning, ScenarioOutput};
 use scenario::{IdleParams, PublishParams};
-use target::{Cluster, ClusterSpec, Server};
+use target::{Cluster, Server};
 use worker::Transport;
 
 #[derive(Parser)]
@@ -343,16 +343,8 @@ struct ChannelsArgs {
 /// The cluster to start and what to run on it.
 #[derive(Args, Clone)]
 struct ClusterArgs {
-    /// The herald binary every node runs.
-    #[arg(long, value_name = "PATH")]
-    spawn: PathBuf,
-    /// The nats-server binary, 2.11 or later (`cargo xtask nats` installs one and prints its path
-    /// last).
-    #[arg(long, value_name = "PATH", env = "HERALD_NATS_SERVER")]
-    nats_server: PathBuf,
-    /// Herald nodes.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    nodes: usize,
+    #[command(flatten)]
+    cluster: target::ClusterProcesses,
     /// Database the nodes share [default: a SQLite file in the tool's temporary directory].
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
@@ -542,20 +534,13 @@ async fn herald_mode(server: &HeraldArgs, common: &CommonArgs, plan: Plan) -> an
 async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()> {
     warn_if_busy().await;
     let env = parse_env(&a.server_env)?;
-    let spec = ClusterSpec {
-        herald: &a.spawn,
-        nats_server: &a.nats_server,
-        nodes: a.nodes,
-        database_url: a.database_url.as_deref(),
-        env: &env,
-        cpu: common.server_cpu(),
-    };
+    let spec = a.cluster.spec(a.database_url.as_deref(), &env, common.server_cpu());
     let cluster = Cluster::spawn(&spec).await?;
     let (layout, publish, repeat) = (common.layout(), a.publish.params(), a.publish.repeat.max(1));
     let mut runs = Vec::new();
     let mut failure = None;
     for round in 0..repeat {
-        eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.nodes, round + 1);
+        eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.cluster.nodes, round + 1);
         match scenario::cluster(&cluster, &layout, a.subscribers, &publish).await {
             Ok(run) => runs.push(run),
             Err(e) => {

@@ -317,6 +317,39 @@ impl Server {
 }
 
 /// What [`Cluster::spawn`] starts.
+/// The programs and size of a cluster, as the `cluster` and `failover` commands take them.
+#[derive(clap::Args, Clone)]
+pub struct ClusterProcesses {
+    /// The herald binary every node runs.
+    #[arg(long, value_name = "PATH")]
+    pub spawn: PathBuf,
+    /// The nats-server binary, 2.11 or later (`cargo xtask nats` installs one and prints its path
+    /// last).
+    #[arg(long, value_name = "PATH", env = "HERALD_NATS_SERVER")]
+    pub nats_server: PathBuf,
+    /// Herald nodes.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub nodes: usize,
+}
+
+impl ClusterProcesses {
+    pub fn spec<'a>(
+        &'a self,
+        database_url: Option<&'a str>,
+        env: &'a [(String, String)],
+        cpu: Option<usize>,
+    ) -> ClusterSpec<'a> {
+        ClusterSpec {
+            herald: &self.spawn,
+            nats_server: &self.nats_server,
+            nodes: self.nodes,
+            database_url,
+            env,
+            cpu,
+        }
+    }
+}
+
 pub struct ClusterSpec<'a> {
     pub herald: &'a Path,
     /// `nats-server` 2.11 or later (Herald needs per-message TTLs).

@@ -96,6 +96,12 @@ impl ApiError {
         Self::new(Code::Internal, "internal server error")
     }
 
+    /// The answer every surface sends for this error; a refusal by a limit is counted.
+    fn response(&self) -> Response {
+        herald_core::metrics::metrics().refused(self.code);
+        problem_response(&self.problem())
+    }
+
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("urn:herald:problem:{}", self.code.as_str()),
@@ -142,9 +148,6 @@ impl From<herald_core::Error> for ApiError {
 }
 
 fn problem_response(problem: &Problem) -> Response {
-    if let Some(code) = Code::parse(&problem.code) {
-        herald_core::metrics::metrics().refused(code);
-    }
     Response::builder()
         .status(StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .content_type(PROBLEM_CONTENT_TYPE)
@@ -157,13 +160,13 @@ impl poem::error::ResponseError for ApiError {
     }
 
     fn as_response(&self) -> Response {
-        problem_response(&self.problem())
+        self.response()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(&self.problem())
+        self.response()
     }
 }
 
@@ -215,7 +218,7 @@ pub async fn any_error_to_problem(err: poem::Error) -> Response {
         AuthorizationError, ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
     };
     if let Some(api) = err.downcast_ref::<ApiError>() {
-        return problem_response(&api.problem());
+        return api.response();
     }
     let api = if let Some(e) = err.downcast_ref::<ParseParamError>() {
         ApiError::new(Code::InvalidParameter, e.reason.clone()).with_field(e.name)

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use herald_core::StatsSnapshot;
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{Endpoint, IntoResponse, Request, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -78,8 +78,8 @@ pub async fn render(state: &SharedState, openmetrics: bool) -> (&'static str, St
 
 /// The first `cap` tenants by id, then the sum of the others under [`OTHER_TENANTS`]. Ordering
 /// by id (not by size) keeps a tenant's series stable from scrape to scrape.
+/// `all` comes sorted by id ([`herald_core::Stats::tenant_snapshots`]).
 fn capped_tenants(mut all: Vec<(Arc<str>, StatsSnapshot)>, cap: u32) -> Vec<(Arc<str>, StatsSnapshot)> {
-    all.sort_by(|a, b| a.0.cmp(&b.0));
     let cap = cap as usize;
     if all.len() <= cap {
         return all;
@@ -220,37 +220,22 @@ impl Collector for Scrape {
     }
 }
 
-/// Times every REST request into `herald_http_request_duration_seconds{route,method,status}`;
-/// `route` is the OpenAPI operation id (`other` when no operation answered).
-pub struct TrackRequests;
-
-impl<E: Endpoint> Middleware<E> for TrackRequests {
-    type Output = TrackRequestsEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        TrackRequestsEndpoint(ep)
-    }
-}
-
-pub struct TrackRequestsEndpoint<E>(E);
-
-impl<E: Endpoint> Endpoint for TrackRequestsEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let result = self.0.call(req).await.map(IntoResponse::into_response);
-        let (route, status) = match &result {
-            Ok(resp) => (resp.data::<poem_openapi::OperationId>().map(|o| o.0), resp.status()),
-            Err(err) => (err.data::<poem_openapi::OperationId>().map(|o| o.0), err.status()),
-        };
-        herald_core::metrics::metrics().http_request(
-            route.unwrap_or("other"),
-            method.as_str(),
-            status.as_u16(),
-            started.elapsed(),
-        );
-        result
-    }
+/// Times a REST request into `herald_http_request_duration_seconds{route,method,status}`;
+/// `route` is the OpenAPI operation id (`other` when no operation answered). Used with
+/// [`poem::EndpointExt::around`].
+pub async fn track_request<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let result = ep.call(req).await.map(IntoResponse::into_response);
+    let (route, status) = match &result {
+        Ok(resp) => (resp.data::<poem_openapi::OperationId>().map(|o| o.0), resp.status()),
+        Err(err) => (err.data::<poem_openapi::OperationId>().map(|o| o.0), err.status()),
+    };
+    herald_core::metrics::metrics().http_request(
+        route.unwrap_or("other"),
+        method.as_str(),
+        status.as_u16(),
+        started.elapsed(),
+    );
+    result
 }

@@ -133,12 +133,11 @@ async fn json_answers_are_compressed_when_accepted_and_streams_never_are() {
 
     // An event stream stays as it is, whatever the client accepts.
     let token = t.token("u", json!({"*": ["subscribe"]})).await;
-    let stream = reqwest::Client::new()
-        .get(format!("{}/v1/sse?channels=a&token={token}", h.base))
-        .header("accept-encoding", "br, gzip")
-        .send()
-        .await
-        .unwrap();
+    let stream = crate::support::get_with(
+        &format!("{}/v1/sse?channels=a&token={token}", h.base),
+        ("accept-encoding", "br, gzip"),
+    )
+    .await;
     assert!(stream.headers().get("content-encoding").is_none());
     let mut sse = Sse::from_response(stream);
     assert_eq!(sse.next_data().await.json()["type"], "connected");

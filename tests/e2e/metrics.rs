@@ -142,12 +142,11 @@ async fn metrics_parse_and_count_what_happened() {
     assert_eq!(value(&s, "herald_tenant_messages_published_total", &[("tenant", "_other")]), 2.0);
 
     // OpenMetrics for scrapers that ask for it.
-    let om = reqwest::Client::new()
-        .get(format!("{}/metrics", h.base))
-        .header("accept", "application/openmetrics-text; version=1.0.0")
-        .send()
-        .await
-        .unwrap();
+    let om = crate::support::get_with(
+        &format!("{}/metrics", h.base),
+        ("accept", "application/openmetrics-text; version=1.0.0"),
+    )
+    .await;
     assert_eq!(om.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     let body = om.text().await.unwrap();
     assert!(body.ends_with("# EOF\n"), "{body}");

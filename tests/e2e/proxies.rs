@@ -104,12 +104,11 @@ async fn a_connect_proxy_authenticates_a_tokenless_client_from_its_cookie() {
     assert_eq!((closed.code, closed.reason.as_str()), (4001, "proxy_denied"));
 
     // SSE without a token is authenticated the same way.
-    let sse = reqwest::Client::new()
-        .get(format!("{}/v1/sse?tenant=acme&channels=room:2", h.base))
-        .header("cookie", "session=alice")
-        .send()
-        .await
-        .unwrap();
+    let sse = crate::support::get_with(
+        &format!("{}/v1/sse?tenant=acme&channels=room:2", h.base),
+        ("cookie", "session=alice"),
+    )
+    .await;
     assert_eq!(sse.status(), 200);
     let denied = reqwest::Client::new()
         .get(format!("{}/v1/sse?tenant=acme&channels=room:2", h.base))

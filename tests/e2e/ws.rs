@@ -337,6 +337,8 @@ async fn limits_are_refused_with_their_codes() {
     let _w3 = h.ws(&token).await;
     let mut w4 = h.ws_raw(&format!("?token={token}")).await;
     assert_eq!(w4.closed().await.code, 4101, "connection limit");
+    let metrics = reqwest::get(format!("{}/metrics", h.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_limit_refusals_total{code=\"connection_limit\"} 1\n"), "{metrics}");
 
     // An inbound frame over max_frame_bytes closes with 1009.
     ws.send_text(format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000))).await;

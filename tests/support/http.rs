@@ -217,3 +217,8 @@ pub fn publish_continuously(
         acked
     })
 }
+
+/// A GET of `url` with one extra request header, answered whatever its status.
+pub async fn get_with(url: &str, header: (&str, &str)) -> reqwest::Response {
+    reqwest::Client::new().get(url).header(header.0, header.1).send().await.expect("request")
+}

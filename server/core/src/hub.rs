@@ -558,6 +558,7 @@ impl Hub {
         }
         drop(counts);
         self.stats.connection_closed(&conn.counters, conn.transport);
+        // Closed by the server for a reason, or else by the client (normal closure).
         let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);
         crate::metrics::metrics().connection_closed(conn.transport, reason.code());
         tracing::debug!(
@@ -570,8 +571,6 @@ impl Hub {
             "connection closed"
         );
         self.emit_hook(&conn.tenant, WebhookEvent::ConnectionClose, || {
-            // Closed by the server for a reason, or else by the client (normal closure).
-            let reason = conn.outbox.close_reason().unwrap_or(Disconnect::Normal);
             HookEvent::new(
                 &conn.tenant,
                 WebhookEvent::ConnectionClose,

@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -53,37 +53,25 @@ pub struct Limit {
 pub struct Route {
     /// The OpenAPI operation id, or `other` for requests no operation answered.
     pub route: &'static str,
-    pub method: Method,
+    pub method: &'static str,
     pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Method {
-    GET,
-    POST,
-    PUT,
-    PATCH,
-    DELETE,
-    OTHER,
-}
-
-impl Method {
-    pub fn from_name(name: &str) -> Method {
-        match name {
-            "GET" => Method::GET,
-            "POST" => Method::POST,
-            "PUT" => Method::PUT,
-            "PATCH" => Method::PATCH,
-            "DELETE" => Method::DELETE,
-            _ => Method::OTHER,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     pub kind: &'static str,
+}
+
+/// A request method as a label: the common ones by name, any other as `OTHER` (bounded).
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "OTHER",
+    }
 }
 
 /// Every family recorded in place. Cloning a family shares it (the registry holds clones).
@@ -102,8 +90,6 @@ pub struct Metrics {
     pub closed: Family<TransportCode, Counter>,
     /// Resumed subscriptions: `recovered` or `not_recovered`.
     pub resumes: Family<Outcome, Counter>,
-    /// Messages not handed to a subscriber, by reason.
-    pub dropped: Family<Reason, Counter>,
     /// Requests and commands refused by a quota or limit, by error code.
     pub refused: Family<Limit, Counter>,
     /// TLS connections by negotiated protocol (`h2`, `http/1.1`).
@@ -127,7 +113,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     proxy_requests: Family::new_with_constructor(outbound_buckets),
     closed: Family::default(),
     resumes: Family::default(),
-    dropped: Family::default(),
     refused: Family::default(),
     tls_connections: Family::default(),
     tls_handshake_failures: Family::default(),
@@ -182,7 +167,6 @@ impl Metrics {
             "Subscriptions that asked to resume from a position: recovered (nothing missed) or not_recovered",
             self.resumes.clone(),
         );
-        registry.register("messages_dropped", "Messages not delivered, by reason", self.dropped.clone());
         registry.register(
             "limit_refusals",
             "Requests and commands refused by a quota or limit, by error code",
@@ -226,12 +210,6 @@ impl Metrics {
         self.resumes.get_or_create(&Outcome { outcome }).inc();
     }
 
-    pub fn dropped(&self, reason: &'static str, n: u64) {
-        if n > 0 {
-            self.dropped.get_or_create(&Reason { reason }).inc_by(n);
-        }
-    }
-
     /// Counts a refusal when `code` is one of the quota and limit codes.
     pub fn refused(&self, code: Code) {
         if code.is_limit() {
@@ -241,7 +219,7 @@ impl Metrics {
 
     pub fn http_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         self.http_requests
-            .get_or_create(&Route { route, method: Method::from_name(method), status })
+            .get_or_create(&Route { route, method: method_label(method), status })
             .observe(took.as_secs_f64());
     }
 

@@ -165,7 +165,11 @@ async fn serve(
     .await
     {
         Ok(s) => s,
-        Err(reason) => return close(&mut ws, &reason).await,
+        Err(reason) => {
+            // Counted like the same refusal over HTTP (`herald_limit_refusals_total`).
+            herald_core::metrics::metrics().refused(super::http::refused(reason.clone()).code);
+            return close(&mut ws, &reason).await;
+        }
     };
     drop(token);
     run(ws, hub, session, connect_id).await;
