@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use poem::http::{HeaderValue, header};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{Endpoint, IntoResponse, Request, Response};
 
 /// Smaller answers are sent as they are (compression would not pay).
 pub const COMPRESS_FROM: usize = 1024;
@@ -33,18 +33,6 @@ pub fn preferred_encoding(req: &Request) -> Option<&'static str> {
     }
 }
 
-pub struct Compress;
-
-impl<E: Endpoint> Middleware<E> for Compress {
-    type Output = CompressEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        CompressEndpoint(ep)
-    }
-}
-
-pub struct CompressEndpoint<E>(E);
-
 fn is_json(resp: &Response) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
@@ -66,30 +54,28 @@ fn pack(encoding: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
-impl<E: Endpoint> Endpoint for CompressEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        let encoding = preferred_encoding(&req);
-        let resp = self.0.call(req).await?.into_response();
-        let Some(encoding) = encoding else { return Ok(resp) };
-        if !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
-            return Ok(resp);
-        }
-        let (mut parts, body) = resp.into_parts();
-        let bytes = body.into_bytes().await?;
-        if bytes.len() < COMPRESS_FROM {
-            return Ok(Response::from_parts(parts, bytes.into()));
-        }
-        // CPU work: off the async workers, so a large answer never stalls other connections.
-        let input = bytes.clone();
-        let packed = tokio::task::spawn_blocking(move || pack(encoding, &input))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let Ok(packed) = packed else { return Ok(Response::from_parts(parts, bytes.into())) };
-        parts.headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
-        parts.headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        parts.headers.remove(header::CONTENT_LENGTH);
-        Ok(Response::from_parts(parts, packed.into()))
+/// Compresses `ep`'s JSON answer when the request accepts it; used with
+/// [`poem::EndpointExt::around`].
+pub async fn compress<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+    let encoding = preferred_encoding(&req);
+    let resp = ep.call(req).await?.into_response();
+    let Some(encoding) = encoding else { return Ok(resp) };
+    if !is_json(&resp) || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return Ok(resp);
     }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = body.into_bytes().await?;
+    if bytes.len() < COMPRESS_FROM {
+        return Ok(Response::from_parts(parts, bytes.into()));
+    }
+    // CPU work: off the async workers, so a large answer never stalls other connections.
+    let input = bytes.clone();
+    let packed = tokio::task::spawn_blocking(move || pack(encoding, &input))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let Ok(packed) = packed else { return Ok(Response::from_parts(parts, bytes.into())) };
+    parts.headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+    parts.headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, packed.into()))
 }

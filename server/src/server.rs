@@ -66,7 +66,7 @@ pub fn app(state: SharedState) -> impl Endpoint {
     let spec = api.spec();
     let docs = api.swagger_ui();
     Route::new()
-        .nest("/", api.with(crate::compress::Compress).around(crate::metrics::track_request))
+        .nest("/", api.around(crate::compress::compress).around(crate::metrics::track_request))
         .at(
             "/v1/openapi.json",
             make_sync(move |_| poem::Response::builder().content_type("application/json").body(spec.clone())),
