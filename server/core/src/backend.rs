@@ -165,10 +165,20 @@ pub struct UserConnection {
     pub connected_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// What changed on this node, so a cluster's presence registry rewrites only the entries it
+/// touches.
+#[derive(Debug, Clone, Copy)]
+pub enum PresenceChange<'a> {
+    /// A connection of `user` opened or closed.
+    Connection { tenant: &'a Arc<str>, user: &'a Arc<str> },
+    /// A subscription to `channel` began or ended.
+    Subscription { tenant: &'a Arc<str>, channel: &'a Arc<str> },
+}
+
 #[async_trait]
 pub trait Presence: Send + Sync {
     /// Something changed on this node (a connection or subscription came or went).
-    fn changed(&self);
+    fn changed(&self, change: PresenceChange<'_>);
     /// The id other clients see for a connection of this node.
     fn client_id(&self, conn: ConnId) -> String;
     /// Who is subscribed to a channel.
@@ -231,6 +241,10 @@ pub trait Node: Send + Sync {
     fn connections(&self) -> Vec<Arc<Connection>>;
     /// Every live channel on this node.
     fn channels(&self) -> Vec<Arc<Channel>>;
+    /// The live connections of one user of a tenant on this node (from an index: no scan).
+    fn connections_of(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>>;
+    /// The live channels of one tenant on this node.
+    fn channels_of(&self, tenant: &str) -> Vec<Arc<Channel>>;
     /// A live channel of this node, if it is live here.
     fn channel(&self, tenant: &str, channel: &str) -> Option<Arc<Channel>>;
     /// Tenants with connections or channels on this node.

@@ -71,6 +71,58 @@ const SHARDS: usize = 32;
 /// Tenant → channel name → channel. Nested so lookups borrow `&str` without allocating.
 type ChannelMap = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Channel>>>;
 
+/// The node's live connections, by id and by tenant and user.
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ConnId, Arc<Connection>>,
+    /// Tenant → user → that user's connections here. Nested so lookups borrow `&str`.
+    by_user: HashMap<Arc<str>, HashMap<Arc<str>, Vec<ConnId>>>,
+}
+
+impl Connections {
+    fn insert(&mut self, conn: Arc<Connection>) {
+        self.by_user
+            .entry(conn.tenant.clone())
+            .or_default()
+            .entry(conn.user.clone())
+            .or_default()
+            .push(conn.id);
+        self.by_id.insert(conn.id, conn);
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Arc<Connection>> {
+        let conn = self.by_id.remove(&id)?;
+        if let Some(users) = self.by_user.get_mut(&*conn.tenant) {
+            if let Some(ids) = users.get_mut(&*conn.user) {
+                ids.retain(|c| *c != id);
+                if ids.is_empty() {
+                    users.remove(&*conn.user);
+                }
+            }
+            if users.is_empty() {
+                self.by_user.remove(&*conn.tenant);
+            }
+        }
+        Some(conn)
+    }
+
+    fn of_user(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>> {
+        let ids = self.by_user.get(tenant).and_then(|users| users.get(user));
+        let mut conns: Vec<Arc<Connection>> =
+            ids.into_iter().flatten().filter_map(|id| self.by_id.get(id).cloned()).collect();
+        conns.sort_by_key(|c| c.id);
+        conns
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<Connection>> {
+        self.by_id.values()
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
 /// Per-tenant publish rate limiter (token bucket, burst = one second's worth).
 struct Bucket {
     tokens: f64,
@@ -82,7 +134,7 @@ pub struct Hub {
     pub directory: Directory,
     pub stats: Stats,
     shards: Vec<Mutex<ChannelMap>>,
-    connections: Mutex<HashMap<ConnId, Arc<Connection>>>,
+    connections: Mutex<Connections>,
     tenant_connections: Mutex<HashMap<Arc<str>, u32>>,
     buckets: Mutex<HashMap<Arc<str>, Bucket>>,
     next_conn: AtomicU64,
@@ -336,8 +388,8 @@ impl Hub {
     }
 
     /// Something the hook detector watches changed on this node.
-    fn presence_changed(&self) {
-        self.backend.presence.changed();
+    fn presence_changed(&self, change: crate::backend::PresenceChange<'_>) {
+        self.backend.presence.changed(change);
         if self.hooks.get().is_some() {
             self.hooks_changed.notify_one();
         }
@@ -393,7 +445,10 @@ impl Hub {
     ) -> Result<SubscribeOutcome, crate::backend::SubscribeError> {
         let outcome = self.backend.broker.subscribe(ch, Join { conn, subscriber, since, reply }).await;
         if outcome.is_ok() {
-            self.presence_changed();
+            self.presence_changed(crate::backend::PresenceChange::Subscription {
+                tenant: &ch.tenant,
+                channel: &ch.name,
+            });
         }
         outcome
     }
@@ -401,7 +456,10 @@ impl Hub {
     /// Ends a subscription (the session owns the counters and leave events).
     pub fn unsubscribe(&self, ch: &Channel, conn: ConnId) -> bool {
         let was = ch.unsubscribe(conn);
-        self.presence_changed();
+        self.presence_changed(crate::backend::PresenceChange::Subscription {
+            tenant: &ch.tenant,
+            channel: &ch.name,
+        });
         was
     }
 
@@ -445,6 +503,17 @@ impl Hub {
             tenants.extend(shard.lock().expect("shard lock").keys().cloned());
         }
         tenants.into_iter().collect()
+    }
+
+    /// The live channels of one tenant on this node.
+    pub fn tenant_channels(&self, tenant: &str) -> Vec<Arc<Channel>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            if let Some(channels) = shard.lock().expect("shard lock").get(tenant) {
+                out.extend(channels.values().cloned());
+            }
+        }
+        out
     }
 
     /// Every live channel on this node.
@@ -542,13 +611,16 @@ impl Hub {
                 }),
             )
         });
-        self.connections.lock().expect("registry lock").insert(conn.id, conn);
-        self.presence_changed();
+        self.connections.lock().expect("registry lock").insert(conn.clone());
+        self.presence_changed(crate::backend::PresenceChange::Connection {
+            tenant: &conn.tenant,
+            user: &conn.user,
+        });
         Ok(())
     }
 
     pub fn unregister(&self, id: ConnId) {
-        let Some(conn) = self.connections.lock().expect("registry lock").remove(&id) else { return };
+        let Some(conn) = self.connections.lock().expect("registry lock").remove(id) else { return };
         let mut counts = self.tenant_connections.lock().expect("registry lock");
         if let Some(count) = counts.get_mut(&conn.tenant) {
             *count = count.saturating_sub(1);
@@ -585,7 +657,10 @@ impl Hub {
                 }),
             )
         });
-        self.presence_changed();
+        self.presence_changed(crate::backend::PresenceChange::Connection {
+            tenant: &conn.tenant,
+            user: &conn.user,
+        });
     }
 
     /// Closes every connection of `tenant` for which `matches` holds; returns how many.
@@ -650,18 +725,7 @@ impl Hub {
             let (jti, iat) = &*c.token.lock().expect("token lock");
             snapshot.is_revoked(Some(jti), &c.user, *iat)
         });
-        let channels: Vec<Arc<Channel>> = self
-            .shards
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .expect("shard lock")
-                    .get(tenant_id)
-                    .map(|m| m.values().cloned().collect::<Vec<_>>())
-                    .unwrap_or_default()
-            })
-            .collect();
-        for channel in channels {
+        for channel in self.tenant_channels(tenant_id) {
             match self.directory.resolve_channel(&snapshot, &channel.name).await {
                 Ok(Some(options)) => channel.set_options(options),
                 Ok(None) => {} // No longer allowed: existing subscribers keep it until they leave.
@@ -686,16 +750,7 @@ impl Hub {
 
     /// Live connections of one user of a tenant on this node.
     pub fn connections_of(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>> {
-        let mut conns: Vec<Arc<Connection>> = self
-            .connections
-            .lock()
-            .expect("registry lock")
-            .values()
-            .filter(|c| &*c.tenant == tenant && &*c.user == user)
-            .cloned()
-            .collect();
-        conns.sort_by_key(|c| c.id);
-        conns
+        self.connections.lock().expect("registry lock").of_user(tenant, user)
     }
 
     /// Sends a frame to every connection of a user on this node; returns how many took it.
@@ -739,6 +794,14 @@ impl Node for Hub {
 
     fn channels(&self) -> Vec<Arc<Channel>> {
         self.live_channels()
+    }
+
+    fn connections_of(&self, tenant: &str, user: &str) -> Vec<Arc<Connection>> {
+        Hub::connections_of(self, tenant, user)
+    }
+
+    fn channels_of(&self, tenant: &str) -> Vec<Arc<Channel>> {
+        self.tenant_channels(tenant)
     }
 
     fn channel(&self, tenant: &str, channel: &str) -> Option<Arc<Channel>> {

@@ -169,7 +169,7 @@ impl Broker for Memory {
 
 #[async_trait]
 impl Presence for Memory {
-    fn changed(&self) {}
+    fn changed(&self, _: crate::backend::PresenceChange<'_>) {}
 
     fn client_id(&self, conn: ConnId) -> String {
         conn.to_string()

@@ -262,7 +262,7 @@ impl Cluster {
                     }
                 }
             }
-            self.registry.changed();
+            self.registry.rewrite_all();
             // Configuration changes broadcast while this node was away were missed: re-read
             // every tenant it serves (closing what was revoked or suspended meanwhile).
             if let Some(node) = self.node() {
@@ -551,8 +551,8 @@ impl Broker for Cluster {
 
 #[async_trait]
 impl Presence for Cluster {
-    fn changed(&self) {
-        self.registry.changed();
+    fn changed(&self, change: herald_core::backend::PresenceChange<'_>) {
+        self.registry.changed(change);
     }
 
     fn client_id(&self, conn: ConnId) -> String {

@@ -8,10 +8,11 @@
 //! - `<tenant>.u.<user>.<node>`: the node's connections of a user (client, transport, since);
 //! - `<tenant>.o.<node>`: the node's channels with local subscribers and their counts.
 //!
-//! Changes (connects, subscriptions) are written within ~100 ms; unchanged entries are
-//! rewritten once per heartbeat to keep them alive.
+//! Changes (connects, subscriptions) are written within ~100 ms, rebuilding only the entries
+//! they touched (a user's, a channel's, its tenant's occupancy); every entry is rewritten as
+//! last written once per heartbeat to keep it alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
-use herald_core::backend::{Node, PresentClient, UserConnection};
-use herald_core::{ConnId, Error};
+use herald_core::backend::{Node, PresenceChange, PresentClient, UserConnection};
+use herald_core::channel::Channel;
+use herald_core::{ConnId, Connection, Error};
 
 use crate::stream::token;
 
@@ -35,11 +37,44 @@ pub(crate) struct Registry {
     kv: kv::Store,
     node_id: String,
     heartbeat: Duration,
-    /// What this node wrote last, by key, and when the full set was last rewritten.
-    written: tokio::sync::Mutex<(HashMap<String, bytes::Bytes>, Option<Instant>)>,
+    /// What this node wrote last, by key, and when every entry was last rewritten.
+    written: tokio::sync::Mutex<Written>,
+    /// What changed since the last write.
+    pending: std::sync::Mutex<Pending>,
     /// Set when local presence changed; the writer picks it up within ~100 ms.
     dirty: tokio::sync::Notify,
 }
+
+#[derive(Default)]
+struct Written {
+    entries: HashMap<String, bytes::Bytes>,
+    renewed: Option<Instant>,
+}
+
+/// (tenant, user) or (tenant, channel).
+type Pair = (Arc<str>, Arc<str>);
+
+/// The entries a change touched, so a write rebuilds only those, not the whole node.
+struct Pending {
+    /// Rebuild every entry from the node's state: the first write, after a reconnection, after
+    /// a failed write, or when more changed than [`MAX_PENDING`].
+    all: bool,
+    /// (tenant, user) whose connections changed.
+    users: HashSet<Pair>,
+    /// (tenant, channel) whose subscribers changed; their tenants' occupancy changed too.
+    channels: HashSet<Pair>,
+}
+
+impl Pending {
+    fn rebuild(&mut self) {
+        self.all = true;
+        self.users = HashSet::new();
+        self.channels = HashSet::new();
+    }
+}
+
+/// Beyond this many changed users and channels between two writes, rebuild everything instead.
+const MAX_PENDING: usize = 20_000;
 
 /// A client id that is unique in the cluster: the node's id and the connection's.
 pub(crate) fn cluster_client_id(node: &str, conn: ConnId) -> String {
@@ -59,6 +94,11 @@ impl Registry {
             node_id: node_id.to_owned(),
             heartbeat,
             written: tokio::sync::Mutex::default(),
+            pending: std::sync::Mutex::new(Pending {
+                all: true,
+                users: HashSet::new(),
+                channels: HashSet::new(),
+            }),
             dirty: tokio::sync::Notify::new(),
         })
     }
@@ -89,8 +129,34 @@ impl Registry {
         self.kv.clone()
     }
 
-    /// Local presence changed: write it out soon.
-    pub(crate) fn changed(&self) {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().expect("presence lock")
+    }
+
+    /// Local presence changed: write the entries it touched soon.
+    pub(crate) fn changed(&self, change: PresenceChange<'_>) {
+        {
+            let mut p = self.pending();
+            if !p.all {
+                match change {
+                    PresenceChange::Connection { tenant, user } => {
+                        p.users.insert((tenant.clone(), user.clone()));
+                    }
+                    PresenceChange::Subscription { tenant, channel } => {
+                        p.channels.insert((tenant.clone(), channel.clone()));
+                    }
+                }
+                if p.users.len() + p.channels.len() > MAX_PENDING {
+                    p.rebuild();
+                }
+            }
+        }
+        self.dirty.notify_one();
+    }
+
+    /// Rebuild and rewrite every entry soon (after a reconnection: the bucket may be new).
+    pub(crate) fn rewrite_all(&self) {
+        self.pending().rebuild();
         self.dirty.notify_one();
     }
 
@@ -102,101 +168,181 @@ impl Registry {
         }
     }
 
-    /// This node's entries as they are now.
-    fn entries(&self, node: &dyn Node) -> HashMap<String, bytes::Bytes> {
-        let mut users: HashMap<(Arc<str>, Arc<str>), Vec<UserConnection>> = HashMap::new();
-        for c in node.connections() {
-            users.entry((c.tenant.clone(), c.user.clone())).or_default().push(UserConnection {
+    fn user_key(&self, tenant: &str, user: &str) -> String {
+        format!("{}.u.{}.{}", token(tenant), token(user), token(&self.node_id))
+    }
+
+    fn channel_key(&self, tenant: &str, channel: &str) -> String {
+        format!("{}.c.{}.{}", token(tenant), token(channel), token(&self.node_id))
+    }
+
+    fn occupancy_key(&self, tenant: &str) -> String {
+        format!("{}.o.{}", token(tenant), token(&self.node_id))
+    }
+
+    /// A user's entry: their connections here (the first [`MAX_PRESENT_PER_ENTRY`]).
+    fn user_entry(&self, conns: &[Arc<Connection>]) -> Option<bytes::Bytes> {
+        let listed: Vec<UserConnection> = conns
+            .iter()
+            .take(MAX_PRESENT_PER_ENTRY)
+            .map(|c| UserConnection {
                 client: cluster_client_id(&self.node_id, c.id),
                 transport: c.transport.as_str().to_owned(),
                 node: self.node_id.clone(),
                 connected_at: c.connected_at,
-            });
+            })
+            .collect();
+        (!listed.is_empty()).then(|| serde_json::to_vec(&listed).expect("serialises").into())
+    }
+
+    /// A presence channel's entry: its subscribers here (the first [`MAX_PRESENT_PER_ENTRY`]).
+    fn channel_entry(&self, ch: &Channel) -> Option<bytes::Bytes> {
+        if !ch.options().presence {
+            return None;
+        }
+        let present: Vec<PresentClient> = ch
+            .subscribers()
+            .into_iter()
+            .take(MAX_PRESENT_PER_ENTRY)
+            .map(|(conn, user, info)| PresentClient {
+                client: cluster_client_id(&self.node_id, conn),
+                user: user.to_string(),
+                info: info.map(|i| (*i).to_owned()),
+            })
+            .collect();
+        (!present.is_empty()).then(|| serde_json::to_vec(&present).expect("serialises").into())
+    }
+
+    /// A tenant's occupancy entry: its channels with subscribers here and their counts (the
+    /// [`MAX_OCCUPANCY_CHANNELS`] largest).
+    fn occupancy_entry(&self, channels: &[Arc<Channel>]) -> Option<bytes::Bytes> {
+        let mut counts: Vec<(&str, usize)> =
+            channels.iter().map(|ch| (&*ch.name, ch.subscriber_count())).filter(|(_, n)| *n > 0).collect();
+        if counts.is_empty() {
+            return None;
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        counts.truncate(MAX_OCCUPANCY_CHANNELS);
+        let map: HashMap<&str, usize> = counts.into_iter().collect();
+        Some(serde_json::to_vec(&map).expect("serialises").into())
+    }
+
+    /// Every entry of this node as it is now.
+    fn entries(&self, node: &dyn Node) -> HashMap<String, bytes::Bytes> {
+        let mut users: HashMap<Pair, Vec<Arc<Connection>>> = HashMap::new();
+        for c in node.connections() {
+            users.entry((c.tenant.clone(), c.user.clone())).or_default().push(c);
         }
         let mut out = HashMap::new();
-        let me = token(&self.node_id);
-        for ((tenant, user), conns) in users {
-            let key = format!("{}.u.{}.{me}", token(&tenant), token(&user));
-            out.insert(key, serde_json::to_vec(&conns).expect("serialises").into());
+        for ((tenant, user), mut conns) in users {
+            conns.sort_by_key(|c| c.id);
+            if let Some(entry) = self.user_entry(&conns) {
+                out.insert(self.user_key(&tenant, &user), entry);
+            }
         }
-        let mut occupancy: HashMap<Arc<str>, Vec<(Arc<str>, usize)>> = HashMap::new();
+        let mut tenants: HashMap<Arc<str>, Vec<Arc<Channel>>> = HashMap::new();
         for ch in node.channels() {
-            let subscribers = ch.subscribers();
-            if subscribers.is_empty() {
-                continue;
+            if let Some(entry) = self.channel_entry(&ch) {
+                out.insert(self.channel_key(&ch.tenant, &ch.name), entry);
             }
-            occupancy.entry(ch.tenant.clone()).or_default().push((ch.name.clone(), subscribers.len()));
-            if !ch.options().presence {
-                continue;
-            }
-            let present: Vec<PresentClient> = subscribers
-                .into_iter()
-                .take(MAX_PRESENT_PER_ENTRY)
-                .map(|(conn, user, info)| PresentClient {
-                    client: cluster_client_id(&self.node_id, conn),
-                    user: user.to_string(),
-                    info: info.map(|i| (*i).to_owned()),
-                })
-                .collect();
-            let key = format!("{}.c.{}.{me}", token(&ch.tenant), token(&ch.name));
-            out.insert(key, serde_json::to_vec(&present).expect("serialises").into());
+            tenants.entry(ch.tenant.clone()).or_default().push(ch);
         }
-        for (tenant, mut channels) in occupancy {
-            channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            channels.truncate(MAX_OCCUPANCY_CHANNELS);
-            let map: HashMap<&str, usize> = channels.iter().map(|(n, c)| (&**n, *c)).collect();
-            out.insert(
-                format!("{}.o.{me}", token(&tenant)),
-                serde_json::to_vec(&map).expect("serialises").into(),
-            );
+        for (tenant, channels) in tenants {
+            if let Some(entry) = self.occupancy_entry(&channels) {
+                out.insert(self.occupancy_key(&tenant), entry);
+            }
         }
         out
     }
 
-    /// Writes changed entries (all of them when a heartbeat is due) and deletes those that no
-    /// longer exist.
+    /// The entries `pending` touched, as they are now (`None`: no longer exists here).
+    fn changed_entries(&self, node: &dyn Node, pending: &Pending) -> Vec<(String, Option<bytes::Bytes>)> {
+        let mut out = Vec::with_capacity(pending.users.len() + pending.channels.len());
+        for (tenant, user) in &pending.users {
+            out.push((self.user_key(tenant, user), self.user_entry(&node.connections_of(tenant, user))));
+        }
+        let mut tenants: HashSet<&Arc<str>> = HashSet::new();
+        for (tenant, channel) in &pending.channels {
+            let entry = node.channel(tenant, channel).and_then(|ch| self.channel_entry(&ch));
+            out.push((self.channel_key(tenant, channel), entry));
+            tenants.insert(tenant);
+        }
+        for tenant in tenants {
+            out.push((self.occupancy_key(tenant), self.occupancy_entry(&node.channels_of(tenant))));
+        }
+        out
+    }
+
+    /// Writes the entries that changed since the last write (rebuilding only those), and every
+    /// entry, as last written, when the heartbeat's rewrite is due. An entry that no longer
+    /// exists is written empty once.
     pub(crate) async fn refresh(&self, node: &dyn Node) -> Result<(), Error> {
-        let entries = self.entries(node);
         let mut written = self.written.lock().await;
+        let pending = std::mem::replace(
+            &mut *self.pending(),
+            Pending { all: false, users: HashSet::new(), channels: HashSet::new() },
+        );
         let now = Instant::now();
-        let all = written.1.is_none_or(|at| now.duration_since(at) >= self.heartbeat * 3 / 4);
-        let puts: Vec<(String, bytes::Bytes)> = entries
-            .iter()
-            .filter(|(k, v)| all || written.0.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let gone: Vec<String> = written.0.keys().filter(|k| !entries.contains_key(*k)).cloned().collect();
+        let renew = written.renewed.is_none_or(|at| now.duration_since(at) >= self.heartbeat * 3 / 4);
+        let updates: Vec<(String, Option<bytes::Bytes>)> = if pending.all {
+            let entries = self.entries(node);
+            let gone: Vec<String> =
+                written.entries.keys().filter(|k| !entries.contains_key(*k)).cloned().collect();
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .chain(gone.into_iter().map(|k| (k, None)))
+                .collect()
+        } else {
+            self.changed_entries(node, &pending)
+        };
+        let mut puts: Vec<(String, bytes::Bytes)> = Vec::new();
+        for (key, value) in updates {
+            match value {
+                Some(v) => {
+                    if written.entries.get(&key) != Some(&v) {
+                        if !renew {
+                            puts.push((key.clone(), v.clone()));
+                        }
+                        written.entries.insert(key, v);
+                    }
+                }
+                // An entry that empties is written empty once and left to expire, never
+                // purged: a purge or delete is then always an expiry, which watchers turn into
+                // leave events.
+                None => {
+                    if written.entries.remove(&key).is_some() {
+                        let empty = if key.contains(".o.") { "{}" } else { "[]" };
+                        puts.push((key, bytes::Bytes::from_static(empty.as_bytes())));
+                    }
+                }
+            }
+        }
+        if renew {
+            puts.extend(written.entries.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let kv = &self.kv;
         let mut results = futures_util::stream::iter(
             puts.into_iter()
                 .map(|(k, v)| async move { kv.put(&k, v).await.map(|_| ()).map_err(|e| e.to_string()) }),
         )
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
-        // An entry that empties is written empty once and left to expire, never purged: a
-        // purge or delete is then always an expiry, which watchers turn into leave events.
-        results.extend(
-            futures_util::stream::iter(gone.into_iter().map(|k| async move {
-                let empty = if k.contains(".o.") { "{}" } else { "[]" };
-                kv.put(&k, bytes::Bytes::from_static(empty.as_bytes()))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }))
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await,
-        );
-        let error = results.into_iter().find_map(Result::err);
+        .buffer_unordered(64);
+        let mut error = None;
+        while let Some(result) = results.next().await {
+            if let Err(e) = result {
+                error = Some(e);
+                break;
+            }
+        }
+        drop(results);
         if let Some(e) = error {
-            // Write everything again next time.
-            written.1 = None;
+            // Rebuild and write everything next time.
+            written.renewed = None;
+            self.pending().rebuild();
             return Err(Error::ClusterUnavailable(e));
         }
-        written.0 = entries;
-        if all {
-            written.1 = Some(now);
+        if renew {
+            written.renewed = Some(now);
         }
         Ok(())
     }
