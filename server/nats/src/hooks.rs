@@ -144,6 +144,8 @@ impl Detector {
                     Ok(mut watch) => {
                         // An empty bucket sends nothing: ready after a moment then.
                         let mut settle = Box::pin(tokio::time::sleep(Duration::from_millis(500)));
+                        // A finished sleep stays ready: poll it only until it fired once.
+                        let mut settled = false;
                         loop {
                             tokio::select! {
                                 entry = watch.next() => {
@@ -157,7 +159,10 @@ impl Detector {
                                         r.store(true, std::sync::atomic::Ordering::Release);
                                     }
                                 }
-                                _ = &mut settle => r.store(true, std::sync::atomic::Ordering::Release),
+                                _ = &mut settle, if !settled => {
+                                    settled = true;
+                                    r.store(true, std::sync::atomic::Ordering::Release);
+                                }
                             }
                         }
                     }
