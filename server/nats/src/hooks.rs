@@ -38,7 +38,8 @@ struct Lease {
 }
 
 struct Follower {
-    entries: std::sync::Arc<Mutex<HashMap<String, bytes::Bytes>>>,
+    /// Occupancy and channel presence entries by key, parsed as they arrive.
+    entries: std::sync::Arc<Mutex<HashMap<String, Entry>>>,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -91,8 +92,9 @@ impl Detector {
             .await?)
     }
 
-    /// Renews or tries to take the lease; answers the view while we hold it.
-    pub(crate) async fn view(&self) -> Option<HookView> {
+    /// Renews or tries to take the lease; answers the view of the tenants `wanted` accepts
+    /// while we hold it.
+    pub(crate) async fn view(&self, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> Option<HookView> {
         let mut lease = self.lease.lock().await;
         let due = lease.renewed.is_none_or(|at| at.elapsed() >= self.heartbeat / 3);
         if due {
@@ -124,7 +126,7 @@ impl Detector {
         if !follower.ready.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
-        let view = build_view(&follower.entries.lock().expect("entries lock"));
+        let view = build_view(&follower.entries.lock().expect("entries lock"), wanted);
         let took_over = !lease.announced;
         lease.announced = true;
         Some(HookView { view, took_over })
@@ -150,10 +152,15 @@ impl Detector {
                             tokio::select! {
                                 entry = watch.next() => {
                                     let Some(Ok(entry)) = entry else { break };
+                                    // Parsed once here, not at every view.
+                                    let parsed = match entry.operation {
+                                        kv::Operation::Put => parse_entry(&entry.key, &entry.value),
+                                        kv::Operation::Delete | kv::Operation::Purge => None,
+                                    };
                                     let mut map = e.lock().expect("entries lock");
-                                    match entry.operation {
-                                        kv::Operation::Put => { map.insert(entry.key.clone(), entry.value.clone()); }
-                                        kv::Operation::Delete | kv::Operation::Purge => { map.remove(&entry.key); }
+                                    match parsed {
+                                        Some(parsed) => { map.insert(entry.key.clone(), parsed); }
+                                        None => { map.remove(&entry.key); }
                                     }
                                     if entry.delta == 0 || entry.seen_current {
                                         r.store(true, std::sync::atomic::Ordering::Release);
@@ -175,27 +182,53 @@ impl Detector {
     }
 }
 
-/// The cluster-wide view from presence entries.
-fn build_view(entries: &HashMap<String, bytes::Bytes>) -> View {
+/// A presence entry the view is built from.
+enum Entry {
+    /// `<tenant>.o.<node>`: a node's channels with subscribers and their counts.
+    Occupancy { tenant: String, counts: Vec<(String, u64)> },
+    /// `<tenant>.c.<channel>.<node>`: the users of a node's subscribers of a presence channel.
+    Channel { tenant: String, channel: String, users: BTreeSet<String> },
+}
+
+/// The entry a key and value describe, if the view uses it (`None` for user entries, empty
+/// lists and what does not parse).
+fn parse_entry(key: &str, value: &[u8]) -> Option<Entry> {
+    let parts: Vec<&str> = key.split('.').collect();
+    match parts.as_slice() {
+        [tenant, "o", _node] => {
+            let counts = serde_json::from_slice::<HashMap<String, u64>>(value).ok()?;
+            if counts.is_empty() {
+                return None;
+            }
+            Some(Entry::Occupancy { tenant: untoken(tenant)?, counts: counts.into_iter().collect() })
+        }
+        [tenant, "c", channel, _node] => {
+            let present = serde_json::from_slice::<Vec<PresentClient>>(value).ok()?;
+            let users: BTreeSet<String> = present.into_iter().map(|p| p.user).collect();
+            if users.is_empty() {
+                return None;
+            }
+            Some(Entry::Channel { tenant: untoken(tenant)?, channel: untoken(channel)?, users })
+        }
+        _ => None,
+    }
+}
+
+/// The cluster-wide view of the tenants `wanted` accepts, from the presence entries.
+fn build_view(entries: &HashMap<String, Entry>, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> View {
     let mut view = View::new();
-    for (key, value) in entries {
-        let parts: Vec<&str> = key.split('.').collect();
-        match parts.as_slice() {
-            [tenant, "o", _node] => {
-                let Ok(counts) = serde_json::from_slice::<HashMap<String, u64>>(value) else { continue };
-                let Some(tenant) = untoken(tenant) else { continue };
+    for entry in entries.values() {
+        match entry {
+            Entry::Occupancy { tenant, counts } if wanted(tenant) => {
                 for (channel, n) in counts {
-                    view.entry((tenant.clone(), channel)).or_default().subscribers += n;
+                    view.entry((tenant.clone(), channel.clone())).or_default().subscribers += n;
                 }
             }
-            [tenant, "c", channel, _node] => {
-                let Ok(present) = serde_json::from_slice::<Vec<PresentClient>>(value) else { continue };
-                let (Some(tenant), Some(channel)) = (untoken(tenant), untoken(channel)) else { continue };
-                if present.is_empty() {
-                    continue;
-                }
-                let users: BTreeSet<String> = present.into_iter().map(|p| p.user).collect();
-                view.entry((tenant, channel)).or_default().users.extend(users);
+            Entry::Channel { tenant, channel, users } if wanted(tenant) => {
+                view.entry((tenant.clone(), channel.clone()))
+                    .or_default()
+                    .users
+                    .extend(users.iter().cloned());
             }
             _ => {}
         }

@@ -572,9 +572,7 @@ impl Presence for Cluster {
     }
 
     async fn hook_view(&self, wanted: &(dyn for<'t> Fn(&'t str) -> bool + Sync)) -> Option<HookView> {
-        let mut found = self.detector.view().await?;
-        found.view.retain(|(tenant, _), _| wanted(tenant));
-        Some(found)
+        self.detector.view(wanted).await
     }
 }
 
