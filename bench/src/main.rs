@@ -351,11 +351,50 @@ struct ClusterArgs {
     /// Extra environment for every node, e.g. HERALD_CLIENT_QUEUE_MESSAGES=4096 (repeatable).
     #[arg(long = "server-env", value_name = "KEY=VALUE")]
     server_env: Vec<String>,
-    /// Subscribers on the one channel, spread evenly over the nodes.
+    /// Subscribers, spread evenly over the nodes (and the channels).
     #[arg(long, value_name = "N")]
     subscribers: u64,
+    /// Spread the subscribers over this many channels (publishes go to them pseudo-randomly).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    channels: usize,
+    /// Connect as this many distinct users (a client token each, used in turn) instead of one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    users: usize,
+    /// Subscribe to channels of the `presence` namespace (presence option on), so the nodes
+    /// register every subscriber in the presence registry.
+    #[arg(long)]
+    presence: bool,
+    /// Mixed transports instead of --transport, by share, e.g. ws=80,sse=15,long-poll=5;
+    /// connected in this order, each spread over the nodes, with the nodes' RSS read after each.
+    #[arg(long, value_name = "T=SHARE,…", value_delimiter = ',', value_parser = parse_mix_part)]
+    mix: Vec<(Transport, f64)>,
+    /// Seconds to wait after connecting each transport before reading RSS.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    settle: f64,
+    /// Before publishing: measure the processes' CPU idle, then while this many WebSocket
+    /// connections per second open on node 1, subscribe and close again (presence churn).
+    #[arg(long, value_name = "PER_SECOND")]
+    churn: Option<f64>,
+    /// Length of the idle and the churn window.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    churn_seconds: f64,
+    /// How long each churning connection stays subscribed.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    churn_hold_ms: u64,
     #[command(flatten)]
     publish: PublishArgs,
+}
+
+/// One `TRANSPORT=SHARE` of `--mix`.
+fn parse_mix_part(s: &str) -> Result<(Transport, f64), String> {
+    use clap::ValueEnum;
+    let (t, share) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected TRANSPORT=SHARE"))?;
+    let transport = Transport::from_str(t, true)?;
+    let share: f64 = share.parse().map_err(|_| format!("`{s}`: the share must be a number"))?;
+    if !(share.is_finite() && share > 0.0) {
+        return Err(format!("`{s}`: the share must be above 0"));
+    }
+    Ok((transport, share))
 }
 
 /// A scenario with its parameters.
@@ -536,12 +575,40 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
     let env = parse_env(&a.server_env)?;
     let spec = a.cluster.spec(a.database_url.as_deref(), &env, common.server_cpu());
     let cluster = Cluster::spawn(&spec).await?;
+    let tokens = match a.users {
+        0 | 1 => Vec::new(),
+        n => cluster.nodes[0].mint_tokens(n).await?,
+    };
     let (layout, publish, repeat) = (common.layout(), a.publish.params(), a.publish.repeat.max(1));
+    let mix: Vec<(Transport, f64)> = match a.mix.is_empty() {
+        true => vec![(common.transport, 1.0)],
+        false => {
+            let total: f64 = a.mix.iter().map(|(_, s)| s).sum();
+            a.mix.iter().map(|(t, s)| (*t, s / total)).collect()
+        }
+    };
+    let prefix = if a.presence { "presence:" } else { "" };
+    let channels: Vec<String> = match a.channels {
+        0 | 1 => vec![format!("{prefix}fanout")],
+        n => (0..n).map(|i| format!("{prefix}ch-{i:05}")).collect(),
+    };
+    let plan = scenario::ClusterPlan {
+        subscribers: a.subscribers,
+        mix: &mix,
+        channels: &channels,
+        tokens: &tokens,
+        settle: Duration::from_secs_f64(a.settle),
+        churn: a.churn.map(|rate| scenario::ChurnParams {
+            rate,
+            seconds: a.churn_seconds,
+            hold_ms: a.churn_hold_ms,
+        }),
+    };
     let mut runs = Vec::new();
     let mut failure = None;
     for round in 0..repeat {
         eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.cluster.nodes, round + 1);
-        match scenario::cluster(&cluster, &layout, a.subscribers, &publish).await {
+        match scenario::cluster(&cluster, &layout, &plan, &publish).await {
             Ok(run) => runs.push(run),
             Err(e) => {
                 failure = Some(e.context(format!("last log lines:\n{}", cluster.log_tail())));

@@ -85,6 +85,8 @@ pub struct Pool {
     workers: Vec<Worker>,
     layout: LoadLayout,
     next_index: u64,
+    /// Client tokens the connections use in turn (empty: the URL's).
+    tokens: Vec<String>,
     /// Connections that failed to open, over the pool's life.
     pub failed: u64,
     pub first_connect_error: Option<String>,
@@ -111,13 +113,26 @@ impl Pool {
             let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
             workers.push(Worker { child, stdin, stdout, pid, open: 0 });
         }
-        Ok(Pool { workers, layout: layout.clone(), next_index: 0, failed: 0, first_connect_error: None })
+        Ok(Pool {
+            workers,
+            layout: layout.clone(),
+            next_index: 0,
+            tokens: Vec::new(),
+            failed: 0,
+            first_connect_error: None,
+        })
     }
 
     /// Numbers this pool's connections from `first` on (instead of 0), so that several pools of
     /// one run pick distinct source addresses and ports.
     pub fn first_index(mut self, first: u64) -> Pool {
         self.next_index = first;
+        self
+    }
+
+    /// Connects with these client tokens in turn (one user each) instead of the URL's.
+    pub fn tokens(mut self, tokens: &[String]) -> Pool {
+        self.tokens = tokens.to_vec();
         self
     }
 
@@ -129,6 +144,17 @@ impl Pool {
     /// index) subscribes to `channels[k % channels.len()]`.
     pub async fn connect(
         &mut self,
+        url: &str,
+        count: u64,
+        channels: &[String],
+    ) -> anyhow::Result<ConnectReply> {
+        self.connect_as(self.layout.transport, url, count, channels).await
+    }
+
+    /// [`Pool::connect`] over `transport` instead of the layout's (a pool may hold several).
+    pub async fn connect_as(
+        &mut self,
+        transport: Transport,
         url: &str,
         count: u64,
         channels: &[String],
@@ -147,12 +173,13 @@ impl Pool {
             }
             specs.push(ConnectSpec {
                 url: url.to_owned(),
-                transport: self.layout.transport,
+                transport,
                 first_index: self.next_index,
                 count: share,
                 channels: channels.to_vec(),
                 per_source: self.layout.per_source,
                 concurrency: self.layout.concurrency,
+                tokens: self.tokens.clone(),
             });
             self.next_index += share;
         }
@@ -183,6 +210,15 @@ impl Pool {
             self.first_connect_error.clone_from(&total.first_error);
         }
         Ok(total)
+    }
+
+    /// Runs a churn (see [`worker::ChurnSpec`]) on the first worker.
+    pub async fn churn(&mut self, spec: worker::ChurnSpec) -> anyhow::Result<worker::ChurnReply> {
+        let w = self.workers.first_mut().ok_or_else(|| anyhow!("no worker"))?;
+        match w.call(&worker::Command::Churn(spec)).await? {
+            Reply::Churned(r) => Ok(r),
+            other => Err(anyhow!("unexpected worker reply {other:?}")),
+        }
     }
 
     /// Clears the workers' counters and histograms.

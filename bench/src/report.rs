@@ -140,6 +140,39 @@ pub struct ClusterResult {
     pub nats_rss_after_kib: Option<u64>,
     /// Nodes and NATS together over every delivery.
     pub nodes_and_nats_cpu_us_per_delivery: Option<f64>,
+    /// Each transport's connections and the nodes' RSS they added.
+    pub transports: Vec<TransportFigures>,
+    pub churn: Option<ChurnFigures>,
+}
+
+/// One transport's subscribers in the cluster scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransportFigures {
+    pub transport: String,
+    pub connections: u64,
+    pub opened: u64,
+    pub failed: u64,
+    pub connect_seconds: f64,
+    /// The nodes' summed RSS growth over the connections opened.
+    pub kib_per_connection: Option<f64>,
+    pub nodes_rss_after_kib: Option<u64>,
+}
+
+/// Idle CPU against CPU while WebSocket connections open, subscribe and close on node 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnFigures {
+    pub rate_per_s: f64,
+    pub seconds: f64,
+    pub hold_ms: u64,
+    /// Connections that opened, subscribed and closed.
+    pub cycles: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Per node, then NATS: % of a core.
+    pub idle_cpu_percent: Vec<Option<f64>>,
+    pub churn_cpu_percent: Vec<Option<f64>>,
+    /// Node 1's CPU above idle per connection cycle (open, subscribe, close).
+    pub node1_cpu_us_per_cycle: Option<f64>,
 }
 
 /// Deliveries to one group of subscribers.
@@ -494,10 +527,46 @@ pub fn print_runs(runs: &[Vec<FanoutResult>; 2]) {
 /// Prints the cluster scenario (the fan-out table over every subscriber, then the figures per
 /// group of subscribers, per node and of NATS) and returns its JSON output.
 pub fn cluster(r: &ClusterResult) -> ScenarioOutput {
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
+    if !r.transports.is_empty() {
+        let headers: Vec<String> = r.transports.iter().map(|t| t.transport.clone()).collect();
+        let col = |g: &dyn Fn(&TransportFigures) -> String| r.transports.iter().map(g).collect::<Vec<_>>();
+        let rows = vec![
+            ("connections", col(&|t| t.connections.to_string())),
+            ("opened / failed", col(&|t| format!("{} / {}", t.opened, t.failed))),
+            ("connect time (s)", col(&|t| format!("{:.1}", t.connect_seconds))),
+            ("nodes' RSS per connection (KiB)", col(&|t| f(t.kib_per_connection, 2))),
+            ("nodes' RSS after (MiB)", col(&|t| f(t.nodes_rss_after_kib.map(|k| k as f64 / 1024.0), 1))),
+        ];
+        print_grid("cluster: connections by transport (in the order opened)", &headers, &rows);
+    }
+    if let Some(c) = &r.churn {
+        let mut headers: Vec<String> = (1..=r.nodes).map(|i| format!("node{i}")).collect();
+        headers.push("nats-server".into());
+        let rows = vec![
+            ("CPU idle (% of a core)", c.idle_cpu_percent.iter().map(|v| f(*v, 1)).collect()),
+            ("CPU with churn on node1 (% of a core)", c.churn_cpu_percent.iter().map(|v| f(*v, 1)).collect()),
+        ];
+        print_grid(
+            &format!(
+                "cluster: churn, {:.0} WebSocket connections/s opening on node1 for {:.0} s, each subscribed for {} ms: {} cycles, {} failed; node1 above idle: {} µs per cycle",
+                c.rate_per_s,
+                c.seconds,
+                c.hold_ms,
+                c.cycles,
+                c.failed,
+                f(c.node1_cpu_us_per_cycle, 0)
+            ),
+            &headers,
+            &rows,
+        );
+        if let Some(e) = &c.first_error {
+            println!("  first churn error: {e}");
+        }
+    }
     let mut out = fanout("cluster", Some(&r.all), None);
     println!("  (server = the {} nodes summed; NATS below)", r.nodes);
     let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
     let mut groups = vec![("node1 (publishes)".to_owned(), &r.publishing_node)];
     if let Some(other) = &r.other_nodes {
         groups.push((if r.nodes == 2 { "node2".to_owned() } else { format!("node2-{}", r.nodes) }, other));

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::pool::{LoadLayout, Merged, Pool};
 use crate::report::{
-    ClusterResult, FanoutResult, GroupFigures, IdleResult, IdleStep, Latency, NodeFigures, slope,
+    ChurnFigures, ClusterResult, FanoutResult, GroupFigures, IdleResult, IdleStep, Latency, NodeFigures,
+    TransportFigures, slope,
 };
 use crate::sys::Sample;
 use crate::target::{Cluster, Server};
@@ -307,6 +308,20 @@ async fn measure(
         first_connect_error = first_connect_error.or(connected.first_error);
         pools.push(pool);
     }
+    publish_window(publish_to, pools, (connect_failed, first_connect_error), channels, p, pids).await
+}
+
+/// Publishes through `publish_to` to the subscribers `pools` hold (one group per pool): a
+/// warm-up, then the measured window; waits for the deliveries, samples the processes `pids`
+/// around the measured window and quits the pools.
+async fn publish_window(
+    publish_to: &Server,
+    mut pools: Vec<Pool>,
+    (connect_failed, first_connect_error): (u64, Option<String>),
+    channels: &[String],
+    p: &PublishParams,
+    pids: &[Option<u32>],
+) -> anyhow::Result<Window> {
     let publisher = Publisher::new(publish_to, channels, p.max_in_flight)?;
     let mut finals: HashMap<String, u64> = HashMap::new();
     let merge = |finals: &mut HashMap<String, u64>, run: &PublishRun| {
@@ -456,29 +471,116 @@ pub async fn fanout(
     ))
 }
 
-/// `subscribers` on one channel, spread evenly over the cluster's nodes (node 1 gets the
-/// remainder first); publishes through node 1. The figures over all subscribers count the
-/// nodes' CPU as the server's; NATS's CPU, each node's and each group's figures come apart.
+/// What the `cluster` scenario runs on the cluster.
+pub struct ClusterPlan<'a> {
+    /// Subscribers over all nodes and channels.
+    pub subscribers: u64,
+    /// Transports and their shares of the subscribers (summing to 1), connected in this order,
+    /// each spread evenly over the nodes.
+    pub mix: &'a [(Transport, f64)],
+    pub channels: &'a [String],
+    /// Client tokens of distinct users, used in turn (empty: every connection is the same user).
+    pub tokens: &'a [String],
+    /// Pause after connecting each transport before reading RSS.
+    pub settle: Duration,
+    /// Before publishing: an idle window, then a window of churn on node 1, each this long.
+    pub churn: Option<ChurnParams>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChurnParams {
+    /// WebSocket connections opened (subscribed, then closed) per second.
+    pub rate: f64,
+    pub seconds: f64,
+    /// How long each stays open.
+    pub hold_ms: u64,
+}
+
+/// Each count of `total` split over `n` parts as evenly as possible (the first get the
+/// remainder).
+fn share(total: u64, n: usize, i: usize) -> u64 {
+    total / n as u64 + u64::from((i as u64) < total % n as u64)
+}
+
+/// `subscribers` on `channels`, each transport's share spread evenly over the cluster's nodes
+/// (node 1 gets the remainder first); the nodes' RSS is read after each transport, so each has
+/// its own KiB per connection. Optionally measures idle and churning CPU, then publishes
+/// through node 1. The figures over all subscribers count the nodes' CPU as the server's;
+/// NATS's CPU, each node's and each group's figures come apart.
 pub async fn cluster(
     cluster: &Cluster,
     layout: &LoadLayout,
-    subscribers: u64,
+    plan: &ClusterPlan<'_>,
     p: &PublishParams,
 ) -> anyhow::Result<ClusterResult> {
     let nodes = cluster.nodes.len();
-    let channels = vec!["fanout".to_owned()];
-    let share = |i: usize| subscribers / nodes as u64 + u64::from((i as u64) < subscribers % nodes as u64);
-    let groups: Vec<Subscribers> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| Subscribers { ws_url: &node.ws_url, per_channel: share(i) })
-        .collect();
+    let channels = plan.channels;
+    let mut counts: Vec<(Transport, u64)> = Vec::new();
+    let mut left = plan.subscribers;
+    for (k, (transport, fraction)) in plan.mix.iter().enumerate() {
+        let n = if k + 1 == plan.mix.len() {
+            left
+        } else {
+            ((plan.subscribers as f64 * fraction).round() as u64).min(left)
+        };
+        left -= n;
+        counts.push((*transport, n));
+    }
+    let per_node = |i: usize| counts.iter().map(|(_, n)| share(*n, nodes, i)).sum::<u64>();
+    let mut pools = Vec::with_capacity(nodes);
+    let mut first_index = 0;
+    for i in 0..nodes {
+        pools.push(Pool::start(layout, per_node(i)).await?.first_index(first_index).tokens(plan.tokens));
+        first_index += per_node(i);
+    }
     let mut pids: Vec<Option<u32>> = cluster.nodes.iter().map(|n| n.pid).collect();
     pids.push(cluster.nats_pid);
-    let window = measure(&cluster.nodes[0], &groups, layout, &channels, p, &pids).await?;
+    let nodes_rss = || -> Option<u64> { cluster.nodes.iter().map(|n| Sample::take(n.pid).rss_kib).sum() };
+    tokio::time::sleep(plan.settle).await;
+    let mut rss_before = nodes_rss();
+    let (mut connect_failed, mut first_connect_error) = (0, None);
+    let mut transports = Vec::new();
+    for (transport, count) in counts.iter().copied().filter(|(_, n)| *n > 0) {
+        let started = Instant::now();
+        let calls = pools.iter_mut().zip(&cluster.nodes).enumerate().map(|(i, (pool, node))| {
+            pool.connect_as(transport, &node.ws_url, share(count, nodes, i), channels)
+        });
+        let (mut opened, mut failed) = (0, 0);
+        for reply in futures_util::future::join_all(calls).await {
+            let reply = reply?;
+            opened += reply.opened;
+            failed += reply.failed;
+            first_connect_error = first_connect_error.or(reply.first_error);
+        }
+        let connect_seconds = started.elapsed().as_secs_f64();
+        connect_failed += failed;
+        tokio::time::sleep(plan.settle).await;
+        let rss = nodes_rss();
+        transports.push(TransportFigures {
+            transport: transport.as_str().into(),
+            connections: count,
+            opened,
+            failed,
+            connect_seconds,
+            kib_per_connection: rss
+                .zip(rss_before)
+                .filter(|_| opened > 0)
+                .map(|(a, b)| (a as f64 - b as f64) / opened as f64),
+            nodes_rss_after_kib: rss,
+        });
+        rss_before = rss;
+    }
+    let churn = match plan.churn {
+        Some(c) => Some(churn_windows(cluster, &mut pools, plan, c, &pids, first_index).await?),
+        None => None,
+    };
+    let window =
+        publish_window(&cluster.nodes[0], pools, (connect_failed, first_connect_error), channels, p, &pids)
+            .await?;
     let nats_cpu = window.cpu_seconds(nodes..nodes + 1);
-    let all = window.result("herald-cluster", layout.transport, 1, subscribers, p, 0..nodes, nats_cpu);
+    let per_channel = plan.subscribers / channels.len().max(1) as u64;
+    let all =
+        window.result("herald-cluster", layout.transport, channels.len(), per_channel, p, 0..nodes, nats_cpu);
     let per_delivery = |cpu: Option<f64>, deliveries: u64| {
         cpu.filter(|_| deliveries > 0).map(|s| s * 1e6 / deliveries as f64)
     };
@@ -487,7 +589,7 @@ pub async fn cluster(
             let (cpu, delivered) = (window.cpu_seconds(i..i + 1), window.groups[i].counters.received);
             NodeFigures {
                 node: format!("node{}", i + 1),
-                subscribers: share(i),
+                subscribers: per_node(i),
                 subscribers_open: window.groups[i].open,
                 deliveries: delivered,
                 cpu_seconds: cpu,
@@ -509,7 +611,63 @@ pub async fn cluster(
         publishing_node: GroupFigures::of(&window.groups[0]),
         other_nodes: (nodes > 1).then(|| GroupFigures::of(&Merged::combine(&window.groups[1..]))),
         per_node,
+        transports,
+        churn,
         all,
+    })
+}
+
+/// The processes' CPU (% of a core) over `seconds` of `work`.
+async fn cpu_during<T>(
+    pids: &[Option<u32>],
+    work: impl std::future::Future<Output = T>,
+) -> (Vec<Option<f64>>, T) {
+    let before: Vec<Sample> = pids.iter().map(|p| Sample::take(*p)).collect();
+    let out = work.await;
+    let after: Vec<Sample> = pids.iter().map(|p| Sample::take(*p)).collect();
+    (before.iter().zip(&after).map(|(b, a)| b.cpu_percent_until(a)).collect(), out)
+}
+
+/// An idle window, then one with `c.rate` WebSocket connections per second opening on node 1,
+/// subscribing and closing: what following connects and disconnects costs the nodes and NATS.
+async fn churn_windows(
+    cluster: &Cluster,
+    pools: &mut [Pool],
+    plan: &ClusterPlan<'_>,
+    c: ChurnParams,
+    pids: &[Option<u32>],
+    first_index: u64,
+) -> anyhow::Result<ChurnFigures> {
+    let (idle, ()) = cpu_during(pids, tokio::time::sleep(Duration::from_secs_f64(c.seconds))).await;
+    let spec = crate::worker::ChurnSpec {
+        url: cluster.nodes[0].ws_url.clone(),
+        channels: plan.channels.to_vec(),
+        tokens: plan.tokens.to_vec(),
+        rate: c.rate,
+        seconds: c.seconds,
+        hold_ms: c.hold_ms,
+        // Source addresses past every subscriber's.
+        first_index: first_index + 100_000,
+        per_source: 20_000,
+    };
+    let started = Instant::now();
+    let (churning, reply) = cpu_during(pids, pools[0].churn(spec)).await;
+    let reply = reply?;
+    let wall = started.elapsed().as_secs_f64();
+    let node1_us_per_cycle = match (idle[0], churning[0]) {
+        (Some(i), Some(ch)) if reply.cycles > 0 => Some((ch - i) / 100.0 * wall * 1e6 / reply.cycles as f64),
+        _ => None,
+    };
+    Ok(ChurnFigures {
+        rate_per_s: c.rate,
+        seconds: c.seconds,
+        hold_ms: c.hold_ms,
+        cycles: reply.cycles,
+        failed: reply.failed,
+        first_error: reply.first_error,
+        idle_cpu_percent: idle,
+        churn_cpu_percent: churning,
+        node1_cpu_us_per_cycle: node1_us_per_cycle,
     })
 }
 

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -251,6 +252,13 @@ impl Server {
             json!({"algorithm": "HS256", "kid": "bench"}),
         )
         .await?;
+        // Channels `presence:…` are registered in presence (the cluster scenario's --presence).
+        post(
+            format!("/v1/tenants/{tenant}/namespaces"),
+            admin_token.to_owned(),
+            json!({"name": "presence", "options": {"presence": true}}),
+        )
+        .await?;
         let minted = post(
             format!("/v1/tenants/{tenant}/tokens"),
             key.clone(),
@@ -262,6 +270,31 @@ impl Server {
         self.tenant = tenant;
         self.publish_auth = Some(key);
         Ok(())
+    }
+
+    /// Client tokens (subscribe to everything) of `n` distinct users, `bench-0` …, minted
+    /// through the API.
+    pub async fn mint_tokens(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let http = reqwest::Client::new();
+        let key = self.publish_auth.clone().context("no API key")?;
+        let url = format!("{}/v1/tenants/{}/tokens", self.base, self.tenant);
+        let mint = |i: usize| {
+            let req = http.post(&url).bearer_auth(&key).json(&json!({
+                "sub": format!("bench-{i}"),
+                "capabilities": {"*": ["subscribe"]},
+                "ttl_seconds": 86_400,
+            }));
+            async move {
+                let resp = req.timeout(Duration::from_secs(30)).send().await.context("minting a token")?;
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                anyhow::ensure!(status.is_success(), "minting a token: {status} {body}");
+                body["token"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no token minted"))
+            }
+        };
+        let minted: Vec<anyhow::Result<String>> =
+            futures_util::stream::iter((0..n).map(mint)).buffered(16).collect().await;
+        minted.into_iter().collect()
     }
 
     /// Starts `herald-bench baseline-server` (this same binary) on port 0.

@@ -68,12 +68,49 @@ pub struct ConnectSpec {
     pub per_source: u64,
     /// Connection attempts in flight at once.
     pub concurrency: usize,
+    /// Client tokens to use in turn instead of the URL's (one user each).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+/// `url` with its `token=` (the last query parameter) set to `tokens[index % len]`, or `url`
+/// when there are no tokens.
+pub fn url_with_token(url: &str, tokens: &[String], index: u64) -> String {
+    match (tokens.is_empty(), url.rsplit_once("token=")) {
+        (false, Some((base, _))) => format!("{base}token={}", tokens[(index % tokens.len() as u64) as usize]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Churn: opens WebSocket connections at `rate` per second for `seconds`, each subscribing to
+/// one of `channels` and closing again after `hold_ms` (connect, subscribe, close: what a
+/// node's presence registry has to follow). Sources from `first_index` on, kernel-chosen ports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChurnSpec {
+    pub url: String,
+    pub channels: Vec<String>,
+    pub rate: f64,
+    pub seconds: f64,
+    pub hold_ms: u64,
+    pub first_index: u64,
+    pub per_source: u64,
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ChurnReply {
+    /// Connections that opened, subscribed and closed.
+    pub cycles: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     Connect(ConnectSpec),
+    Churn(ChurnSpec),
     /// Clears counters and the latency histogram (positions are kept).
     Reset,
     /// Counters so far, and the latencies when `latency` is set; `final_positions` (channel →
@@ -147,6 +184,7 @@ pub struct WorkerReport {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Connected(ConnectReply),
+    Churned(ChurnReply),
     Report(WorkerReport),
     Ok,
     Error { message: String },
@@ -304,6 +342,10 @@ async fn run() -> anyhow::Result<()> {
                 Ok(r) => Reply::Connected(r),
                 Err(e) => Reply::Error { message: e.to_string() },
             },
+            Ok(Command::Churn(spec)) => match churn(spec).await {
+                Ok(r) => Reply::Churned(r),
+                Err(e) => Reply::Error { message: e.to_string() },
+            },
             Ok(Command::Reset) => {
                 let mut s = lock(&state);
                 s.counters = Counters::default();
@@ -352,11 +394,12 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
             let channel = spec.channels[(index % spec.channels.len() as u64) as usize].clone();
+            let url = url_with_token(&spec.url, &spec.tokens, index);
             let (source, port) = (source_addr(index, spec.per_source), source_port(index, spec.per_source));
             if spec.transport != Transport::Ws {
                 let opened = tokio::time::timeout(
                     Duration::from_secs(60),
-                    open_http(spec.transport, &spec.url, server, source, port, &channel),
+                    open_http(spec.transport, &url, server, source, port, &channel),
                 )
                 .await
                 .unwrap_or_else(|_| Err("timed out connecting and subscribing".into()));
@@ -376,7 +419,7 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
                             (Transport::Sse, Some(stream)) => read_loop_sse(stream, rest, &state, slot).await,
                             (Transport::LongPoll, Some(stream)) => {
                                 let cursor = String::from_utf8_lossy(&rest).into_owned();
-                                poll_loop(stream, &spec.url, &channel, cursor, &state, slot).await
+                                poll_loop(stream, &url, &channel, cursor, &state, slot).await
                             }
                             _ => {}
                         }
@@ -387,12 +430,10 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
                 }
                 return;
             }
-            let opened = tokio::time::timeout(
-                Duration::from_secs(60),
-                open(&spec.url, server, source, port, &channel),
-            )
-            .await
-            .unwrap_or_else(|_| Err("timed out connecting and subscribing".into()));
+            let opened =
+                tokio::time::timeout(Duration::from_secs(60), open(&url, server, source, port, &channel))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out connecting and subscribing".into()));
             drop(permit);
             match opened {
                 Ok((ws, position)) => {
@@ -429,6 +470,52 @@ async fn connect_all(state: &Shared, spec: ConnectSpec) -> anyhow::Result<Connec
     }
     reply.open_now = lock(state).conns.iter().filter(|c| c.open).count() as u64;
     reply.seconds = started.elapsed().as_secs_f64();
+    Ok(reply)
+}
+
+async fn churn(spec: ChurnSpec) -> anyhow::Result<ChurnReply> {
+    anyhow::ensure!(!spec.channels.is_empty() && spec.rate > 0.0, "churn needs channels and a rate");
+    let server = server_addr(&spec.url)?;
+    let spec = Arc::new(spec);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / spec.rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs_f64(spec.seconds);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let mut started = 0u64;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let index = spec.first_index + started;
+        let channel = spec.channels[(started % spec.channels.len() as u64) as usize].clone();
+        let (spec, done) = (spec.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let source = source_addr(index, spec.per_source);
+            let cycle = async {
+                let url = url_with_token(&spec.url, &spec.tokens, index);
+                let (mut ws, _) = open(&url, server, source, None, &channel).await?;
+                tokio::time::sleep(Duration::from_millis(spec.hold_ms)).await;
+                ws.close(None).await.map_err(|e| format!("close: {e}"))?;
+                // Wait for the server's close frame (or the end of the stream).
+                while let Some(Ok(_)) = ws.next().await {}
+                Ok(())
+            };
+            let result = tokio::time::timeout(Duration::from_secs(30), cycle)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            let _ = done.send(result);
+        });
+        started += 1;
+    }
+    drop(done_tx);
+    let mut reply = ChurnReply::default();
+    while let Some(result) = done_rx.recv().await {
+        match result {
+            Ok(()) => reply.cycles += 1,
+            Err(e) => {
+                reply.failed += 1;
+                reply.first_error.get_or_insert(e);
+            }
+        }
+    }
     Ok(reply)
 }
 
