@@ -87,3 +87,60 @@ fn cluster_mode_runs_three_nodes_over_nats() {
     assert!(run["deliveries"].as_u64().is_some_and(|d| d > 0), "{run}");
     assert_eq!(run["missing"], 0, "lost messages: {run}");
 }
+
+/// The cluster scenario's scale options with tiny numbers: mixed transports over two nodes,
+/// several channels and users, presence channels, and a churn window; every transport's
+/// connections open, the churning ones cycle, nothing is lost.
+#[test]
+fn cluster_mode_mixes_transports_users_and_churn() {
+    let Some(nats) = std::env::var_os("HERALD_TEST_NATS_SERVER") else {
+        eprintln!("skipping the cluster smoke run: set HERALD_TEST_NATS_SERVER or run cargo xtask test");
+        return;
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["cluster".into(), "--nats-server".into(), nats];
+    for a in [
+        "--nodes",
+        "2",
+        "--subscribers",
+        "40",
+        "--mix",
+        "ws=50,sse=30,long-poll=20",
+        "--channels",
+        "4",
+        "--users",
+        "5",
+        "--presence",
+        "--churn",
+        "10",
+        "--churn-seconds",
+        "1",
+        "--churn-hold-ms",
+        "100",
+        "--settle",
+        "0.2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--drain-timeout",
+        "5",
+    ] {
+        args.push(a.into());
+    }
+    let figures = run_bench(&args);
+    let run = &figures["scenarios"][0]["herald"];
+    let opened: Vec<(&str, u64)> = run["transports"]
+        .as_array()
+        .expect("transports")
+        .iter()
+        .map(|t| (t["transport"].as_str().unwrap(), t["opened"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(opened, [("ws", 20), ("sse", 12), ("long_poll", 8)], "{run}");
+    assert_eq!(run["subscribers_open"], 40, "{run}");
+    assert!(run["churn"]["cycles"].as_u64().is_some_and(|c| c >= 5), "{run}");
+    assert_eq!(run["churn"]["failed"], 0, "{run}");
+    assert!(run["deliveries"].as_u64().is_some_and(|d| d > 0), "{run}");
+    assert_eq!(run["missing"], 0, "lost messages: {run}");
+}
