@@ -55,17 +55,24 @@ fn smoke_mode_runs_against_herald_and_the_baseline() {
     assert_eq!(scenarios, ["idle", "fanout", "channels"]);
 }
 
+/// `cluster --nats-server <HERALD_TEST_NATS_SERVER> <extra>`, or `None` (with a notice) when
+/// no NATS server is given.
+fn cluster_args(extra: &[&str]) -> Option<Vec<std::ffi::OsString>> {
+    let Some(nats) = std::env::var_os("HERALD_TEST_NATS_SERVER") else {
+        eprintln!("skipping the cluster smoke run: set HERALD_TEST_NATS_SERVER or run cargo xtask test");
+        return None;
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["cluster".into(), "--nats-server".into(), nats];
+    args.extend(extra.iter().map(Into::into));
+    Some(args)
+}
+
 /// `herald-bench cluster` with tiny numbers: NATS and three nodes start, every subscriber gets
 /// every message, everything is stopped. Needs `HERALD_TEST_NATS_SERVER` (`cargo xtask test`
 /// sets it).
 #[test]
 fn cluster_mode_runs_three_nodes_over_nats() {
-    let Some(nats) = std::env::var_os("HERALD_TEST_NATS_SERVER") else {
-        eprintln!("skipping the cluster smoke run: set HERALD_TEST_NATS_SERVER or run cargo xtask test");
-        return;
-    };
-    let mut args: Vec<std::ffi::OsString> = vec!["cluster".into(), "--nats-server".into(), nats];
-    for a in [
+    let Some(args) = cluster_args(&[
         "--subscribers",
         "30",
         "--rate",
@@ -78,9 +85,9 @@ fn cluster_mode_runs_three_nodes_over_nats() {
         "5",
         "--max-in-flight",
         "4",
-    ] {
-        args.push(a.into());
-    }
+    ]) else {
+        return;
+    };
     let figures = run_bench(&args);
     let run = &figures["scenarios"][0]["herald"];
     assert_eq!(run["subscribers_open"], 30, "{run}");
@@ -93,12 +100,7 @@ fn cluster_mode_runs_three_nodes_over_nats() {
 /// connections open, the churning ones cycle, nothing is lost.
 #[test]
 fn cluster_mode_mixes_transports_users_and_churn() {
-    let Some(nats) = std::env::var_os("HERALD_TEST_NATS_SERVER") else {
-        eprintln!("skipping the cluster smoke run: set HERALD_TEST_NATS_SERVER or run cargo xtask test");
-        return;
-    };
-    let mut args: Vec<std::ffi::OsString> = vec!["cluster".into(), "--nats-server".into(), nats];
-    for a in [
+    let Some(args) = cluster_args(&[
         "--nodes",
         "2",
         "--subscribers",
@@ -126,9 +128,9 @@ fn cluster_mode_mixes_transports_users_and_churn() {
         "0.2",
         "--drain-timeout",
         "5",
-    ] {
-        args.push(a.into());
-    }
+    ]) else {
+        return;
+    };
     let figures = run_bench(&args);
     let run = &figures["scenarios"][0]["herald"];
     let opened: Vec<(&str, u64)> = run["transports"]

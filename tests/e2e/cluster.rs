@@ -970,15 +970,6 @@ async fn a_webhook_delivery_moves_to_another_node_through_the_jetstream_queue() 
     c.restart_node(holder).await;
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
-    // The fields after the command name (which may contain spaces) in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    ticks as f64 / 100.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_cluster_nodes_use_almost_no_cpu() {
     let Some(c) = cluster(2).await else { return };
@@ -988,10 +979,10 @@ async fn idle_cluster_nodes_use_almost_no_cpu() {
     let mut ws = c.nodes[1].ws(&token).await;
     ws.subscribe("quiet").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before: Vec<f64> = c.nodes.iter().map(|n| cpu_seconds(n.pid())).collect();
+    let before: Vec<f64> = c.nodes.iter().map(Herald::cpu_seconds).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (i, (node, before)) in c.nodes.iter().zip(before).enumerate() {
-        let used = cpu_seconds(node.pid()) - before;
+        let used = node.cpu_seconds() - before;
         // An idle node ticks its statistics and heartbeats: a few percent of a core at most,
         // in a debug build too. A task that spins takes a whole core.
         assert!(used < 0.6, "node{} used {used:.2} s of CPU in 3 idle seconds", i + 1);

@@ -55,6 +55,7 @@ struct Written {
 type Pair = (Arc<str>, Arc<str>);
 
 /// The entries a change touched, so a write rebuilds only those, not the whole node.
+#[derive(Default)]
 struct Pending {
     /// Rebuild every entry from the node's state: the first write, after a reconnection, after
     /// a failed write, or when more changed than [`MAX_PENDING`].
@@ -66,10 +67,9 @@ struct Pending {
 }
 
 impl Pending {
-    fn rebuild(&mut self) {
-        self.all = true;
-        self.users = HashSet::new();
-        self.channels = HashSet::new();
+    /// Everything, rebuilt from the node's state.
+    fn everything() -> Pending {
+        Pending { all: true, ..Pending::default() }
     }
 }
 
@@ -94,11 +94,7 @@ impl Registry {
             node_id: node_id.to_owned(),
             heartbeat,
             written: tokio::sync::Mutex::default(),
-            pending: std::sync::Mutex::new(Pending {
-                all: true,
-                users: HashSet::new(),
-                channels: HashSet::new(),
-            }),
+            pending: std::sync::Mutex::new(Pending::everything()),
             dirty: tokio::sync::Notify::new(),
         })
     }
@@ -147,7 +143,7 @@ impl Registry {
                     }
                 }
                 if p.users.len() + p.channels.len() > MAX_PENDING {
-                    p.rebuild();
+                    *p = Pending::everything();
                 }
             }
         }
@@ -156,7 +152,7 @@ impl Registry {
 
     /// Rebuild and rewrite every entry soon (after a reconnection: the bucket may be new).
     pub(crate) fn rewrite_all(&self) {
-        self.pending().rebuild();
+        *self.pending() = Pending::everything();
         self.dirty.notify_one();
     }
 
@@ -278,10 +274,7 @@ impl Registry {
     /// exists is written empty once.
     pub(crate) async fn refresh(&self, node: &dyn Node) -> Result<(), Error> {
         let mut written = self.written.lock().await;
-        let pending = std::mem::replace(
-            &mut *self.pending(),
-            Pending { all: false, users: HashSet::new(), channels: HashSet::new() },
-        );
+        let pending = std::mem::take(&mut *self.pending());
         let now = Instant::now();
         let renew = written.renewed.is_none_or(|at| now.duration_since(at) >= self.heartbeat * 3 / 4);
         let updates: Vec<(String, Option<bytes::Bytes>)> = if pending.all {
@@ -338,7 +331,7 @@ impl Registry {
         if let Some(e) = error {
             // Rebuild and write everything next time.
             written.renewed = None;
-            self.pending().rebuild();
+            *self.pending() = Pending::everything();
             return Err(Error::ClusterUnavailable(e));
         }
         if renew {
