@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use herald_types::names;
-use herald_types::tokens::{self, Action, ClientClaims};
+use herald_types::tokens::{self, Action, ClientClaims, Grants};
 
 use crate::backend::NewMessage;
 use crate::channel::{Channel, PublishOutcome, StreamPosition, SubscribeError, SubscribeOutcome, Subscriber};
@@ -31,8 +31,12 @@ pub struct Session {
     pub hub: Arc<Hub>,
     pub conn: Arc<Connection>,
     tenant: Arc<TenantSnapshot>,
-    claims: ClientClaims,
-    subscriptions: HashMap<String, Arc<Channel>>,
+    /// What the token allows, compacted (the user is `conn.user`, the token id `conn.token`).
+    grants: Grants,
+    /// Unix time at which the token (or the proxy's grant) expires.
+    expires_at: i64,
+    /// Keyed by the channel's own name, so a subscription allocates no second copy of it.
+    subscriptions: HashMap<Arc<str>, Arc<Channel>>,
     /// Authenticated by the tenant's connect proxy rather than a token.
     via_proxy: bool,
 }
@@ -148,7 +152,8 @@ impl Session {
             hub,
             conn,
             tenant: verified.tenant,
-            claims: verified.claims,
+            grants: Grants::from(&verified.claims.capabilities),
+            expires_at: verified.claims.exp,
             subscriptions: HashMap::new(),
             via_proxy,
         })
@@ -166,10 +171,10 @@ impl Session {
             return false;
         }
         let body = serde_json::json!({
-            "user": self.claims.sub,
+            "user": &*self.conn.user,
             "client": self.client_id(),
             "transport": self.conn.transport.as_str(),
-            "expires_at": self.claims.exp,
+            "expires_at": self.expires_at,
         });
         let now = chrono::Utc::now().timestamp();
         let exp = match self.hub.consult(&tenant, herald_types::model::ProxyKind::Refresh, || body).await {
@@ -181,7 +186,7 @@ impl Session {
             Ok(None) => now + PROXY_REFRESH_GRACE_SECONDS,
             Err(_) => return false,
         };
-        self.claims.exp = exp;
+        self.expires_at = exp;
         self.reply(protocol::frame(&ServerFrame::Refreshed { id: None, expires_at: exp }));
         true
     }
@@ -192,11 +197,11 @@ impl Session {
 
     /// Unix time at which the token expires.
     pub fn expires_at(&self) -> i64 {
-        self.claims.exp
+        self.expires_at
     }
 
     pub fn user(&self) -> &str {
-        &self.claims.sub
+        &self.conn.user
     }
 
     pub fn tenant_id(&self) -> &str {
@@ -212,10 +217,10 @@ impl Session {
         Outgoing::Frame(protocol::frame(&ServerFrame::Connected {
             id,
             client: self.conn.id.to_string(),
-            user: &self.claims.sub,
+            user: &self.conn.user,
             node: &self.hub.settings.node_id,
             ping_interval_ms: self.hub.settings.ping_interval.as_millis() as u64,
-            expires_at: self.claims.exp,
+            expires_at: self.expires_at,
         }))
     }
 
@@ -251,7 +256,7 @@ impl Session {
     }
 
     fn allows(&self, channel: &str, action: Action) -> bool {
-        tokens::allows(&self.claims.capabilities, channel, action)
+        self.grants.allows(channel, action)
     }
 
     /// Subscribes to `channel`, optionally resuming. The confirmation, replayed messages and
@@ -285,7 +290,7 @@ impl Session {
             let mut info = self.conn.info.clone();
             let body = || {
                 serde_json::json!({
-                    "user": self.claims.sub,
+                    "user": &*self.conn.user,
                     "client": self.client_id(),
                     "transport": self.conn.transport.as_str(),
                     "channel": channel,
@@ -332,11 +337,11 @@ impl Session {
                         let join = protocol::frame(&ServerFrame::Join {
                             channel,
                             client: self.client_id(),
-                            user: &self.claims.sub,
+                            user: &self.conn.user,
                         });
                         self.hub.broadcast_event(&ch, join, self.conn.id, false);
                     }
-                    self.subscriptions.insert(channel.to_owned(), ch);
+                    self.subscriptions.insert(ch.name.clone(), ch);
                     return Ok(outcome);
                 }
                 Err(SubscribeError::Retired) => continue,
@@ -360,7 +365,7 @@ impl Session {
             let leave = protocol::frame(&ServerFrame::Leave {
                 channel: name,
                 client: self.client_id(),
-                user: &self.claims.sub,
+                user: &self.conn.user,
             });
             self.hub.broadcast_event(ch, leave, self.conn.id, true);
         }
@@ -444,7 +449,7 @@ impl Session {
         let mut data = data;
         let body = || {
             serde_json::json!({
-                "user": self.claims.sub,
+                "user": &*self.conn.user,
                 "client": self.client_id(),
                 "transport": self.conn.transport.as_str(),
                 "channel": channel,
@@ -522,11 +527,12 @@ impl Session {
     /// Replaces the token with a fresher one for the same user and tenant.
     async fn refresh(&mut self, id: Option<&RawValue>, token: &str) -> CommandOutcome {
         match client_auth::verify(&self.hub.directory, token, Some(&self.conn.tenant)).await {
-            Ok(v) if v.claims.sub == self.claims.sub => {
+            Ok(v) if *v.claims.sub == *self.conn.user => {
                 *self.conn.token.lock().expect("token lock") = (v.claims.jti.clone(), v.claims.iat);
-                self.claims = v.claims;
+                self.grants = Grants::from(&v.claims.capabilities);
+                self.expires_at = v.claims.exp;
                 self.tenant = v.tenant;
-                self.reply(protocol::frame(&ServerFrame::Refreshed { id, expires_at: self.claims.exp }));
+                self.reply(protocol::frame(&ServerFrame::Refreshed { id, expires_at: self.expires_at }));
                 CommandOutcome::Continue
             }
             Ok(_) => {
