@@ -10,6 +10,8 @@
 //!   socket, under hyper, so it covers every response and upgraded connection alike.
 //! - **Connections per client address are capped** (`max_connections_per_ip`, 0 for none);
 //!   addresses in `trusted_proxies` are exempt (the proxy in front enforces per-client limits).
+//!   An upgraded connection (a WebSocket) keeps its place after hyper hands the socket over:
+//!   the request carries an [`AddressHold`] that the upgraded connection's task keeps.
 //! - **Accept errors back off**: when the process is out of file descriptors the loop sleeps
 //!   (10 ms doubling to 1 s) instead of spinning, so the node stays responsive.
 //! - **Graceful shutdown**: on the signal the loop stops accepting, every connection is asked
@@ -87,6 +89,12 @@ struct AddressSlot {
     table: Arc<PerAddress>,
     ip: IpAddr,
 }
+
+/// A connection's place in its address's count, in the extensions of each of its requests.
+/// Whoever takes over the socket after an upgrade keeps a clone for as long as the socket
+/// lives; the place is given back when the last clone goes.
+#[derive(Clone)]
+pub struct AddressHold(#[allow(dead_code)] Arc<AddressSlot>);
 
 impl PerAddress {
     fn take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<AddressSlot> {
@@ -167,11 +175,13 @@ where
             }
         };
         let ip = remote.ip().to_canonical();
-        let slot = if limits.trusted_proxies.iter().any(|net| net.contains(&ip)) {
+        let slot = if limits.max_connections_per_ip == 0
+            || limits.trusted_proxies.iter().any(|net| net.contains(&ip))
+        {
             None
         } else {
             match addresses.take(ip, limits.max_connections_per_ip) {
-                Some(slot) => Some(slot),
+                Some(slot) => Some(Arc::new(slot)),
                 None => {
                     tracing::debug!(%ip, "refusing a connection over max_connections_per_ip");
                     drop(socket);
@@ -184,9 +194,9 @@ where
         let (endpoint, limits, tls, stop, done) =
             (endpoint.clone(), limits.clone(), tls.clone(), stop_rx.clone(), done_tx.clone());
         tokio::spawn(async move {
-            let handler = Handler { endpoint, local, remote, scheme: Scheme::HTTP, activity: None };
+            let hold = slot.map(AddressHold);
+            let handler = Handler { endpoint, local, remote, scheme: Scheme::HTTP, activity: None, hold };
             serve_connection(socket, handler, &limits, tls, stop).await;
-            drop(slot);
             let _ = done.send(());
         });
     }
@@ -360,6 +370,8 @@ struct Handler {
     scheme: Scheme,
     /// HTTP/2: requests in progress, for the idle bound.
     activity: Option<Arc<tokio::sync::watch::Sender<usize>>>,
+    /// The connection's place in its address's count (`None`: not counted).
+    hold: Option<AddressHold>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
@@ -370,12 +382,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let in_progress = self.activity.clone().map(InProgress::new);
         let endpoint = self.endpoint.clone();
-        let req = poem::Request::from((
+        let mut req = poem::Request::from((
             req,
             LocalAddr(Addr::SocketAddr(self.local)),
             RemoteAddr(Addr::SocketAddr(self.remote)),
             self.scheme.clone(),
         ));
+        if let Some(hold) = &self.hold {
+            req.extensions_mut().insert(hold.clone());
+        }
         Box::pin(async move {
             let resp: hyper::Response<BoxBody> = endpoint.get_response(req).await.into();
             Ok(resp.map(|body| Tracked { body, _in_progress: in_progress }))

@@ -214,6 +214,34 @@ async fn per_address_connection_limit() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     h.anonymous().get("/healthz").await.expect(200);
+    // Upgraded connections keep their place once hyper has handed the socket over: five
+    // WebSockets (waiting for their `connect` frame) fill an address too. (Another address than
+    // the test client's, whose pooled connection counts on 127.0.0.1.)
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from(&addr, [127, 0, 0, 9]).await.unwrap();
+        s.write_all(
+            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+        sockets.push(s);
+    }
+    // The sixth is closed unanswered.
+    let mut sixth = connect_from(&addr, [127, 0, 0, 9]).await.unwrap();
+    let _ = sixth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), sixth.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the sixth connection was kept open");
+    assert!(answer.is_empty(), "the sixth connection was served: {}", String::from_utf8_lossy(&answer));
+    // Their places come back when they close.
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from(&addr, [127, 0, 0, 9]).await.unwrap();
+    again.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_head(&mut again).await.starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
