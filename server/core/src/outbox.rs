@@ -1,6 +1,7 @@
 //! The bounded queue between the delivery core and one connection's writer. Publishers push
 //! without waiting; a connection whose queue passes its limits is closed as a slow consumer
-//! instead of growing memory. An idle outbox holds no allocation beyond the struct itself.
+//! instead of growing memory. An idle outbox holds no allocation beyond the struct itself: a
+//! drain hands the queue's buffer to the writer.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -109,23 +110,31 @@ impl Outbox {
 
     /// Moves everything queued into `batch`; returns `Err` once the outbox is closed. A close
     /// for shutdown still delivers what was queued before it.
+    ///
+    /// The queue's buffer goes with its items: an empty `batch` is replaced by it (no copy when
+    /// the queue had not wrapped), so the outbox keeps no allocation once drained and the
+    /// writer holds one only until it drops the batch.
     pub fn drain(&self, batch: &mut Vec<Outgoing>) -> Result<(), Disconnect> {
         let mut state = self.state.lock().expect("outbox lock");
         if let Some(reason) = state.closed.clone() {
             if reason.flushes_queue() && !state.queue.is_empty() {
-                batch.extend(state.queue.drain(..));
-                state.bytes = 0;
+                Self::hand_over(&mut state, batch);
                 return Ok(());
             }
             return Err(reason);
         }
-        batch.extend(state.queue.drain(..));
-        state.bytes = 0;
-        if state.queue.capacity() > 64 {
-            // Give back memory a burst left behind.
-            state.queue.shrink_to(16);
-        }
+        Self::hand_over(&mut state, batch);
         Ok(())
+    }
+
+    fn hand_over(state: &mut State, batch: &mut Vec<Outgoing>) {
+        let queue = std::mem::take(&mut state.queue);
+        state.bytes = 0;
+        if batch.is_empty() {
+            *batch = Vec::from(queue);
+        } else {
+            batch.extend(queue);
+        }
     }
 
     /// Waits until something is queued or the outbox is closed.
@@ -160,6 +169,29 @@ mod tests {
         assert_eq!(outbox.drain(&mut batch).unwrap_err(), Disconnect::SlowConsumer);
         assert!(batch.is_empty());
         assert!(outbox.push(frame("d")).is_err());
+    }
+
+    #[test]
+    fn a_drained_outbox_keeps_no_buffer() {
+        let outbox = Outbox::new(OutboxLimits { max_messages: 100, max_bytes: 1000 });
+        outbox.push(frame("a")).unwrap();
+        outbox.push(frame("b")).unwrap();
+        let mut batch = Vec::new();
+        outbox.drain(&mut batch).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(outbox.state.lock().unwrap().queue.capacity(), 0);
+        // Items already in the batch stay ahead of the ones drained after them.
+        outbox.push(frame("c")).unwrap();
+        outbox.drain(&mut batch).unwrap();
+        let texts: Vec<String> = batch
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) => f.as_str().to_owned(),
+                Outgoing::Publication(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(texts, ["a", "b", "c"]);
+        assert_eq!(outbox.state.lock().unwrap().queue.capacity(), 0);
     }
 
     #[test]

@@ -217,9 +217,8 @@ async fn write_queued(
 ) -> Result<(), Option<Disconnect>> {
     outbox.drain(batch).map_err(Some)?;
     let written = tokio::time::timeout(write_timeout, write_batch(ws, batch)).await;
-    if batch.capacity() > 256 {
-        *batch = Vec::new();
-    }
+    // The buffer came from the outbox (`Outbox::drain`); an idle connection keeps none.
+    *batch = Vec::new();
     match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(None),
