@@ -111,9 +111,9 @@ impl Outbox {
     /// Moves everything queued into `batch`; returns `Err` once the outbox is closed. A close
     /// for shutdown still delivers what was queued before it.
     ///
-    /// The queue's buffer goes with its items: an empty `batch` is replaced by it (no copy when
-    /// the queue had not wrapped), so the outbox keeps no allocation once drained and the
-    /// writer holds one only until it drops the batch.
+    /// The queue's buffer goes with its items: an empty `batch` is replaced by it (never
+    /// reallocated; a queue that wrapped is moved within its buffer), so the outbox keeps no
+    /// allocation once drained and the writer holds one only until it drops the batch.
     pub fn drain(&self, batch: &mut Vec<Outgoing>) -> Result<(), Disconnect> {
         let mut state = self.state.lock().expect("outbox lock");
         if let Some(reason) = state.closed.clone() {
