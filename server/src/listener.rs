@@ -90,7 +90,8 @@ struct AddressSlot {
     ip: IpAddr,
 }
 
-/// A connection's place in its address's count, in the extensions of each of its requests.
+/// A connection's place in its address's count, in the extensions of each request that asks
+/// for an upgrade.
 /// Whoever takes over the socket after an upgrade keeps a clone for as long as the socket
 /// lives; the place is given back when the last clone goes.
 #[derive(Clone)]
@@ -388,7 +389,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
             RemoteAddr(Addr::SocketAddr(self.remote)),
             self.scheme.clone(),
         ));
-        if let Some(hold) = &self.hold {
+        // Only an upgrade outlives this connection's task; other requests need no hold (and
+        // skip allocating an extension map for it).
+        if let Some(hold) = &self.hold
+            && req.headers().contains_key(poem::http::header::UPGRADE)
+        {
             req.extensions_mut().insert(hold.clone());
         }
         Box::pin(async move {
