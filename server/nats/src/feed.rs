@@ -41,14 +41,15 @@ pub(crate) struct JoinRequest {
 /// How often an idle feed checks whether its channel still has local subscribers.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
-/// Starts the feed of `ch`; joins are sent through the returned sender.
+/// Starts the feed of `ch` on the cluster thread; joins are sent through the returned sender.
 pub(crate) fn start(
     cluster: Arc<Cluster>,
     node: Arc<dyn Node>,
     ch: Arc<Channel>,
 ) -> mpsc::UnboundedSender<JoinRequest> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let thread = cluster.clone();
+    thread.thread.spawn(async move {
         let history = stream::history_subject(&ch.tenant, &ch.name);
         let mut feed = Feed { cluster, node, ch, history, last_seq: 0 };
         feed.run(rx).await;

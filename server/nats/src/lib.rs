@@ -17,6 +17,11 @@
 //!   from.
 //! - This module: the connection, the control plane (configuration changes, user commands)
 //!   and statistics shared between nodes.
+//!
+//! The NATS connection, the channels' feeds and their drain tasks (storing publishes) run on
+//! the cluster's own thread ([`ClusterThread`]), not among the node's connection tasks: an
+//! acknowledgement or a stored message is read, and handed to the subscribers' queues, as soon
+//! as it arrives, instead of waiting behind the socket writes of the message before.
 
 mod feed;
 mod hooks;
@@ -80,6 +85,51 @@ pub enum ClusterError {
         "cannot set up JetStream ({0}); NATS must run with JetStream enabled (-js), version 2.11 or later"
     )]
     JetStream(String),
+    #[error("cannot start the cluster thread: {0}")]
+    Thread(String),
+}
+
+/// The thread the cluster's latency-critical tasks run on: the NATS connection (reading
+/// acknowledgements and stored messages), each channel's feed (delivering to the node's
+/// subscriber queues) and drain (storing queued publishes). On the node's runtime they would
+/// be woken behind every connection writer already queued, hundreds after a fan-out, so the
+/// next message would be stored and delivered only once the previous one was written. Here
+/// they wait only for the operating system. The thread ends when the cluster is dropped.
+struct ClusterThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ClusterThread {
+    fn start() -> Result<ClusterThread, ClusterError> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("herald-cluster".into())
+            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => {
+                    let _ = ready.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                }
+            })
+            .map_err(|e| ClusterError::Thread(e.to_string()))?;
+        let handle =
+            started.recv().map_err(|e| ClusterError::Thread(e.to_string()))?.map_err(ClusterError::Thread)?;
+        Ok(ClusterThread { handle, _stop: stop })
+    }
+
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
 }
 
 /// Cluster settings from configuration.
@@ -133,6 +183,8 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, (Instant, Arc<StatsSample>)>>,
     /// Bumped on every (re)connection to NATS, so feeds check what they missed meanwhile.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Where the connection, the feeds and the drains run.
+    thread: ClusterThread,
 }
 
 impl Cluster {
@@ -145,38 +197,44 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let generation = tokio::sync::watch::Sender::new(0u64);
         let on_event = generation.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("herald {node_id}"))
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None::<usize>)
-            .subscription_capacity(FEED_BUFFER)
-            .event_callback(move |event| {
-                let generation = on_event.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            tracing::info!("connected to NATS");
-                            generation.send_modify(|g| *g += 1);
+        let thread = ClusterThread::start()?;
+        let servers: Vec<String> =
+            url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let name = format!("herald {node_id}");
+        // Connected from the cluster thread, so the connection's task runs there.
+        let connecting = thread.spawn(async move {
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(5))
+                .max_reconnects(None::<usize>)
+                .subscription_capacity(FEED_BUFFER)
+                .event_callback(move |event| {
+                    let generation = on_event.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                tracing::info!("connected to NATS");
+                                generation.send_modify(|g| *g += 1);
+                            }
+                            async_nats::Event::Disconnected => tracing::warn!("lost the connection to NATS"),
+                            // NATS dropped messages of a subscription: feeds catch up from the stream.
+                            async_nats::Event::SlowConsumer(_) => {
+                                tracing::warn!(
+                                    "NATS dropped messages for this node (slow consumer); catching up"
+                                );
+                                generation.send_modify(|g| *g += 1);
+                            }
+                            other => tracing::debug!(event = %other, "NATS event"),
                         }
-                        async_nats::Event::Disconnected => tracing::warn!("lost the connection to NATS"),
-                        // NATS dropped messages of a subscription: feeds catch up from the stream.
-                        async_nats::Event::SlowConsumer(_) => {
-                            tracing::warn!(
-                                "NATS dropped messages for this node (slow consumer); catching up"
-                            );
-                            generation.send_modify(|g| *g += 1);
-                        }
-                        other => tracing::debug!(event = %other, "NATS event"),
                     }
-                }
-            })
-            // A comma-separated list names several servers of one NATS cluster.
-            .connect(url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>())
-            .await
-            .map_err(|e| ClusterError::Connect {
-                url: herald_core::crypto::redact_url(url),
-                message: e.to_string(),
-            })?;
+                })
+                // A comma-separated list names several servers of one NATS cluster.
+                .connect(servers)
+                .await
+        });
+        let client = connecting.await.map_err(|e| ClusterError::Thread(e.to_string()))?.map_err(|e| {
+            ClusterError::Connect { url: herald_core::crypto::redact_url(url), message: e.to_string() }
+        })?;
         let max_payload = client.server_info().max_payload;
         if max_payload < herald_types::model::MAX_MESSAGE_BYTES as usize + 4096 {
             // Said once at start, not per refused publish: the default NATS setting is common.
@@ -207,6 +265,7 @@ impl Cluster {
             node: OnceLock::new(),
             peers: Mutex::default(),
             generation,
+            thread,
         }))
     }
 
@@ -588,5 +647,25 @@ impl Control for Cluster {
 
     fn peer_samples(&self) -> Vec<(String, Arc<StatsSample>)> {
         self.peers_now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What runs on the cluster thread runs while the node's runtime is busy: here the test's
+    /// only runtime thread blocks until the task answered, which it could not do on that
+    /// runtime.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_cluster_thread_runs_while_the_node_runtime_is_busy() {
+        let thread = ClusterThread::start().expect("cluster thread");
+        let (ran, answer) = std::sync::mpsc::channel();
+        thread.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = ran.send(std::thread::current().name().map(str::to_owned));
+        });
+        let name = answer.recv_timeout(Duration::from_secs(5)).expect("the task ran meanwhile");
+        assert_eq!(name.as_deref(), Some("herald-cluster"));
     }
 }

@@ -353,14 +353,15 @@ impl Cluster {
     }
 
     /// Makes sure a task is storing the channel's queued publishes. The task runs on its own,
-    /// so a caller that goes away mid-publish cannot leave the others of its batch unanswered.
+    /// so a caller that goes away mid-publish cannot leave the others of its batch unanswered,
+    /// and on the cluster thread, so an acknowledgement is acted on as soon as it arrives.
     fn start_drain(self: &Arc<Self>, ch: &Arc<Channel>) {
         let slot = ch.state::<ClusterChannel>();
         if slot.draining.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return; // The running task will see it.
         }
         let (cluster, ch) = (self.clone(), ch.clone());
-        tokio::spawn(async move {
+        self.thread.spawn(async move {
             let slot = ch.state::<ClusterChannel>();
             loop {
                 cluster.drain(&ch).await;
