@@ -18,10 +18,10 @@
 //! - This module: the connection, the control plane (configuration changes, user commands)
 //!   and statistics shared between nodes.
 //!
-//! The NATS connection, the channels' feeds and their drain tasks (storing publishes) run on
-//! the cluster's own thread ([`ClusterThread`]), not among the node's connection tasks: an
-//! acknowledgement or a stored message is read, and handed to the subscribers' queues, as soon
-//! as it arrives, instead of waiting behind the socket writes of the message before.
+//! The NATS connection, the channels' feeds and every store of publishes run on the cluster's
+//! own thread ([`ClusterThread`]), not among the node's connection tasks: an acknowledgement or
+//! a stored message is read, and handed to the subscribers' queues, as soon as it arrives,
+//! instead of waiting behind the socket writes of the message before.
 
 mod feed;
 mod hooks;
@@ -91,19 +91,20 @@ pub enum ClusterError {
 
 /// The thread the cluster's latency-critical tasks run on: the NATS connection (reading
 /// acknowledgements and stored messages), each channel's feed (delivering to the node's
-/// subscriber queues) and drain (storing queued publishes). On the node's runtime they would
-/// be woken behind every connection writer already queued, hundreds after a fan-out, so the
-/// next message would be stored and delivered only once the previous one was written. Here
-/// they wait only for the operating system. The thread ends when the cluster is dropped.
+/// subscriber queues) and every store of publishes (a channel's drain, or a publish with an
+/// idempotency key). On the node's runtime they would be woken behind every connection writer
+/// already queued, hundreds after a fan-out, so the next message would be stored and delivered
+/// only once the previous one was written. Here they wait only for the operating system. The
+/// thread ends when the cluster is dropped.
 struct ClusterThread {
     handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl ClusterThread {
-    fn start() -> Result<ClusterThread, ClusterError> {
+    async fn start() -> Result<ClusterThread, ClusterError> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, started) = std::sync::mpsc::channel();
+        let (ready, started) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("herald-cluster".into())
             .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -119,7 +120,7 @@ impl ClusterThread {
             })
             .map_err(|e| ClusterError::Thread(e.to_string()))?;
         let handle =
-            started.recv().map_err(|e| ClusterError::Thread(e.to_string()))?.map_err(ClusterError::Thread)?;
+            started.await.map_err(|e| ClusterError::Thread(e.to_string()))?.map_err(ClusterError::Thread)?;
         Ok(ClusterThread { handle, _stop: stop })
     }
 
@@ -197,7 +198,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let generation = tokio::sync::watch::Sender::new(0u64);
         let on_event = generation.clone();
-        let thread = ClusterThread::start()?;
+        let thread = ClusterThread::start().await?;
         let servers: Vec<String> =
             url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         let name = format!("herald {node_id}");
@@ -659,7 +660,7 @@ mod tests {
     /// runtime.
     #[tokio::test(flavor = "current_thread")]
     async fn the_cluster_thread_runs_while_the_node_runtime_is_busy() {
-        let thread = ClusterThread::start().expect("cluster thread");
+        let thread = ClusterThread::start().await.expect("cluster thread");
         let (ran, answer) = std::sync::mpsc::channel();
         thread.spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -329,7 +329,7 @@ impl Cluster {
     /// sequence of the one before). Publishes that arrive meanwhile wait in the channel's queue
     /// and go out together as one stored batch, so a burst costs one round trip and reaches
     /// subscribers in one wake-up. A publish with an idempotency key is stored on its own (the
-    /// key is the stored message's `Nats-Msg-Id`).
+    /// key is the stored message's `Nats-Msg-Id`). Every store runs on the cluster thread.
     pub(crate) async fn store_publish(
         self: &Arc<Self>,
         ch: &Arc<Channel>,
@@ -342,9 +342,15 @@ impl Cluster {
         self.health().map_err(Error::ClusterUnavailable)?;
         let slot = ch.state::<ClusterChannel>();
         if let Some(key) = idempotency_key {
-            let mut head = slot.head.lock().await;
-            let mut outcomes = self.store(ch, &mut head, vec![(data, event)], Some(&key)).await?;
-            return Ok(outcomes.pop().expect("one outcome per message"));
+            // Stored on its own, but like every store on the cluster thread: its acknowledgement
+            // is read there, and a caller that goes away cannot cut the store short.
+            let (cluster, ch) = (self.clone(), ch.clone());
+            let stored = self.thread.spawn(async move {
+                let mut head = ch.state::<ClusterChannel>().head.lock().await;
+                let mut outcomes = cluster.store(&ch, &mut head, vec![(data, event)], Some(&key)).await?;
+                Ok(outcomes.pop().expect("one outcome per message"))
+            });
+            return stored.await.unwrap_or_else(|_| Err(Self::unavailable("the publish was abandoned")));
         }
         let (done, answer) = tokio::sync::oneshot::channel();
         slot.pending.lock().expect("pending lock").push_back(PendingPublish { data, event, done });
