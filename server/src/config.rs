@@ -67,6 +67,7 @@ pub const KEYS: &[&str] = &[
     "cluster_heartbeat_seconds",
     "cluster_history_max_bytes",
     "cluster_replicas",
+    "cluster_store_interval_ms",
     "http_header_read_timeout_seconds",
     "http_write_timeout_seconds",
     "max_connections_per_ip",
@@ -217,6 +218,9 @@ pub struct Config {
     /// JetStream replicas of the history stream and the presence bucket (1 on a single NATS
     /// server; 3 on a NATS cluster so a NATS server can fail without losing history).
     pub cluster_replicas: usize,
+    /// The least time between two stores of one channel's publishes by a node; what arrives
+    /// meanwhile is stored as one batch (cluster mode).
+    pub cluster_store_interval: Duration,
     /// A request head must arrive whole within this (also ends idle keep-alive connections).
     pub http_header_read_timeout: Duration,
     /// A write to a client that makes no progress for this long ends the connection.
@@ -308,6 +312,7 @@ impl std::fmt::Debug for Config {
             .field("cluster_heartbeat", &self.cluster_heartbeat)
             .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
             .field("cluster_replicas", &self.cluster_replicas)
+            .field("cluster_store_interval", &self.cluster_store_interval)
             .field("http_header_read_timeout", &self.http_header_read_timeout)
             .field("http_write_timeout", &self.http_write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
@@ -603,6 +608,11 @@ impl Config {
                 (1 << 20)..=(1 << 40),
             )?,
             cluster_replicas: l.number("cluster_replicas", 1, 1..=5)?,
+            cluster_store_interval: Duration::from_millis(l.number(
+                "cluster_store_interval_ms",
+                1,
+                0..=1000,
+            )?),
             http_header_read_timeout: l.seconds("http_header_read_timeout_seconds", 10, 1..=300)?,
             http_write_timeout: l.seconds("http_write_timeout_seconds", 30, 1..=3600)?,
             max_connections_per_ip: l.number("max_connections_per_ip", 4096, 0..=10_000_000)?,

@@ -195,6 +195,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
                     idempotency_window: config.idempotency_window,
                     history_max_bytes: config.cluster_history_max_bytes,
                     replicas: config.cluster_replicas,
+                    store_interval: config.cluster_store_interval,
                 },
             )
             .await?;

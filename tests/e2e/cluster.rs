@@ -988,3 +988,54 @@ async fn idle_cluster_nodes_use_almost_no_cpu() {
         assert!(used < 0.6, "node{} used {used:.2} s of CPU in 3 idle seconds", i + 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_channel_is_stored_once_per_interval_and_a_quiet_one_at_once() {
+    // A long interval, so waiting for it cannot be mistaken for a slow round trip.
+    let Some(c) = cluster_with(1, &[("HERALD_CLUSTER_STORE_INTERVAL_MS", "1000")]).await else { return };
+    let token = c.token("u").await;
+    let mut ws = c.nodes[0].ws(&token).await;
+    ws.subscribe("busy").await;
+
+    let first = c.publish(0, "busy", json!(0)).await;
+    // Published right after the first store: they wait for the interval and are stored
+    // together, so they are acknowledged together.
+    let sent = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 1..=5u64 {
+        let key = Client {
+            http: c.keys[0].http.clone(),
+            base: c.keys[0].base.clone(),
+            token: c.keys[0].token.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let ack =
+                key.post("/v1/tenants/acme/channels/busy/messages", json!({"data": n})).await.expect(200);
+            (ack, Instant::now())
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    let earliest = acks.iter().map(|(_, at)| *at).min().unwrap();
+    let latest = acks.iter().map(|(_, at)| *at).max().unwrap();
+    assert!(
+        earliest - sent >= Duration::from_millis(700),
+        "stored {:?} after the store before, within the interval",
+        earliest - sent
+    );
+    assert!(latest - earliest < Duration::from_millis(500), "not one batch: {:?} apart", latest - earliest);
+    let mut acked: Vec<u64> = acks.iter().map(|(a, _)| a["position"].as_u64().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked, (2..=6).collect::<Vec<_>>(), "{first}");
+    assert_eq!(positions(&ws.read_pubs(6).await), (1..=6).collect::<Vec<_>>());
+
+    // A channel published to less often than the interval never waits.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sent = Instant::now();
+    let ack = c.publish(0, "busy", json!(7)).await;
+    assert_eq!(ack["position"], 7);
+    assert!(sent.elapsed() < Duration::from_millis(500), "a quiet channel waited {:?}", sent.elapsed());
+    assert_eq!(positions(&ws.read_pubs(1).await), vec![7]);
+}

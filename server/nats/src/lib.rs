@@ -144,6 +144,10 @@ pub struct ClusterSettings {
     pub history_max_bytes: u64,
     /// JetStream replicas of the stream and the presence bucket.
     pub replicas: usize,
+    /// The least time between two stores of one channel's publishes by this node: what is
+    /// published meanwhile waits and goes out as one batch (zero: store as soon as the store
+    /// before is acknowledged).
+    pub store_interval: Duration,
 }
 
 /// Messages a channel feed's NATS subscription buffers before NATS drops them (the feed then
@@ -162,6 +166,8 @@ pub(crate) struct ClusterChannel {
     pub pending: Mutex<VecDeque<PendingPublish>>,
     /// Whether a drain task is running.
     pub draining: AtomicBool,
+    /// When this node last started storing a batch of the channel (paces the drain).
+    pub last_store: Mutex<Option<Instant>>,
 }
 
 /// How long a cluster channel without local subscribers is kept (its options and stream head

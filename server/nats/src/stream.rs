@@ -387,6 +387,15 @@ impl Cluster {
     async fn drain(&self, ch: &Channel) {
         let slot = ch.state::<ClusterChannel>();
         loop {
+            // A channel published to faster than one store per interval is stored once per
+            // interval, what arrived meanwhile as one batch: each store costs NATS and every
+            // subscribed node a message, whatever it holds. Slower channels never wait.
+            let last = *slot.last_store.lock().expect("last store lock");
+            if let Some(next) = last.map(|t| t + self.settings.store_interval)
+                && next > Instant::now()
+            {
+                tokio::time::sleep_until(next.into()).await;
+            }
             // The head is taken per batch: a publish with an idempotency key waiting for it
             // gets its turn between batches (tokio's mutex is fair).
             let mut head = slot.head.lock().await;
@@ -398,6 +407,7 @@ impl Cluster {
                 batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
             // Checked per batch, like a single publish: nothing is handed to a disconnected
             // client, which would send it (and have it stored) after reconnecting.
+            *slot.last_store.lock().expect("last store lock") = Some(Instant::now());
             let stored = match self.health() {
                 Ok(()) => self.store(ch, &mut head, items, None).await,
                 Err(why) => Err(Error::ClusterUnavailable(why)),

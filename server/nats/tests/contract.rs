@@ -121,6 +121,7 @@ async fn nats(queue: usize) -> Option<Nodes> {
         idempotency_window: Duration::from_secs(300),
         history_max_bytes: 64 << 20,
         replicas: 1,
+        store_interval: Duration::from_millis(1),
     };
     let mut hubs = Vec::new();
     for name in ["n1", "n2"] {
