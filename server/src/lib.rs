@@ -9,7 +9,8 @@
 //! - [`hooks`]: webhooks: matching events, the durable queue, signed delivery with retries.
 //! - [`outbound`]: HTTP calls to tenants' endpoints, refused for private addresses.
 //! - [`proxy`]: tenants' connect/subscribe/publish/refresh proxies over HTTP.
-//! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`.
+//! - [`transport`]: WebSocket, SSE and long polling, each an adapter onto `herald_core::Session`;
+//!   [`sockets`]: the runtime WebSocket connections run on, apart from HTTP's.
 //! - [`server`]: routes, health endpoints, graceful shutdown; [`listener`]: the connection
 //!   layer (accept loop, header-read and write timeouts, per-address limits, HTTP/2 by ALPN);
 //!   [`tls`]: the certificate it serves over HTTPS, reloaded on SIGHUP or when its files change.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod proxy;
 pub mod server;
+pub mod sockets;
 pub mod state;
 pub mod tls;
 pub mod transport;

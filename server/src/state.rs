@@ -38,6 +38,8 @@ pub struct AppState {
     pub hooks: Arc<crate::hooks::Hooks>,
     /// Tenants' proxy endpoints, as the hub calls them.
     pub proxies: Arc<crate::proxy::Proxies>,
+    /// Where WebSocket connections run (not among the HTTP requests).
+    pub sockets: crate::sockets::SocketRuntime,
 }
 
 /// How long cached tenant configuration is trusted before it is reloaded, bounding how long a
@@ -90,6 +92,8 @@ pub enum BootError {
     BadKeyFile { path: String, message: String },
     #[error(transparent)]
     Cluster(#[from] herald_nats::ClusterError),
+    #[error("cannot start the WebSocket runtime: {0}")]
+    Sockets(std::io::Error),
 }
 
 /// What start-up produced that the operator must see once.
@@ -238,6 +242,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         draining: AtomicBool::new(false),
         hooks,
         proxies,
+        sockets: crate::sockets::SocketRuntime::start().map_err(BootError::Sockets)?,
     });
     Ok(Bootstrap { state, generated_admin_token })
 }

@@ -579,3 +579,54 @@ crate::on_both_fanouts!(
     tenants_are_isolated_on_the_same_channel_name,
     revocation_and_suspension_close_live_connections,
 );
+
+/// CPU ticks (user + system) of the node's threads, summed by thread name.
+fn thread_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut ticks = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let used = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        *ticks.entry(name).or_default() += used;
+    }
+    ticks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_writers_run_apart_from_the_http_requests() {
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    let token = t.token("u", all_caps()).await;
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let mut ws = h.ws(&token).await;
+        ws.subscribe("wide").await;
+        clients.push(ws);
+    }
+    let before = thread_ticks(h.pid());
+    let padding = "x".repeat(1000);
+    for n in 0..400 {
+        t.publish("wide", json!({"n": n, "padding": padding})).await;
+    }
+    for ws in clients.iter_mut().step_by(50) {
+        assert_eq!(ws.read_pubs(400).await.len(), 400);
+    }
+    let after = thread_ticks(h.pid());
+    let used = |ws: bool| -> u64 {
+        after
+            .iter()
+            .filter(|(name, _)| (name.as_str() == "herald-ws") == ws)
+            .map(|(name, t)| t - before.get(name).copied().unwrap_or(0))
+            .sum()
+    };
+    let (writers, rest) = (used(true), used(false));
+    // 120,000 deliveries of 1 KB against 400 publish requests: the writes are a large share of
+    // the work (more than half in a debug build), and they happen on the socket runtime's
+    // threads, not among the HTTP requests (where the socket runtime would use nothing).
+    assert!(
+        writers >= 5 && writers * 3 >= rest,
+        "herald-ws threads used {writers} ticks, the others {rest}: {after:?}"
+    );
+}

@@ -81,7 +81,9 @@ pub async fn websocket(req: &Request, state: Data<&SharedState>, Query(query): Q
     // What only authentication needs travels boxed, so the task every open connection keeps
     // holds one pointer for it (see `connection`).
     let handshake = Box::new(Handshake { on_upgrade, query, origin, forwarded });
-    tokio::spawn(connection(hub, handshake, hold));
+    // On the socket runtime: a fan-out's writers never stand between this node's HTTP
+    // requests and the threads that serve them.
+    state.sockets.spawn(connection(hub, handshake, hold));
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -1,0 +1,66 @@
+//! The runtime WebSocket connections run on, apart from the runtime that serves HTTP.
+//!
+//! A publish wakes the writer of every subscribed connection, and tokio runs woken tasks in
+//! the order they were woken. With every task on one runtime, an HTTP request that arrives
+//! during a fan-out (the next publish, a subscribe over SSE, a health check) is read only
+//! after every writer the fan-out woke has written. With the connections here, the HTTP
+//! runtime's threads are idle when a request arrives, and the operating system runs them at
+//! once, between the writers' turns.
+//!
+//! The sockets stay registered with the HTTP runtime's I/O driver (they were accepted there);
+//! a connection task here is woken by it like by any other waker.
+
+use std::future::Future;
+
+/// A multi-threaded runtime (threads named `herald-ws`, one per core) for WebSocket
+/// connections; it stops, without waiting for its tasks, when dropped.
+pub struct SocketRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SocketRuntime {
+    pub fn start() -> std::io::Result<SocketRuntime> {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().thread_name("herald-ws").enable_all().build()?;
+        Ok(SocketRuntime { runtime: Some(runtime) })
+    }
+
+    /// Runs a connection's task on this runtime.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(task);
+        }
+    }
+}
+
+impl Drop for SocketRuntime {
+    /// Dropped from inside the HTTP runtime at the end of a run, where blocking to join the
+    /// threads is not allowed; the node has waited for its connections by then.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection task runs on the socket runtime's threads, also while the runtime that
+    /// spawned it is busy (the test's only thread blocks until the task answered).
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_run_on_their_own_threads() {
+        let sockets = SocketRuntime::start().expect("socket runtime");
+        let (ran, answer) = std::sync::mpsc::channel();
+        sockets.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let _ = ran.send(std::thread::current().name().map(str::to_owned));
+        });
+        let name = answer.recv_timeout(std::time::Duration::from_secs(5)).expect("the task ran meanwhile");
+        assert_eq!(name.as_deref(), Some("herald-ws"));
+    }
+}
