@@ -152,6 +152,9 @@ pub async fn serve(
         }
     });
     let hub = state.hub.clone();
+    // Kept until the wait below: the state owns the runtime the WebSocket connections run on,
+    // and dropping it would cut them off before they have closed.
+    let connections = state.clone();
     let limits = crate::listener::ConnectionLimits {
         header_read_timeout: state.config.http_header_read_timeout,
         write_timeout: state.config.http_write_timeout,
@@ -166,6 +169,7 @@ pub async fn serve(
     while hub.live_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(connections);
     Ok(())
 }
 

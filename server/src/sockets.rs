@@ -7,8 +7,10 @@
 //! runtime's threads are idle when a request arrives, and the operating system runs them at
 //! once, between the writers' turns.
 //!
-//! The sockets stay registered with the HTTP runtime's I/O driver (they were accepted there);
-//! a connection task here is woken by it like by any other waker.
+//! The sockets stay registered with the HTTP runtime's I/O driver (they were accepted there):
+//! a connection task here writes without it, and only a read, or a write the socket's buffer
+//! cannot take, waits for that runtime to poll its driver (at least every 61 tasks it runs,
+//! and whenever it is idle).
 
 use std::future::Future;
 
@@ -25,6 +27,11 @@ impl SocketRuntime {
         Ok(SocketRuntime { runtime: Some(runtime) })
     }
 
+    /// No runtime, for a process that serves no connections (`herald migrate`).
+    pub fn none() -> SocketRuntime {
+        SocketRuntime { runtime: None }
+    }
+
     /// Runs a connection's task on this runtime.
     pub fn spawn<F>(&self, task: F)
     where
@@ -38,7 +45,8 @@ impl SocketRuntime {
 
 impl Drop for SocketRuntime {
     /// Dropped from inside the HTTP runtime at the end of a run, where blocking to join the
-    /// threads is not allowed; the node has waited for its connections by then.
+    /// threads is not allowed; the node has waited for its connections by then (`server::serve`
+    /// holds the state until its shutdown grace is over).
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();

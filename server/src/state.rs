@@ -242,7 +242,11 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         draining: AtomicBool::new(false),
         hooks,
         proxies,
-        sockets: crate::sockets::SocketRuntime::start().map_err(BootError::Sockets)?,
+        sockets: if serving {
+            crate::sockets::SocketRuntime::start().map_err(BootError::Sockets)?
+        } else {
+            crate::sockets::SocketRuntime::none()
+        },
     });
     Ok(Bootstrap { state, generated_admin_token })
 }

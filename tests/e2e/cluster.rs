@@ -1039,3 +1039,39 @@ async fn a_busy_channel_is_stored_once_per_interval_and_a_quiet_one_at_once() {
     assert!(sent.elapsed() < Duration::from_millis(500), "a quiet channel waited {:?}", sent.elapsed());
     assert_eq!(positions(&ws.read_pubs(1).await), vec![7]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_more_than_a_batch_does_not_wait_an_interval_per_batch() {
+    let Some(c) = cluster_with(1, &[("HERALD_CLUSTER_STORE_INTERVAL_MS", "1000")]).await else { return };
+    c.publish(0, "backlog", json!(0)).await;
+    // 20 publishes of 50 KB, queued within the interval: a batch holds about 256 KiB, so
+    // about four batches, the first when the interval is over and the others right after it.
+    let padding = "x".repeat(50_000);
+    let mut tasks = Vec::new();
+    for n in 1..=20u64 {
+        let key = Client {
+            http: c.keys[0].http.clone(),
+            base: c.keys[0].base.clone(),
+            token: c.keys[0].token.clone(),
+        };
+        let body = json!({"data": {"n": n, "padding": padding}});
+        tasks.push(tokio::spawn(async move {
+            let ack = key.post("/v1/tenants/acme/channels/backlog/messages", body).await.expect(200);
+            (ack, Instant::now())
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    let earliest = acks.iter().map(|(_, at)| *at).min().unwrap();
+    let latest = acks.iter().map(|(_, at)| *at).max().unwrap();
+    assert!(
+        latest - earliest < Duration::from_millis(900),
+        "a later batch waited another interval: acknowledged {:?} after the first",
+        latest - earliest
+    );
+    let mut acked: Vec<u64> = acks.iter().map(|(a, _)| a["position"].as_u64().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked, (2..=21).collect::<Vec<_>>());
+}

@@ -618,7 +618,7 @@ async fn websocket_writers_run_apart_from_the_http_requests() {
         after
             .iter()
             .filter(|(name, _)| (name.as_str() == "herald-ws") == ws)
-            .map(|(name, t)| t - before.get(name).copied().unwrap_or(0))
+            .map(|(name, t)| t.saturating_sub(before.get(name).copied().unwrap_or(0)))
             .sum()
     };
     let (writers, rest) = (used(true), used(false));

@@ -386,12 +386,19 @@ impl Cluster {
     /// Stores queued publishes, a batch per JetStream publish, until the queue is empty.
     async fn drain(&self, ch: &Channel) {
         let slot = ch.state::<ClusterChannel>();
+        // Whether the last batch left publishes behind (it was full): they go at once.
+        let mut backlog = false;
         loop {
+            if slot.pending.lock().expect("pending lock").is_empty() {
+                return;
+            }
             // A channel published to faster than one store per interval is stored once per
             // interval, what arrived meanwhile as one batch: each store costs NATS and every
-            // subscribed node a message, whatever it holds. Slower channels never wait.
+            // subscribed node a message, whatever it holds. Slower channels never wait, and
+            // neither does a backlog of more than a batch.
             let last = *slot.last_store.lock().expect("last store lock");
             if let Some(next) = last.map(|t| t + self.settings.store_interval)
+                && !backlog
                 && next > Instant::now()
             {
                 tokio::time::sleep_until(next.into()).await;
@@ -403,6 +410,7 @@ impl Cluster {
             if batch.is_empty() {
                 return;
             }
+            backlog = !slot.pending.lock().expect("pending lock").is_empty();
             let (items, waiters): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
             // Checked per batch, like a single publish: nothing is handed to a disconnected
