@@ -630,3 +630,25 @@ async fn websocket_writers_run_apart_from_the_http_requests() {
         "herald-ws threads used {writers} ticks, the others {rest}: {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_writing_to_a_slow_reader_within_the_grace() {
+    let mut h = Herald::with_env(&[("HERALD_CLIENT_QUEUE_BYTES", "67108864")]).await;
+    let t = realtime_tenant(&h, "acme").await;
+    let token = t.token("u", all_caps()).await;
+    let mut ws = h.ws(&token).await;
+    ws.subscribe("bulk").await;
+    // 20 MB the client does not read yet: more than the sockets' buffers hold, so the node is
+    // still writing to it when the signal comes.
+    let padding = "x".repeat(50_000);
+    for n in 0..400 {
+        t.publish("bulk", json!({"n": n, "padding": padding})).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &h.pid().to_string()]).status();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pubs = ws.read_pubs(400).await;
+    assert_eq!(pubs[399]["data"]["n"], 399);
+    let closed = ws.closed().await;
+    assert_eq!(closed.code, 4200, "{closed:?}");
+    h.stop().await;
+}
