@@ -163,6 +163,9 @@ pub async fn serve(
         tls,
     };
     crate::listener::serve(listener, app(state), limits, signal, grace).await?;
+    // No more polls can come: the long-poll sessions end here (their clients resume from
+    // their cursors on another node), and only real-time connections are waited for.
+    connections.long_polls.close_all();
     // One grace period in all, counted from the signal.
     let started = signalled_at.lock().expect("shutdown lock").unwrap_or_else(tokio::time::Instant::now);
     let deadline = started + grace;
