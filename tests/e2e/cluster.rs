@@ -562,7 +562,7 @@ async fn concurrent_publishes_are_stored_in_batches_and_read_back_exactly() {
     let mut tasks = Vec::new();
     for n in 0..300u64 {
         let key = &c.keys[(n % 2) as usize];
-        let key = Client { http: key.http.clone(), base: key.base.clone(), token: key.token.clone() };
+        let key = key.clone();
         tasks.push(tokio::spawn(async move {
             key.post("/v1/tenants/acme/channels/b:burst/messages", json!({"data": n})).await.expect(200)
         }));
@@ -989,6 +989,35 @@ async fn idle_cluster_nodes_use_almost_no_cpu() {
     }
 }
 
+/// Publishes every one of `bodies` to `channel` through node 1 at once; returns the
+/// acknowledgements with when each arrived, the positions they were given (sorted), and the
+/// first and last arrival.
+async fn publish_at_once(c: &Cluster, channel: &str, bodies: Vec<Value>) -> Acks {
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let (key, path) = (c.keys[0].clone(), format!("/v1/tenants/acme/channels/{channel}/messages"));
+        tasks.push(tokio::spawn(async move {
+            let ack = key.post(&path, body).await.expect(200);
+            (ack, Instant::now())
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    let mut positions: Vec<u64> = acks.iter().map(|(a, _)| a["position"].as_u64().unwrap()).collect();
+    positions.sort();
+    let earliest = acks.iter().map(|(_, at)| *at).min().unwrap();
+    let latest = acks.iter().map(|(_, at)| *at).max().unwrap();
+    Acks { positions, earliest, latest }
+}
+
+struct Acks {
+    positions: Vec<u64>,
+    earliest: Instant,
+    latest: Instant,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_channel_is_stored_once_per_interval_and_a_quiet_one_at_once() {
     // A long interval, so waiting for it cannot be mistaken for a slow round trip.
@@ -1001,34 +1030,18 @@ async fn a_busy_channel_is_stored_once_per_interval_and_a_quiet_one_at_once() {
     // Published right after the first store: they wait for the interval and are stored
     // together, so they are acknowledged together.
     let sent = Instant::now();
-    let mut tasks = Vec::new();
-    for n in 1..=5u64 {
-        let key = Client {
-            http: c.keys[0].http.clone(),
-            base: c.keys[0].base.clone(),
-            token: c.keys[0].token.clone(),
-        };
-        tasks.push(tokio::spawn(async move {
-            let ack =
-                key.post("/v1/tenants/acme/channels/busy/messages", json!({"data": n})).await.expect(200);
-            (ack, Instant::now())
-        }));
-    }
-    let mut acks = Vec::new();
-    for t in tasks {
-        acks.push(t.await.unwrap());
-    }
-    let earliest = acks.iter().map(|(_, at)| *at).min().unwrap();
-    let latest = acks.iter().map(|(_, at)| *at).max().unwrap();
+    let acks = publish_at_once(&c, "busy", (1..=5u64).map(|n| json!({"data": n})).collect()).await;
     assert!(
-        earliest - sent >= Duration::from_millis(700),
+        acks.earliest - sent >= Duration::from_millis(700),
         "stored {:?} after the store before, within the interval",
-        earliest - sent
+        acks.earliest - sent
     );
-    assert!(latest - earliest < Duration::from_millis(500), "not one batch: {:?} apart", latest - earliest);
-    let mut acked: Vec<u64> = acks.iter().map(|(a, _)| a["position"].as_u64().unwrap()).collect();
-    acked.sort();
-    assert_eq!(acked, (2..=6).collect::<Vec<_>>(), "{first}");
+    assert!(
+        acks.latest - acks.earliest < Duration::from_millis(500),
+        "not one batch: {:?} apart",
+        acks.latest - acks.earliest
+    );
+    assert_eq!(acks.positions, (2..=6).collect::<Vec<_>>(), "{first}");
     assert_eq!(positions(&ws.read_pubs(6).await), (1..=6).collect::<Vec<_>>());
 
     // A channel published to less often than the interval never waits.
@@ -1047,31 +1060,12 @@ async fn a_backlog_of_more_than_a_batch_does_not_wait_an_interval_per_batch() {
     // 20 publishes of 50 KB, queued within the interval: a batch holds about 256 KiB, so
     // about four batches, the first when the interval is over and the others right after it.
     let padding = "x".repeat(50_000);
-    let mut tasks = Vec::new();
-    for n in 1..=20u64 {
-        let key = Client {
-            http: c.keys[0].http.clone(),
-            base: c.keys[0].base.clone(),
-            token: c.keys[0].token.clone(),
-        };
-        let body = json!({"data": {"n": n, "padding": padding}});
-        tasks.push(tokio::spawn(async move {
-            let ack = key.post("/v1/tenants/acme/channels/backlog/messages", body).await.expect(200);
-            (ack, Instant::now())
-        }));
-    }
-    let mut acks = Vec::new();
-    for t in tasks {
-        acks.push(t.await.unwrap());
-    }
-    let earliest = acks.iter().map(|(_, at)| *at).min().unwrap();
-    let latest = acks.iter().map(|(_, at)| *at).max().unwrap();
+    let bodies = (1..=20u64).map(|n| json!({"data": {"n": n, "padding": padding}})).collect();
+    let acks = publish_at_once(&c, "backlog", bodies).await;
     assert!(
-        latest - earliest < Duration::from_millis(900),
+        acks.latest - acks.earliest < Duration::from_millis(900),
         "a later batch waited another interval: acknowledged {:?} after the first",
-        latest - earliest
+        acks.latest - acks.earliest
     );
-    let mut acked: Vec<u64> = acks.iter().map(|(a, _)| a["position"].as_u64().unwrap()).collect();
-    acked.sort();
-    assert_eq!(acked, (2..=21).collect::<Vec<_>>());
+    assert_eq!(acks.positions, (2..=21).collect::<Vec<_>>());
 }

@@ -102,25 +102,21 @@ struct ClusterThread {
 }
 
 impl ClusterThread {
-    async fn start() -> Result<ClusterThread, ClusterError> {
+    fn start() -> Result<ClusterThread, ClusterError> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, started) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Thread(e.to_string()))?;
+        let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name("herald-cluster".into())
-            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => {
-                    let _ = ready.send(Ok(runtime.handle().clone()));
-                    runtime.block_on(async move {
-                        let _ = stopped.await;
-                    });
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                }
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let _ = stopped.await;
+                })
             })
             .map_err(|e| ClusterError::Thread(e.to_string()))?;
-        let handle =
-            started.await.map_err(|e| ClusterError::Thread(e.to_string()))?.map_err(ClusterError::Thread)?;
         Ok(ClusterThread { handle, _stop: stop })
     }
 
@@ -204,7 +200,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let generation = tokio::sync::watch::Sender::new(0u64);
         let on_event = generation.clone();
-        let thread = ClusterThread::start().await?;
+        let thread = ClusterThread::start()?;
         let servers: Vec<String> =
             url.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         let name = format!("herald {node_id}");
@@ -666,7 +662,7 @@ mod tests {
     /// runtime.
     #[tokio::test(flavor = "current_thread")]
     async fn the_cluster_thread_runs_while_the_node_runtime_is_busy() {
-        let thread = ClusterThread::start().await.expect("cluster thread");
+        let thread = ClusterThread::start().expect("cluster thread");
         let (ran, answer) = std::sync::mpsc::channel();
         thread.spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -185,11 +185,12 @@ pub(crate) fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Takes the oldest queued publishes for one batch (at least one when any is queued).
+/// Takes the oldest queued publishes for one batch (at least one when any is queued), and
+/// whether more are left behind (the batch is full).
 fn take_batch(
     pending: &std::sync::Mutex<std::collections::VecDeque<PendingPublish>>,
     max_bytes: usize,
-) -> Vec<PendingPublish> {
+) -> (Vec<PendingPublish>, bool) {
     let max_bytes = max_bytes.min(MAX_BATCH_BYTES);
     let mut pending = pending.lock().expect("pending lock");
     let mut batch = Vec::new();
@@ -203,7 +204,7 @@ fn take_batch(
         bytes += size;
         batch.push(pending.pop_front().expect("front exists"));
     }
-    batch
+    (batch, !pending.is_empty())
 }
 
 fn ttl_of(options: &EffectiveChannelOptions) -> Duration {
@@ -406,11 +407,11 @@ impl Cluster {
             // The head is taken per batch: a publish with an idempotency key waiting for it
             // gets its turn between batches (tokio's mutex is fair).
             let mut head = slot.head.lock().await;
-            let batch = take_batch(&slot.pending, self.max_payload() / 2);
+            let batch;
+            (batch, backlog) = take_batch(&slot.pending, self.max_payload() / 2);
             if batch.is_empty() {
                 return;
             }
-            backlog = !slot.pending.lock().expect("pending lock").is_empty();
             let (items, waiters): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| ((p.data, p.event), p.done)).unzip();
             // Checked per batch, like a single publish: nothing is handed to a disconnected
