@@ -68,6 +68,7 @@ pub const KEYS: &[&str] = &[
     "cluster_history_max_bytes",
     "cluster_replicas",
     "cluster_store_interval_ms",
+    "socket_threads_nice",
     "http_header_read_timeout_seconds",
     "http_write_timeout_seconds",
     "max_connections_per_ip",
@@ -221,6 +222,10 @@ pub struct Config {
     /// The least time between two stores of one channel's publishes by a node; what arrives
     /// meanwhile is stored as one batch (cluster mode).
     pub cluster_store_interval: Duration,
+    /// The nice value of the threads that write WebSocket connections (Linux), above the
+    /// node's other threads, so the threads of the publish path run first when a fan-out
+    /// keeps the CPU busy.
+    pub socket_threads_nice: u8,
     /// A request head must arrive whole within this (also ends idle keep-alive connections).
     pub http_header_read_timeout: Duration,
     /// A write to a client that makes no progress for this long ends the connection.
@@ -313,6 +318,7 @@ impl std::fmt::Debug for Config {
             .field("cluster_history_max_bytes", &self.cluster_history_max_bytes)
             .field("cluster_replicas", &self.cluster_replicas)
             .field("cluster_store_interval", &self.cluster_store_interval)
+            .field("socket_threads_nice", &self.socket_threads_nice)
             .field("http_header_read_timeout", &self.http_header_read_timeout)
             .field("http_write_timeout", &self.http_write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
@@ -613,6 +619,7 @@ impl Config {
                 1,
                 0..=1000,
             )?),
+            socket_threads_nice: l.number("socket_threads_nice", 10, 0..=19)?,
             http_header_read_timeout: l.seconds("http_header_read_timeout_seconds", 10, 1..=300)?,
             http_write_timeout: l.seconds("http_write_timeout_seconds", 30, 1..=3600)?,
             max_connections_per_ip: l.number("max_connections_per_ip", 4096, 0..=10_000_000)?,

@@ -21,9 +21,17 @@ pub struct SocketRuntime {
 }
 
 impl SocketRuntime {
-    pub fn start() -> std::io::Result<SocketRuntime> {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().thread_name("herald-ws").enable_all().build()?;
+    /// Starts the runtime; its threads run at `nice` (`socket_threads_nice`) above the
+    /// process's other threads, so that, when a fan-out keeps the CPU busy, the threads of
+    /// the publish path (HTTP requests, the cluster thread) run as soon as they wake instead of
+    /// after the writers' turn. Only Linux sets a thread's own nice value; elsewhere it is
+    /// ignored.
+    pub fn start(nice: u8) -> std::io::Result<SocketRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("herald-ws")
+            .on_thread_start(move || lower_priority(nice))
+            .enable_all()
+            .build()?;
         Ok(SocketRuntime { runtime: Some(runtime) })
     }
 
@@ -39,6 +47,26 @@ impl SocketRuntime {
     {
         if let Some(runtime) = &self.runtime {
             runtime.spawn(task);
+        }
+    }
+}
+
+/// Adds `nice` to the calling thread's nice value (Linux: `setpriority` on the thread's id).
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let thread = rustix::thread::gettid();
+        let set = rustix::process::getpriority_process(Some(thread)).and_then(|now| {
+            rustix::process::setpriority_process(Some(thread), (now + i32::from(nice)).min(19))
+        });
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        if let Err(e) = set {
+            WARNED.call_once(|| {
+                tracing::warn!(error = %e, nice, "cannot lower the priority of the socket threads; they run at the process's")
+            });
         }
     }
 }
@@ -62,7 +90,7 @@ mod tests {
     /// spawned it is busy (the test's only thread blocks until the task answered).
     #[tokio::test(flavor = "current_thread")]
     async fn connections_run_on_their_own_threads() {
-        let sockets = SocketRuntime::start().expect("socket runtime");
+        let sockets = SocketRuntime::start(0).expect("socket runtime");
         let (ran, answer) = std::sync::mpsc::channel();
         sockets.spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -227,6 +227,11 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     let proxies =
         Arc::new(crate::proxy::Proxies::new(master.clone(), config.outbound_allowed_networks.clone()));
     hub.set_proxy(proxies.clone());
+    let sockets = if serving {
+        crate::sockets::SocketRuntime::start(config.socket_threads_nice).map_err(BootError::Sockets)?
+    } else {
+        crate::sockets::SocketRuntime::none()
+    };
     let state = Arc::new(AppState {
         cursor_key: master.derive("cursor"),
         long_polls: crate::transport::longpoll::LongPolls::new(config.long_poll_session_idle),
@@ -242,11 +247,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
         draining: AtomicBool::new(false),
         hooks,
         proxies,
-        sockets: if serving {
-            crate::sockets::SocketRuntime::start().map_err(BootError::Sockets)?
-        } else {
-            crate::sockets::SocketRuntime::none()
-        },
+        sockets,
     });
     Ok(Bootstrap { state, generated_admin_token })
 }

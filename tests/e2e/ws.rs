@@ -580,16 +580,26 @@ crate::on_both_fanouts!(
     revocation_and_suspension_close_live_connections,
 );
 
-/// CPU ticks (user + system) of the node's threads, summed by thread name.
-fn thread_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
-    let mut ticks = std::collections::HashMap::new();
+/// Each thread of `pid`: its name and the fields of `/proc/PID/task/TID/stat` after the name
+/// (the first is field 3, the state).
+fn threads(pid: u32) -> Vec<(String, Vec<i64>)> {
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (head, rest) = stat.rsplit_once(')').unwrap();
         let name = head.split_once('(').unwrap().1.to_owned();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let used = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        *ticks.entry(name).or_default() += used;
+        // The state is a letter; every field after it is a number.
+        threads.push((name, rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect()));
+    }
+    threads
+}
+
+/// CPU ticks (user + system) of the node's threads, summed by thread name.
+fn thread_ticks(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut ticks = std::collections::HashMap::new();
+    for (name, fields) in threads(pid) {
+        // utime and stime: fields 14 and 15.
+        *ticks.entry(name).or_default() += (fields[10] + fields[11]) as u64;
     }
     ticks
 }
@@ -629,6 +639,32 @@ async fn websocket_writers_run_apart_from_the_http_requests() {
         writers >= 5 && writers * 3 >= rest,
         "herald-ws threads used {writers} ticks, the others {rest}: {after:?}"
     );
+}
+
+/// Each thread of `pid` by name, with its nice value (field 19).
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    threads(pid).into_iter().map(|(name, fields)| (name, fields[15])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_writers_run_below_the_other_threads() {
+    for (setting, lower) in [(None, 10), (Some("3"), 3), (Some("0"), 0)] {
+        let h = match setting {
+            None => Herald::sqlite().await,
+            Some(nice) => Herald::with_env(&[("HERALD_SOCKET_THREADS_NICE", nice)]).await,
+        };
+        let threads = thread_nice(h.pid());
+        let main = threads.iter().find(|(name, _)| name != "herald-ws").expect("the main thread").1;
+        let writers: Vec<i64> =
+            threads.iter().filter(|(name, _)| name == "herald-ws").map(|(_, nice)| *nice).collect();
+        assert!(!writers.is_empty(), "{threads:?}");
+        // The writers are `lower` below the rest; every other thread keeps the process's value.
+        assert!(writers.iter().all(|n| *n == (main + lower).min(19)), "{setting:?}: {threads:?}");
+        assert!(
+            threads.iter().filter(|(name, _)| name != "herald-ws").all(|(_, nice)| *nice == main),
+            "{setting:?}: {threads:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
