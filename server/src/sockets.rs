@@ -21,15 +21,20 @@ pub struct SocketRuntime {
 }
 
 impl SocketRuntime {
-    /// Starts the runtime; its threads run at `nice` (`socket_threads_nice`) above the
-    /// process's other threads, so that, when a fan-out keeps the CPU busy, the threads of
-    /// the publish path (HTTP requests, the cluster thread) run as soon as they wake instead of
-    /// after the writers' turn. Only Linux sets a thread's own nice value; elsewhere it is
-    /// ignored.
+    /// Starts the runtime; its threads run `nice` levels (`socket_threads_nice`) below the
+    /// thread that starts it, so that, when a fan-out keeps the CPU busy, the node's HTTP and
+    /// cluster threads get the CPU soon after they wake instead of after the writers' turn.
+    /// A nice value is a share, not a strict order: at 10 the writers still get about a tenth
+    /// of a core that those threads would otherwise fill. Only Linux sets a thread's own nice
+    /// value; elsewhere it is ignored.
     pub fn start(nice: u8) -> std::io::Result<SocketRuntime> {
+        // The value is worked out once, from the thread that starts the runtime: a thread one
+        // of these threads starts later (the runtime's blocking pool grows from inside it)
+        // inherits their value and must not be lowered again.
+        let target = writers_priority(nice);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("herald-ws")
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || set_priority(target))
             .enable_all()
             .build()?;
         Ok(SocketRuntime { runtime: Some(runtime) })
@@ -51,24 +56,36 @@ impl SocketRuntime {
     }
 }
 
-/// Adds `nice` to the calling thread's nice value (Linux: `setpriority` on the thread's id).
-fn lower_priority(nice: u8) {
-    if nice == 0 {
-        return;
-    }
+/// The nice value for the socket threads: the calling thread's plus `nice`, at most 19, or
+/// `None` when nothing is to change (`nice` 0, or not Linux, where a nice value is per process).
+fn writers_priority(nice: u8) -> Option<i32> {
     #[cfg(target_os = "linux")]
-    {
-        let thread = rustix::thread::gettid();
-        let set = rustix::process::getpriority_process(Some(thread)).and_then(|now| {
-            rustix::process::setpriority_process(Some(thread), (now + i32::from(nice)).min(19))
-        });
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        if let Err(e) = set {
-            WARNED.call_once(|| {
-                tracing::warn!(error = %e, nice, "cannot lower the priority of the socket threads; they run at the process's")
-            });
+    if nice > 0 {
+        match rustix::process::getpriority_process(Some(rustix::thread::gettid())) {
+            Ok(now) => return Some((now + i32::from(nice)).min(19)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the thread priority; the socket threads run at the process's")
+            }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+    None
+}
+
+/// Sets the calling thread's nice value (Linux: `setpriority` on the thread's id).
+fn set_priority(target: Option<i32>) {
+    #[cfg(target_os = "linux")]
+    if let Some(value) = target
+        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), value)
+    {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, value, "cannot lower the priority of the socket threads; they run at the process's")
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = target;
 }
 
 impl Drop for SocketRuntime {
