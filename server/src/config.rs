@@ -222,9 +222,9 @@ pub struct Config {
     /// The least time between two stores of one channel's publishes by a node; what arrives
     /// meanwhile is stored as one batch (cluster mode).
     pub cluster_store_interval: Duration,
-    /// The nice value of the threads that write WebSocket connections (Linux), above the
-    /// node's other threads, so the threads of the publish path run first when a fan-out
-    /// keeps the CPU busy.
+    /// How many nice levels below the node's other threads its WebSocket threads run (Linux),
+    /// so that its HTTP and cluster threads get the CPU soon after they wake while a fan-out
+    /// keeps it busy; a share, not a strict order.
     pub socket_threads_nice: u8,
     /// A request head must arrive whole within this (also ends idle keep-alive connections).
     pub http_header_read_timeout: Duration,

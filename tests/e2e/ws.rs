@@ -580,15 +580,14 @@ crate::on_both_fanouts!(
     revocation_and_suspension_close_live_connections,
 );
 
-/// Each thread of `pid`: its name and the fields of `/proc/PID/task/TID/stat` after the name
-/// (the first is field 3, the state).
+/// Each thread of `pid`: its name and the numeric fields of `/proc/PID/task/TID/stat` from
+/// field 4 on (after the name and the state), so field N is at index N - 4.
 fn threads(pid: u32) -> Vec<(String, Vec<i64>)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (head, rest) = stat.rsplit_once(')').unwrap();
         let name = head.split_once('(').unwrap().1.to_owned();
-        // The state is a letter; every field after it is a number.
         threads.push((name, rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect()));
     }
     threads
