@@ -121,10 +121,10 @@ impl Broker for Memory {
             ch.name.clone(),
             position,
             epoch.clone(),
-            id.clone(),
+            &id,
             timestamp_ms,
-            message.event,
-            message.data,
+            message.event.as_deref(),
+            &message.data,
             now + ttl,
         ));
         ch.deliver(publication, stats).map_err(|_| Error::Closed)?; // Not retired: see above.

@@ -238,7 +238,7 @@ impl Feed {
             self.fill(previous, &epoch, after, first - 1).await;
             self.last_seq = previous;
         }
-        let Some(stored) = stream::publications(msg.payload, count, self.ttl()) else {
+        let Some(stored) = stream::publications(&self.ch.name, headers, msg.payload, self.ttl()) else {
             tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored message");
             return;
         };
@@ -258,7 +258,11 @@ impl Feed {
     /// restarts after the gap.
     async fn fill(&mut self, from_seq: u64, epoch: &str, after: u64, upto: u64) {
         for attempt in 1..=FILL_ATTEMPTS {
-            match self.cluster.read_back(&self.history, from_seq, epoch, after, upto, self.ttl()).await {
+            match self
+                .cluster
+                .read_back(&self.ch.name, &self.history, from_seq, epoch, after, upto, self.ttl())
+                .await
+            {
                 Ok((missed, complete)) => {
                     if !complete {
                         tracing::warn!(
@@ -329,7 +333,7 @@ impl Feed {
             Some(Replay::Older { after, upto, epoch }) => {
                 match self
                     .cluster
-                    .read_back(&self.history, self.last_seq, &epoch, after, upto, self.ttl())
+                    .read_back(&self.ch.name, &self.history, self.last_seq, &epoch, after, upto, self.ttl())
                     .await
                 {
                     Ok((missed, true)) => Backfill::Filled(missed),

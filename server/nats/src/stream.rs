@@ -1,8 +1,10 @@
 //! Channel streams in JetStream: one stream, one subject per channel, contiguous positions.
 //!
-//! Each stored message is the channel's `pub` frame, with headers carrying its position, its
-//! epoch, and the JetStream sequence of the channel's previous message (so history can be
-//! walked backwards without an index). A publishing node caches the channel's head (sequence,
+//! Each stored message is the channel's `pub` frame, or a batch of them as a JSON array, with
+//! headers carrying its (last) position, its epoch, its acceptance time, a batch's count and
+//! frame sizes, and the JetStream sequence of the channel's previous message (so history can
+//! be walked backwards without an index). A node that reads a stored message builds its
+//! publications from the headers and slices of the payload, without parsing the frames. A publishing node caches the channel's head (sequence,
 //! position, epoch) and publishes position + 1 with `Nats-Expected-Last-Subject-Sequence`; if
 //! another node got there first the publish is refused, the node reloads the head and tries
 //! again. An empty subject (never used, or every message expired) starts a new epoch.
@@ -56,6 +58,10 @@ pub(crate) const HEADER_EVENT: &str = "Herald-Event";
 pub(crate) const HEADER_ORIGIN: &str = "Herald-Origin";
 /// How many publications a stored batch holds (absent: one); `Herald-Position` is the last's.
 pub(crate) const HEADER_COUNT: &str = "Herald-Count";
+/// Acceptance time of a stored message's publications, milliseconds since the Unix epoch.
+pub(crate) const HEADER_TS: &str = "Herald-Ts";
+/// The byte length of each frame of a stored batch, comma-separated, oldest first.
+pub(crate) const HEADER_SIZES: &str = "Herald-Sizes";
 
 /// How often a publish retries after losing the race for a position to another node.
 const MAX_PUBLISH_ATTEMPTS: usize = 32;
@@ -141,34 +147,97 @@ pub(crate) fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &
     Some(headers?.get(name)?.as_str())
 }
 
-/// Rebuilds a publication from a stored frame; `ttl` is the channel's history lifetime.
-fn publication(frame: Bytes, ttl: Duration) -> Option<Arc<Publication>> {
-    let frame = Utf8Bytes::try_from(frame).ok()?;
-    let publication = Publication::from_frame(frame, Instant::now()).ok()?;
-    // Age it by the time it has already spent in the stream.
-    let age_ms = (chrono::Utc::now().timestamp_millis() - publication.timestamp_ms).max(0) as u64;
-    let remaining = ttl.saturating_sub(Duration::from_millis(age_ms));
-    Some(Arc::new(Publication { expires_at: Instant::now() + remaining, ..publication }))
-}
-
-/// The publications of a stored message, oldest first: one frame, or a JSON array of
-/// `count` frames (a batch). Each frame shares the payload's bytes.
-pub(crate) fn publications(payload: Bytes, count: u64, ttl: Duration) -> Option<Vec<Arc<Publication>>> {
+/// Where each frame of a stored message lies in its payload: the whole payload for one frame;
+/// for a batch (a JSON array of `count` frames) from its `Herald-Sizes` header, or by parsing
+/// the array when a message has none.
+fn frame_ranges(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    count: u64,
+) -> Option<Vec<std::ops::Range<usize>>> {
     if count <= 1 {
-        return Some(vec![publication(payload, ttl)?]);
+        return Some(std::iter::once(0..payload.len()).collect());
     }
-    let frames: Vec<&RawValue> = serde_json::from_slice(&payload).ok()?;
-    if frames.len() as u64 != count {
+    let count = usize::try_from(count).ok()?;
+    let Some(sizes) = header_str(headers, HEADER_SIZES) else {
+        let frames: Vec<&RawValue> = serde_json::from_slice(payload).ok()?;
+        if frames.len() != count {
+            return None;
+        }
+        let base = payload.as_ptr() as usize;
+        return Some(
+            frames
+                .iter()
+                .map(|f| {
+                    let start = f.get().as_ptr() as usize - base;
+                    start..start + f.get().len()
+                })
+                .collect(),
+        );
+    };
+    // `[` frame `,` frame … `]`: each size must land on the next separator, the last on the end.
+    let mut ranges = Vec::with_capacity(count.min(MAX_BATCH));
+    let mut at: usize = 1;
+    if payload.first() != Some(&b'[') {
         return None;
     }
-    let base = payload.as_ptr() as usize;
-    frames
-        .iter()
-        .map(|f| {
-            let start = f.get().as_ptr() as usize - base;
-            publication(payload.slice(start..start + f.get().len()), ttl)
-        })
-        .collect()
+    for size in sizes.split(',') {
+        let end = at.checked_add(size.parse::<usize>().ok()?)?;
+        let separator = if ranges.len() + 1 == count { b']' } else { b',' };
+        if end <= at || payload.get(end) != Some(&separator) {
+            return None;
+        }
+        ranges.push(at..end);
+        at = end + 1;
+    }
+    (ranges.len() == count && at == payload.len()).then_some(ranges)
+}
+
+/// The publications of a stored message of `channel`, oldest first: one frame, or a JSON array
+/// of `Herald-Count` frames (a batch), each sharing the payload's bytes; `ttl` is the
+/// channel's history lifetime. A message that carries its acceptance time (`Herald-Ts`) is not
+/// parsed: positions and epoch come from its headers. One stored without it (by an earlier
+/// version) is read from its frames.
+pub(crate) fn publications(
+    channel: &Arc<str>,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+    ttl: Duration,
+) -> Option<Vec<Arc<Publication>>> {
+    let count = count_of(headers);
+    let last = header_u64(headers, HEADER_POSITION)?;
+    let first = (last + 1).checked_sub(count).filter(|first| *first > 0)?;
+    let ranges = frame_ranges(headers, &payload, count)?;
+    let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
+    // Aged by the time it has already spent in the stream.
+    let expires_at =
+        |ts: i64| now + ttl.saturating_sub(Duration::from_millis(now_ms.saturating_sub(ts).max(0) as u64));
+    let frames = ranges.into_iter().map(|range| Utf8Bytes::try_from(payload.slice(range)).ok());
+    match header_str(headers, HEADER_TS).and_then(|ts| ts.parse::<i64>().ok()) {
+        Some(timestamp_ms) => {
+            let epoch: Arc<str> = Arc::from(header_str(headers, HEADER_EPOCH)?);
+            frames
+                .zip(first..)
+                .map(|(frame, position)| {
+                    Some(Arc::new(Publication {
+                        channel: channel.clone(),
+                        position,
+                        epoch: epoch.clone(),
+                        timestamp_ms,
+                        frame: frame?,
+                        expires_at: expires_at(timestamp_ms),
+                    }))
+                })
+                .collect()
+        }
+        None => frames
+            .map(|frame| {
+                let mut p = Publication::from_frame(channel.clone(), frame?, now).ok()?;
+                p.expires_at = expires_at(p.timestamp_ms);
+                Some(Arc::new(p))
+            })
+            .collect(),
+    }
 }
 
 /// The JetStream sequence of a stored message as republished (`Nats-Sequence`).
@@ -495,6 +564,8 @@ impl Cluster {
                     duplicate: false,
                 });
             }
+            let sizes = (frames.len() > 1)
+                .then(|| frames.iter().map(|f| f.len().to_string()).collect::<Vec<_>>().join(","));
             let payload = if frames.len() == 1 {
                 frames.pop().expect("one frame")
             } else {
@@ -510,10 +581,13 @@ impl Cluster {
                 .header(HEADER_POSITION, last.to_string().as_str())
                 .header(HEADER_EPOCH, &*epoch)
                 .header(HEADER_PREVIOUS, current.seq.to_string().as_str())
+                .header(HEADER_TS, timestamp_ms.to_string().as_str())
                 .header("Nats-TTL", format!("{message_ttl}s").as_str())
                 .expected_last_subject_sequence(current.seq);
-            if count > 1 {
-                message = message.header(HEADER_COUNT, count.to_string().as_str());
+            if let Some(sizes) = &sizes {
+                message = message
+                    .header(HEADER_COUNT, count.to_string().as_str())
+                    .header(HEADER_SIZES, sizes.as_str());
             }
             if let Some(key) = idempotency_key {
                 message = message.message_id(format!("{}/{}/{key}", ch.tenant, ch.name));
@@ -528,13 +602,14 @@ impl Cluster {
                     let first = self
                         .message(ack.sequence)
                         .await?
-                        .and_then(|m| Utf8Bytes::try_from(m.payload).ok())
-                        .and_then(|frame| Publication::from_frame(frame, Instant::now()).ok());
+                        .and_then(|m| publications(&ch.name, Some(&m.headers), m.payload, ttl))
+                        .and_then(|mut stored| stored.pop())
+                        .and_then(|p| Some((p.fields().ok()?.id.into_owned(), p)));
                     return Ok(vec![match first {
-                        Some(first) => PublishOutcome {
+                        Some((id, first)) => PublishOutcome {
                             position: first.position,
-                            epoch: first.epoch,
-                            id: first.id,
+                            epoch: first.epoch.clone(),
+                            id,
                             timestamp_ms: first.timestamp_ms,
                             duplicate: true,
                         },
@@ -592,8 +667,10 @@ impl Cluster {
     /// positions `after + 1 ..= upto` of `epoch`, oldest first. Returns them with whether the
     /// run is complete; when some expired or were trimmed, the newest part that is still
     /// stored comes back with `false`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn read_back(
         &self,
+        channel: &Arc<str>,
         subject: &str,
         from_seq: u64,
         epoch: &str,
@@ -624,7 +701,7 @@ impl Cluster {
                 break false;
             }
             if first <= upto {
-                let Some(stored) = publications(msg.payload, count, ttl) else { break false };
+                let Some(stored) = publications(channel, headers, msg.payload, ttl) else { break false };
                 out.extend(stored.into_iter().rev().filter(|p| p.position > after && p.position <= upto));
             }
             if first <= after + 1 {
@@ -662,7 +739,10 @@ impl Cluster {
                     Some(_) => {}
                 }
                 let upto = head.position.min(since.position + limit as u64);
-                match self.read_back(&subject, head.seq, &head.epoch, since.position, upto, ttl).await? {
+                match self
+                    .read_back(&ch.name, &subject, head.seq, &head.epoch, since.position, upto, ttl)
+                    .await?
+                {
                     (found, true) => Ok(slice(page_by_bytes(found, true), true)),
                     (_, false) => Ok(slice(Vec::new(), false)),
                 }
@@ -671,10 +751,125 @@ impl Cluster {
                 // The newest messages still stored, oldest first.
                 let n = size.min(limit as u64).min(head.position);
                 let (found, _) = self
-                    .read_back(&subject, head.seq, &head.epoch, head.position - n, head.position, ttl)
+                    .read_back(
+                        &ch.name,
+                        &subject,
+                        head.seq,
+                        &head.epoch,
+                        head.position - n,
+                        head.position,
+                        ttl,
+                    )
                     .await?;
                 Ok(slice(page_by_bytes(found, false), true))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, *value);
+        }
+        headers
+    }
+
+    fn frame(position: u64, data: &str) -> String {
+        let data = RawValue::from_string(data.into()).unwrap();
+        Publication::encode("room", position, "e1", &format!("id{position}"), 1_000, Some("ev"), &data)
+    }
+
+    /// What a reader sees of each publication.
+    fn seen(stored: &[Arc<Publication>]) -> Vec<(u64, String, i64, String)> {
+        stored
+            .iter()
+            .map(|p| (p.position, p.epoch.to_string(), p.timestamp_ms, p.frame.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_read_from_its_headers_as_it_would_be_parsed() {
+        // Data with the characters that end a frame, inside strings and as whitespace.
+        let frames = [frame(5, r#"{"a": "],[\"x\"]"}"#), frame(6, "[1,\n 2]"), frame(7, r#""é""#)];
+        let payload = Bytes::from(format!("[{}]", frames.join(",")));
+        let sizes = frames.iter().map(|f| f.len().to_string()).collect::<Vec<_>>().join(",");
+        let channel: Arc<str> = Arc::from("room");
+        let ttl = Duration::from_secs(60);
+        let old = headers(&[(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "3")]);
+        let new = headers(&[
+            (HEADER_POSITION, "7"),
+            (HEADER_EPOCH, "e1"),
+            (HEADER_COUNT, "3"),
+            (HEADER_TS, "1000"),
+            (HEADER_SIZES, &sizes),
+        ]);
+        let parsed = publications(&channel, Some(&old), payload.clone(), ttl).expect("parsed");
+        let sliced = publications(&channel, Some(&new), payload, ttl).expect("sliced");
+        assert_eq!(seen(&sliced), seen(&parsed));
+        assert_eq!(seen(&sliced).iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(sliced[1].frame.as_str(), frames[1]);
+        assert_eq!(sliced[0].fields().unwrap().data.get(), r#"{"a": "],[\"x\"]"}"#);
+    }
+
+    #[test]
+    fn a_single_frame_is_read_from_its_headers_as_it_would_be_parsed() {
+        let payload = Bytes::from(frame(9, "{}"));
+        let channel: Arc<str> = Arc::from("room");
+        let ttl = Duration::from_secs(60);
+        let old = headers(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1")]);
+        let new = headers(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1"), (HEADER_TS, "1000")]);
+        let parsed = publications(&channel, Some(&old), payload.clone(), ttl).expect("parsed");
+        let sliced = publications(&channel, Some(&new), payload, ttl).expect("sliced");
+        assert_eq!(seen(&sliced), seen(&parsed));
+        assert_eq!(sliced.len(), 1);
+    }
+
+    #[test]
+    fn sizes_that_do_not_match_the_payload_are_refused() {
+        let frames = [frame(1, "1"), frame(2, "2")];
+        let payload = Bytes::from(format!("[{}]", frames.join(",")));
+        let (a, b) = (frames[0].len(), frames[1].len());
+        let channel: Arc<str> = Arc::from("room");
+        for sizes in [
+            format!("{},{}", a - 1, b + 1),
+            format!("{a}"),
+            format!("{a},{b},0"),
+            format!("{a},{}", b - 1),
+            format!("{a},{}", usize::MAX),
+            format!("{a},x"),
+            format!("0,{}", a + b + 1),
+        ] {
+            let h = headers(&[
+                (HEADER_POSITION, "2"),
+                (HEADER_EPOCH, "e1"),
+                (HEADER_COUNT, "2"),
+                (HEADER_TS, "1000"),
+                (HEADER_SIZES, &sizes),
+            ]);
+            assert!(
+                publications(&channel, Some(&h), payload.clone(), Duration::from_secs(60)).is_none(),
+                "{sizes}"
+            );
+        }
+        // A count larger than the position would start before position 1.
+        let h =
+            headers(&[(HEADER_POSITION, "1"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "2"), (HEADER_TS, "1")]);
+        assert!(publications(&channel, Some(&h), payload, Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn a_stored_message_is_aged_by_its_time_in_the_stream() {
+        let channel: Arc<str> = Arc::from("room");
+        let ts = (chrono::Utc::now().timestamp_millis() - 40_000).to_string();
+        let h = headers(&[(HEADER_POSITION, "1"), (HEADER_EPOCH, "e1"), (HEADER_TS, &ts)]);
+        let stored =
+            publications(&channel, Some(&h), Bytes::from(frame(1, "{}")), Duration::from_secs(60)).unwrap();
+        let left = stored[0].expires_at.saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(15) && left <= Duration::from_secs(20), "{left:?}");
     }
 }

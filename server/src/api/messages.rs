@@ -106,17 +106,21 @@ struct PublicationView {
     data: RawJson,
 }
 
-impl From<&Publication> for PublicationView {
-    fn from(p: &Publication) -> Self {
-        PublicationView {
+impl TryFrom<&Publication> for PublicationView {
+    type Error = ApiError;
+
+    /// The id, event and data are read from the frame (the only place a node keeps them).
+    fn try_from(p: &Publication) -> Result<Self, ApiError> {
+        let fields = p.fields().map_err(ApiError::internal)?;
+        Ok(PublicationView {
             channel: p.channel.to_string(),
             position: p.position,
             epoch: p.epoch.to_string(),
-            id: p.id.clone(),
+            id: fields.id.into_owned(),
             ts: p.timestamp_ms,
-            event: p.event.clone(),
-            data: RawJson(p.data.clone()),
-        }
+            event: fields.event.map(|e| e.into_owned()),
+            data: RawJson(fields.data.to_owned()),
+        })
     }
 }
 
@@ -281,7 +285,11 @@ impl MessagesApi {
             epoch: slice.epoch.to_string(),
             position: slice.position,
             complete: slice.complete,
-            publications: slice.publications.iter().map(|p| PublicationView::from(&**p)).collect(),
+            publications: slice
+                .publications
+                .iter()
+                .map(|p| PublicationView::try_from(&**p))
+                .collect::<Result<_, _>>()?,
         }))
     }
 }
