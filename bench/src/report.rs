@@ -109,6 +109,10 @@ pub struct FanoutResult {
     pub server_cpu_seconds: Option<f64>,
     pub server_cpu_percent: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The same by thread role: `http` (the HTTP runtime), `ws` (WebSocket connections),
+    /// `cluster` (the NATS connection, stores and feeds) and `other` (the rest, threads that
+    /// exited included). Absent for a server the tool did not start or whose threads it cannot read.
+    pub server_cpu_us_per_delivery_by_thread: Option<BTreeMap<String, f64>>,
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
     /// CPU of the load side (this process and its workers), % of one core.
@@ -217,6 +221,8 @@ pub struct NodeFigures {
     pub cpu_us_per_own_delivery: Option<f64>,
     /// This node's CPU over every delivery of the run (these add up to the nodes' sum).
     pub cpu_us_per_delivery: Option<f64>,
+    /// The same by thread role (see [`FanoutResult::server_cpu_us_per_delivery_by_thread`]).
+    pub cpu_us_per_delivery_by_thread: Option<BTreeMap<String, f64>>,
     pub rss_after_kib: Option<u64>,
 }
 
@@ -454,6 +460,17 @@ pub fn fanout(
     t.num("server CPU (% of a core)", "server_cpu_percent", h, b, 1);
     let [h, b] = get(&|r| r.server_cpu_us_per_delivery);
     t.num("server CPU per delivery (µs)", "server_cpu_per_delivery", h, b, 2);
+    for (label, role) in [
+        ("… HTTP threads (µs)", "http"),
+        ("… WebSocket threads (µs)", "ws"),
+        ("… cluster thread (µs)", "cluster"),
+        ("… other threads (µs)", "other"),
+    ] {
+        let [h, b] = get(&|r| r.server_cpu_us_per_delivery_by_thread.as_ref()?.get(role).copied());
+        if h.is_some() || b.is_some() {
+            t.text(label, h.map(|v| format!("{v:.2}")), b.map(|v| format!("{v:.2}")));
+        }
+    }
     let [h, b] = get(&|r| r.server_cpu_us_per_delivery.map(|us| 1e6 / us));
     t.num("→ deliveries/s one core could do", "deliveries_per_core_second", h, b, 0);
     let [h, b] = get(&|r| Some(r.server_rss_after_kib? as f64 / 1024.0));
@@ -609,6 +626,16 @@ pub fn cluster(r: &ClusterResult) -> ScenarioOutput {
         f(r.nats_cpu_us_per_delivery, 2),
         f(r.nodes_and_nats_cpu_us_per_delivery, 2),
     ]);
+    let by_thread = |role: &str| -> Vec<String> {
+        let mut cells: Vec<String> = r
+            .per_node
+            .iter()
+            .map(|n| f(n.cpu_us_per_delivery_by_thread.as_ref().and_then(|t| t.get(role).copied()), 2))
+            .collect();
+        let all = r.all.server_cpu_us_per_delivery_by_thread.as_ref().and_then(|t| t.get(role).copied());
+        cells.extend([f(all, 2), String::new(), String::new()]);
+        cells
+    };
     let mut own: Vec<String> = r.per_node.iter().map(|n| f(n.cpu_us_per_own_delivery, 2)).collect();
     own.extend(["".into(), "".into(), "".into()]);
     let mib = |k: Option<u64>| f(k.map(|k| k as f64 / 1024.0), 1);
@@ -617,6 +644,10 @@ pub fn cluster(r: &ClusterResult) -> ScenarioOutput {
     let rows = vec![
         ("CPU (% of a core)", cpu_percent),
         ("CPU per delivery, all deliveries (µs)", per_delivery),
+        ("… HTTP threads", by_thread("http")),
+        ("… WebSocket threads", by_thread("ws")),
+        ("… cluster thread", by_thread("cluster")),
+        ("… other threads", by_thread("other")),
         ("CPU per delivery to its own subscribers (µs)", own),
         ("RSS after (MiB)", rss),
     ];

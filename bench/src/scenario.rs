@@ -1,5 +1,6 @@
 //! The scenarios, each run the same way against Herald and against the baseline server.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -279,6 +280,8 @@ pub struct Window {
     pub all: Merged,
     /// Each measured process (in the order of the pids given) before and after.
     pub samples: Vec<(Sample, Sample)>,
+    /// Each measured process's CPU by thread role over the window (`sys::thread_cpu_seconds`).
+    threads: Vec<Option<BTreeMap<String, f64>>>,
     /// From the first measured publish until everything arrived (or the drain timeout), s.
     pub elapsed: f64,
     load_seconds: Option<f64>,
@@ -340,6 +343,8 @@ async fn publish_window(
     }
     let mut load_pids = vec![std::process::id()];
     load_pids.extend(pools.iter().flat_map(Pool::pids));
+    let threads_before: Vec<_> =
+        pids.iter().map(|pid| pid.and_then(crate::sys::thread_cpu_seconds)).collect();
     let before: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
     let load_before = load_cpu(&load_pids);
     let softirq_pids = crate::sys::ksoftirqd_pids();
@@ -349,6 +354,13 @@ async fn publish_window(
     merge(&mut finals, &run);
     let (groups, drained_at) = drain(&mut pools, &finals, p.drain_timeout).await?;
     let after: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
+    let threads = threads_before
+        .iter()
+        .zip(pids)
+        .map(|(before, pid)| {
+            Some(crate::sys::thread_cpu_between(before.as_ref()?, &crate::sys::thread_cpu_seconds((*pid)?)?))
+        })
+        .collect();
     let load_after = load_cpu(&load_pids);
     let other_after = crate::sys::system_busy_seconds();
     let softirq_after = load_cpu(&softirq_pids);
@@ -363,6 +375,7 @@ async fn publish_window(
         all: Merged::combine(&groups),
         groups,
         samples: before.into_iter().zip(after).collect(),
+        threads,
         elapsed: drained_at.duration_since(started).as_secs_f64(),
         load_seconds: load_before.zip(load_after).map(|(b, a)| a - b),
         softirq_seconds: softirq_before.zip(softirq_after).map(|(b, a)| a - b),
@@ -374,6 +387,23 @@ impl Window {
     /// CPU seconds the measured processes `which` (indices into the pids given) used.
     pub fn cpu_seconds(&self, which: Range<usize>) -> Option<f64> {
         self.samples[which].iter().map(|(b, a)| b.cpu_until(a)).sum()
+    }
+
+    /// CPU seconds of the measured processes `which`, summed by thread role (`http`, `ws`,
+    /// `cluster`); `other` is the rest of their CPU, threads that exited included, so the roles
+    /// add up to [`Window::cpu_seconds`].
+    pub fn thread_cpu_seconds(&self, which: Range<usize>) -> Option<BTreeMap<String, f64>> {
+        let mut sum = BTreeMap::new();
+        for roles in &self.threads[which.clone()] {
+            for (role, seconds) in roles.as_ref()? {
+                if role != "other" {
+                    *sum.entry(role.clone()).or_insert(0.0) += seconds;
+                }
+            }
+        }
+        let named: f64 = sum.values().sum();
+        sum.insert("other".to_owned(), (self.cpu_seconds(which)? - named).max(0.0));
+        Some(sum)
     }
 
     /// Summed RSS of the measured processes `which`, before and after.
@@ -403,6 +433,8 @@ impl Window {
     ) -> FanoutResult {
         let (run, c, elapsed) = (&self.run, self.all.counters, self.elapsed);
         let server_cpu = self.cpu_seconds(server.clone());
+        // Herald names its threads; the baseline's are tokio's defaults and say nothing.
+        let by_thread = self.thread_cpu_seconds(server.clone()).filter(|_| name.starts_with("herald"));
         let (rss_before, rss_after) = self.rss_kib(server);
         FanoutResult {
             server: name.into(),
@@ -435,6 +467,9 @@ impl Window {
             server_cpu_percent: self.percent(server_cpu),
             server_cpu_us_per_delivery: server_cpu
                 .and_then(|s| (c.received > 0).then(|| s * 1e6 / c.received as f64)),
+            server_cpu_us_per_delivery_by_thread: by_thread.filter(|_| c.received > 0).map(|roles| {
+                roles.into_iter().map(|(role, s)| (role, s * 1e6 / c.received as f64)).collect()
+            }),
             server_rss_before_kib: rss_before,
             server_rss_after_kib: rss_after,
             load_cpu_percent: self.load_seconds.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
@@ -596,6 +631,12 @@ pub async fn cluster(
                 cpu_percent: window.percent(cpu),
                 cpu_us_per_own_delivery: per_delivery(cpu, delivered),
                 cpu_us_per_delivery: per_delivery(cpu, all.deliveries),
+                cpu_us_per_delivery_by_thread: window
+                    .thread_cpu_seconds(i..i + 1)
+                    .filter(|_| all.deliveries > 0)
+                    .map(|roles| {
+                        roles.into_iter().map(|(role, s)| (role, s * 1e6 / all.deliveries as f64)).collect()
+                    }),
                 rss_after_kib: window.rss_kib(i..i + 1).1,
             }
         })

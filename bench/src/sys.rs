@@ -1,6 +1,7 @@
 //! What the tool reads from and sets on the operating system: `/proc` figures of a process,
 //! the open-file limit, and CPU pinning.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -48,6 +49,44 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// CPU seconds of a process's live threads, summed by what they do: Herald names its
+/// threads (`herald-ws`: WebSocket connections; `herald-cluster`: the NATS connection, stores
+/// and feeds) and leaves tokio's default name on its HTTP runtime's (`tokio-rt-worker`).
+/// Keys: `http`, `ws`, `cluster`, `other`. A thread that exited is not counted (its CPU is
+/// only in the process's total).
+pub fn thread_cpu_seconds(pid: u32) -> Option<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let (Some(utime), Some(stime)) = (
+            fields.get(11).and_then(|v| v.parse::<u64>().ok()),
+            fields.get(12).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let role = match &stat[open + 1..close] {
+            "tokio-rt-worker" => "http",
+            "herald-ws" => "ws",
+            "herald-cluster" => "cluster",
+            _ => "other",
+        };
+        *out.entry(role.to_owned()).or_insert(0.0) += (utime + stime) as f64 / ticks;
+    }
+    Some(out)
+}
+
+/// What each role of [`thread_cpu_seconds`] used between two readings.
+pub fn thread_cpu_between(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after.iter().map(|(k, a)| (k.clone(), (a - before.get(k).unwrap_or(&0.0)).max(0.0))).collect()
 }
 
 /// CPU time all processes on the machine have used (user, nice, system, irq, softirq,
@@ -137,5 +176,27 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).is_some());
+    }
+
+    #[test]
+    fn threads_are_counted_by_their_name() {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let busy = std::thread::Builder::new()
+            .name("herald-cluster".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(150) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                let _ = wait.recv();
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let roles = thread_cpu_seconds(std::process::id()).unwrap();
+        done.send(()).unwrap();
+        busy.join().unwrap();
+        assert!(roles.get("cluster").is_some_and(|s| *s >= 0.05), "{roles:?}");
+        assert!(!roles.contains_key("ws"), "{roles:?}");
     }
 }
