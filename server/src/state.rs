@@ -187,7 +187,11 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     };
 
     let session_key = master.derive("admin-session");
-    let directory = Directory::new(Arc::new(store.clone()), master.clone(), DIRECTORY_TTL);
+    // Store and proxy calls a WebSocket session makes run on this (the HTTP) runtime.
+    let http = tokio::runtime::Handle::current();
+    let config_source =
+        crate::sockets::ConfigOffSockets { inner: Arc::new(store.clone()), http: http.clone() };
+    let directory = Directory::new(Arc::new(config_source), master.clone(), DIRECTORY_TTL);
     // The one place that decides which backend the node runs on.
     let (backend, queue) = match (&config.nats_url, serving) {
         (Some(url), true) => {
@@ -226,7 +230,7 @@ pub async fn bootstrap(config: Config, serving: bool) -> Result<Bootstrap, BootE
     }
     let proxies =
         Arc::new(crate::proxy::Proxies::new(master.clone(), config.outbound_allowed_networks.clone()));
-    hub.set_proxy(proxies.clone());
+    hub.set_proxy(Arc::new(crate::sockets::ProxyOffSockets { inner: proxies.clone(), http }));
     let sockets = if serving {
         crate::sockets::SocketRuntime::start(config.socket_threads_nice).map_err(BootError::Sockets)?
     } else {

@@ -131,10 +131,10 @@ impl Store {
             // One writer at a time is SQLite's model; WAL lets readers proceed meanwhile, and
             // the busy timeout makes a second writer wait instead of failing.
             // Every connection is opened at start-up, by the thread that starts the node, and
-            // idle ones are kept: each SQLite connection has a worker thread, which inherits the
-            // lower priority of the WebSocket threads (`socket_threads_nice`) when a WebSocket
-            // session opens it. One the pool replaces (every 30 minutes, or after an error) is
-            // opened by whichever task returned the old one, a WebSocket session's among them.
+            // idle ones are kept. Each SQLite connection has a worker thread, with the priority
+            // of the thread that opened it; a WebSocket session's store reads run on the HTTP
+            // runtime (`sockets::ConfigOffSockets` in the server), so none is opened from a
+            // socket thread (`socket_threads_nice`), also when the pool replaces one.
             options.max_connections(8).min_connections(8).map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
