@@ -18,10 +18,12 @@ pub fn random_token(prefix: &str, bytes: usize) -> String {
 /// Hex SHA-256. Credentials Herald issues carry 256 bits of entropy, so a fast hash is enough
 /// to make the stored value useless to someone who reads the database.
 pub fn sha256_hex(input: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(input.as_bytes());
     let mut out = String::with_capacity(64);
     for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out
 }

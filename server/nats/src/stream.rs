@@ -69,12 +69,13 @@ const MAX_PUBLISH_ATTEMPTS: usize = 32;
 /// A subject token for a name: letters, digits, `_` and `-` stay; every other byte becomes
 /// `=XX` (hex), so `.` and `*` never reach a subject and the mapping is reversible.
 pub(crate) fn token(name: &str) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("={b:02X}"));
+            let _ = write!(out, "={b:02X}");
         }
     }
     out
@@ -860,6 +861,13 @@ mod tests {
         let h =
             headers(&[(HEADER_POSITION, "1"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "2"), (HEADER_TS, "1")]);
         assert!(publications(&channel, Some(&h), payload, Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn names_become_subject_tokens_and_back() {
+        let name = "chat:room.1*x é_-";
+        assert_eq!(token(name), "chat=3Aroom=2E1=2Ax=20=C3=A9_-");
+        assert_eq!(untoken(&token(name)).as_deref(), Some(name));
     }
 
     #[test]
