@@ -383,6 +383,11 @@ async fn publish_window(
     })
 }
 
+/// CPU seconds by thread role as µs per delivery (`None` without deliveries).
+fn per_delivery_by_role(roles: BTreeMap<String, f64>, deliveries: u64) -> Option<BTreeMap<String, f64>> {
+    (deliveries > 0).then(|| roles.into_iter().map(|(role, s)| (role, s * 1e6 / deliveries as f64)).collect())
+}
+
 impl Window {
     /// CPU seconds the measured processes `which` (indices into the pids given) used.
     pub fn cpu_seconds(&self, which: Range<usize>) -> Option<f64> {
@@ -467,9 +472,8 @@ impl Window {
             server_cpu_percent: self.percent(server_cpu),
             server_cpu_us_per_delivery: server_cpu
                 .and_then(|s| (c.received > 0).then(|| s * 1e6 / c.received as f64)),
-            server_cpu_us_per_delivery_by_thread: by_thread.filter(|_| c.received > 0).map(|roles| {
-                roles.into_iter().map(|(role, s)| (role, s * 1e6 / c.received as f64)).collect()
-            }),
+            server_cpu_us_per_delivery_by_thread: by_thread
+                .and_then(|roles| per_delivery_by_role(roles, c.received)),
             server_rss_before_kib: rss_before,
             server_rss_after_kib: rss_after,
             load_cpu_percent: self.load_seconds.filter(|_| elapsed > 0.0).map(|s| 100.0 * s / elapsed),
@@ -633,10 +637,7 @@ pub async fn cluster(
                 cpu_us_per_delivery: per_delivery(cpu, all.deliveries),
                 cpu_us_per_delivery_by_thread: window
                     .thread_cpu_seconds(i..i + 1)
-                    .filter(|_| all.deliveries > 0)
-                    .map(|roles| {
-                        roles.into_iter().map(|(role, s)| (role, s * 1e6 / all.deliveries as f64)).collect()
-                    }),
+                    .and_then(|roles| per_delivery_by_role(roles, all.deliveries)),
                 rss_after_kib: window.rss_kib(i..i + 1).1,
             }
         })

@@ -38,17 +38,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU time (user + system, all threads, including exited ones) of a process in seconds,
-/// from fields 14 and 15 of `/proc/PID/stat`. Resolution: one clock tick (usually 10 ms).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The command name and the CPU time (user + system) in seconds of a `/proc/…/stat` line, from
+/// fields 2, 14 and 15. Resolution: one clock tick (usually 10 ms).
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state), so field N is at index N - 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
+    Some((name, (utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64))
+}
+
+/// CPU time (user + system, all threads, including exited ones) of a process in seconds,
+/// from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    Some(stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?.1)
 }
 
 /// CPU seconds of a process's live threads, summed by what they do: Herald names its
@@ -58,25 +64,16 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// only in the process's total).
 pub fn thread_cpu_seconds(pid: u32) -> Option<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(entry) = entry else { continue };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let (Some(utime), Some(stime)) = (
-            fields.get(11).and_then(|v| v.parse::<u64>().ok()),
-            fields.get(12).and_then(|v| v.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        let role = match &stat[open + 1..close] {
+        let Some((name, seconds)) = stat_cpu(&stat) else { continue };
+        let role = match name {
             "tokio-rt-worker" => "http",
             "herald-ws" => "ws",
             "herald-cluster" => "cluster",
             _ => "other",
         };
-        *out.entry(role.to_owned()).or_insert(0.0) += (utime + stime) as f64 / ticks;
+        *out.entry(role.to_owned()).or_insert(0.0) += seconds;
     }
     Some(out)
 }

@@ -2,12 +2,13 @@
 //!
 //! Each stored message is the channel's `pub` frame, or a batch of them as a JSON array, with
 //! headers carrying its (last) position, its epoch, its acceptance time, a batch's count and
-//! frame sizes, and the JetStream sequence of the channel's previous message (so history can
-//! be walked backwards without an index). A node that reads a stored message builds its
-//! publications from the headers and slices of the payload, without parsing the frames. A publishing node caches the channel's head (sequence,
-//! position, epoch) and publishes position + 1 with `Nats-Expected-Last-Subject-Sequence`; if
-//! another node got there first the publish is refused, the node reloads the head and tries
-//! again. An empty subject (never used, or every message expired) starts a new epoch.
+//! frame sizes, and the JetStream sequence of the channel's previous message (so history can be
+//! walked backwards without an index). A node that reads a stored message builds its
+//! publications from the headers and slices of the payload, without parsing the frames. A
+//! publishing node caches the channel's head (sequence, position, epoch) and publishes the next
+//! position with `Nats-Expected-Last-Subject-Sequence`; if another node got there first the
+//! publish is refused, the node reloads the head and tries again. An empty subject (never used,
+//! or every message expired) starts a new epoch.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
