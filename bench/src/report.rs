@@ -137,6 +137,12 @@ pub struct ClusterResult {
     /// Subscribers of the other nodes: every delivery crossed NATS. Absent with one node.
     pub other_nodes: Option<GroupFigures>,
     pub per_node: Vec<NodeFigures>,
+    /// JetStream stores node 1 made over the window (from its metrics): each is one stored
+    /// message, its acknowledgement and one republished copy per subscribed node.
+    pub stored_messages: Option<u64>,
+    pub publications_per_stored_message: Option<f64>,
+    /// Mean time from a store's JetStream publish to its acknowledgement.
+    pub store_round_trip_mean_ms: Option<f64>,
     pub nats_cpu_seconds: Option<f64>,
     pub nats_cpu_percent: Option<f64>,
     /// NATS CPU over every delivery (all nodes' subscribers).
@@ -652,6 +658,13 @@ pub fn cluster(r: &ClusterResult) -> ScenarioOutput {
         ("RSS after (MiB)", rss),
     ];
     print_grid("cluster: CPU by process", &headers, &rows);
+    if let Some(stored) = r.stored_messages {
+        println!(
+            "  node1 stored {stored} messages ({} publications each), round trip to acknowledged {} ms on average",
+            f(r.publications_per_stored_message, 1),
+            f(r.store_round_trip_mean_ms, 2)
+        );
+    }
     out.herald = Some(serde_json::to_value(r).expect("serialises"));
     out
 }

@@ -287,6 +287,9 @@ pub struct Window {
     load_seconds: Option<f64>,
     softirq_seconds: Option<f64>,
     busy: (Option<f64>, Option<f64>),
+    /// JetStream stores by the node published to over the window, and their summed round trip
+    /// (s); 0 on a single node, `None` when its metrics could not be read.
+    pub stores: Option<(u64, f64)>,
 }
 
 /// Connects every group of subscribers (one pool of workers per group), publishes through
@@ -350,10 +353,12 @@ async fn publish_window(
     let softirq_pids = crate::sys::ksoftirqd_pids();
     let softirq_before = load_cpu(&softirq_pids);
     let other_before = crate::sys::system_busy_seconds();
+    let stores_before = stores(&publisher.http, publish_to).await;
     let run = publisher.run(p, p.duration).await;
     merge(&mut finals, &run);
     let (groups, drained_at) = drain(&mut pools, &finals, p.drain_timeout).await?;
     let after: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
+    let stores_after = stores(&publisher.http, publish_to).await;
     let threads = threads_before
         .iter()
         .zip(pids)
@@ -380,7 +385,29 @@ async fn publish_window(
         load_seconds: load_before.zip(load_after).map(|(b, a)| a - b),
         softirq_seconds: softirq_before.zip(softirq_after).map(|(b, a)| a - b),
         busy: (other_before, other_after),
+        stores: stores_before
+            .zip(stores_after)
+            .map(|((n0, s0), (n1, s1))| (n1.saturating_sub(n0), (s1 - s0).max(0.0))),
     })
+}
+
+/// How many JetStream stores a Herald node has made, and their summed round trip in seconds
+/// (`herald_jetstream_publish_duration_seconds` from its `/metrics`); `None` when they cannot
+/// be read (the counts stay 0 on a single node).
+async fn stores(http: &reqwest::Client, server: &Server) -> Option<(u64, f64)> {
+    let text = http.get(format!("{}/metrics", server.base)).send().await.ok()?.text().await.ok()?;
+    parse_stores(&text)
+}
+
+fn parse_stores(metrics: &str) -> Option<(u64, f64)> {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    let count = value("herald_jetstream_publish_duration_seconds_count")?;
+    let sum = value("herald_jetstream_publish_duration_seconds_sum")?;
+    Some((count as u64, sum))
 }
 
 /// CPU seconds by thread role as µs per delivery (`None` without deliveries).
@@ -643,8 +670,15 @@ pub async fn cluster(
         })
         .collect();
     let nodes_and_nats = all.server_cpu_seconds.zip(nats_cpu).map(|(a, b)| a + b);
+    let (stored_messages, store_round_trip_mean_ms) = match window.stores {
+        Some((n, seconds)) if n > 0 => (Some(n), Some(seconds * 1000.0 / n as f64)),
+        _ => (None, None),
+    };
     Ok(ClusterResult {
         nodes,
+        stored_messages,
+        publications_per_stored_message: stored_messages.map(|n| all.published as f64 / n as f64),
+        store_round_trip_mean_ms,
         nats_cpu_seconds: nats_cpu,
         nats_cpu_percent: window.percent(nats_cpu),
         nats_cpu_us_per_delivery: per_delivery(nats_cpu, all.deliveries),
@@ -724,4 +758,22 @@ fn other_cpu_percent(
 ) -> Option<f64> {
     let busy = system.1? - system.0?;
     (elapsed > 0.0).then(|| (100.0 * (busy - ours - load.unwrap_or(0.0)) / elapsed).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stores;
+
+    #[test]
+    fn stores_are_read_from_the_metrics() {
+        let metrics = "# HELP herald_jetstream_publish_duration_seconds Storing …\n\
+            herald_jetstream_publish_duration_seconds_sum 1.5\n\
+            herald_jetstream_publish_duration_seconds_count 600\n\
+            herald_jetstream_publish_duration_seconds_bucket{le=\"0.001\"} 10\n";
+        assert_eq!(parse_stores(metrics), Some((600, 1.5)));
+        let never = "herald_jetstream_publish_duration_seconds_sum 0.0\n\
+            herald_jetstream_publish_duration_seconds_count 0\n";
+        assert_eq!(parse_stores(never), Some((0, 0.0)));
+        assert_eq!(parse_stores("herald_up 1\n"), None);
+    }
 }

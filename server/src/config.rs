@@ -616,7 +616,7 @@ impl Config {
             cluster_replicas: l.number("cluster_replicas", 1, 1..=5)?,
             cluster_store_interval: Duration::from_millis(l.number(
                 "cluster_store_interval_ms",
-                1,
+                3,
                 0..=1000,
             )?),
             socket_threads_nice: l.number("socket_threads_nice", 10, 0..=19)?,
