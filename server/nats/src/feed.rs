@@ -24,9 +24,7 @@ use herald_core::channel::{
 use herald_core::outbox::Outgoing;
 use herald_core::protocol::{self, ServerFrame};
 
-use crate::stream::{
-    self, HEADER_EPOCH, HEADER_EVENT, HEADER_ORIGIN, HEADER_POSITION, HEADER_PREVIOUS, header_str, header_u64,
-};
+use crate::stream::{self, HEADER_EVENT, HEADER_ORIGIN, Stored, header_str};
 use crate::{Cluster, ClusterChannel};
 
 /// A request to the node's feed of a channel: admit a subscriber.
@@ -205,45 +203,38 @@ impl Feed {
             }
             return;
         }
-        let (Some(position), Some(epoch), Some(previous), Some(seq)) = (
-            header_u64(headers, HEADER_POSITION),
-            header_str(headers, HEADER_EPOCH).map(str::to_owned),
-            header_u64(headers, HEADER_PREVIOUS),
-            stream::sequence_of(headers),
-        ) else {
-            tracing::warn!(subject = %msg.subject, headers = ?msg.headers, "ignoring a feed message without Herald headers");
+        let (Some(stored), Some(seq)) = (Stored::read(headers), stream::sequence_of(headers)) else {
+            tracing::warn!(subject = %msg.subject, headers = ?msg.headers, "ignoring a feed message without valid Herald headers");
             return;
         };
         let (current_epoch, last) = self.ch.delivered_head();
-        if position == 0 {
+        if stored.is_marker() {
             // An epoch marker (see `Cluster::head_or_start`): a new stream starts here.
-            if *current_epoch != *epoch {
-                self.ch.follow_from(Arc::from(epoch.as_str()), 0);
+            if *current_epoch != *stored.epoch {
+                self.ch.follow_from(Arc::from(stored.epoch), 0);
                 self.last_seq = seq;
             }
             return;
         }
-        // A stored message holds positions `first ..= position` (one, or a batch).
-        let count = stream::count_of(headers);
-        let first = (position + 1).saturating_sub(count).max(1);
-        let after = if *current_epoch == *epoch {
-            if position <= last {
+        // A stored message holds positions `first ..= last` (one, or a batch).
+        let after = if *current_epoch == *stored.epoch {
+            if stored.last <= last {
                 return; // Already delivered (read from the stream before it arrived live).
             }
             last
         } else {
             0
         };
-        if first > after + 1 {
-            self.fill(previous, &epoch, after, first - 1).await;
-            self.last_seq = previous;
+        if stored.first() > after + 1 {
+            self.fill(stored.previous, stored.epoch, after, stored.first() - 1).await;
+            self.last_seq = stored.previous;
         }
-        let Some(stored) = stream::publications(&self.ch.name, headers, msg.payload, self.ttl()) else {
+        let Some(found) = stream::publications(&self.ch.name, &stored, msg.payload, self.ttl()) else {
             tracing::warn!(subject = %msg.subject, "ignoring an unreadable stored message");
             return;
         };
         let (delivered_epoch, delivered) = self.ch.delivered_head();
-        for p in stored {
+        for p in found {
             if *delivered_epoch == *p.epoch && p.position <= delivered {
                 continue;
             }

@@ -152,16 +152,12 @@ pub(crate) fn header_str<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &
 /// Where each frame of a stored message lies in its payload: the whole payload for one frame;
 /// for a batch (a JSON array of `count` frames) from its `Herald-Sizes` header, or by parsing
 /// the array when a message has none.
-fn frame_ranges(
-    headers: Option<&async_nats::HeaderMap>,
-    payload: &[u8],
-    count: u64,
-) -> Option<Vec<std::ops::Range<usize>>> {
+fn frame_ranges(sizes: Option<&str>, payload: &[u8], count: u64) -> Option<Vec<std::ops::Range<usize>>> {
     if count <= 1 {
         return Some(std::iter::once(0..payload.len()).collect());
     }
     let count = usize::try_from(count).ok()?;
-    let Some(sizes) = header_str(headers, HEADER_SIZES) else {
+    let Some(sizes) = sizes else {
         let frames: Vec<&RawValue> = serde_json::from_slice(payload).ok()?;
         if frames.len() != count {
             return None;
@@ -195,31 +191,83 @@ fn frame_ranges(
     (ranges.len() == count && at == payload.len()).then_some(ranges)
 }
 
-/// The publications of a stored message of `channel`, oldest first: one frame, or a JSON array
-/// of `Herald-Count` frames (a batch), each sharing the payload's bytes; `ttl` is the
-/// channel's history lifetime. A message that carries its acceptance time (`Herald-Ts`) is not
-/// parsed: positions and epoch come from its headers. One stored without it (by an earlier
-/// version) is read from its frames.
+/// What a stored message's headers say about it. Every reader of stored messages (a feed's
+/// live message, a walk back through history, the original of a repeated idempotent publish)
+/// reads them here, once, so the rule for which positions a message holds is in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stored<'h> {
+    /// The position of its last publication; 0 for an epoch marker, which holds none.
+    pub last: u64,
+    /// How many publications it holds: 1, a batch's `Herald-Count`, or 0 for a marker.
+    pub count: u64,
+    pub epoch: &'h str,
+    /// The JetStream sequence of the channel's message before it (0: the first of its epoch).
+    pub previous: u64,
+    /// Acceptance time of its publications (absent on messages of versions before it).
+    timestamp_ms: Option<i64>,
+    /// A batch's frame sizes (`Herald-Sizes`).
+    sizes: Option<&'h str>,
+}
+
+impl<'h> Stored<'h> {
+    /// `None` when a header is missing or malformed, or when the message would hold a position
+    /// below 1 (a count larger than its last position).
+    pub(crate) fn read(headers: Option<&'h async_nats::HeaderMap>) -> Option<Stored<'h>> {
+        let last = header_u64(headers, HEADER_POSITION)?;
+        let count = match (last, header_str(headers, HEADER_COUNT)) {
+            (0, _) => 0,
+            (_, None) => 1,
+            (_, Some(count)) => count.parse().ok().filter(|count| (1..=last).contains(count))?,
+        };
+        Some(Stored {
+            last,
+            count,
+            epoch: header_str(headers, HEADER_EPOCH)?,
+            previous: header_u64(headers, HEADER_PREVIOUS)?,
+            timestamp_ms: match header_str(headers, HEADER_TS) {
+                Some(ts) => Some(ts.parse().ok()?),
+                None => None,
+            },
+            sizes: header_str(headers, HEADER_SIZES),
+        })
+    }
+
+    /// An epoch marker: it starts a stream (position 0) and holds no publication.
+    pub(crate) fn is_marker(&self) -> bool {
+        self.last == 0
+    }
+
+    /// The position of its first publication (a marker's last + 1).
+    pub(crate) fn first(&self) -> u64 {
+        self.last + 1 - self.count
+    }
+}
+
+/// The publications of a stored message of `channel`, oldest first: none for an epoch marker,
+/// one frame, or a JSON array of `count` frames (a batch), each sharing the payload's bytes;
+/// `ttl` is the channel's history lifetime. A message that carries its acceptance time
+/// (`Herald-Ts`) is not parsed: positions and epoch come from its headers. One stored without
+/// it (by an earlier version) is read from its frames.
 pub(crate) fn publications(
     channel: &Arc<str>,
-    headers: Option<&async_nats::HeaderMap>,
+    stored: &Stored<'_>,
     payload: Bytes,
     ttl: Duration,
 ) -> Option<Vec<Arc<Publication>>> {
-    let count = count_of(headers);
-    let last = header_u64(headers, HEADER_POSITION)?;
-    let first = (last + 1).checked_sub(count).filter(|first| *first > 0)?;
-    let ranges = frame_ranges(headers, &payload, count)?;
+    if stored.is_marker() {
+        return Some(Vec::new());
+    }
+    let ranges = frame_ranges(stored.sizes, &payload, stored.count)?;
     let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
     // Aged by the time it has already spent in the stream.
     let expires_at =
         |ts: i64| now + ttl.saturating_sub(Duration::from_millis(now_ms.saturating_sub(ts).max(0) as u64));
     let frames = ranges.into_iter().map(|range| Utf8Bytes::try_from(payload.slice(range)).ok());
-    match header_str(headers, HEADER_TS).and_then(|ts| ts.parse::<i64>().ok()) {
+    match stored.timestamp_ms {
         Some(timestamp_ms) => {
-            let epoch: Arc<str> = Arc::from(header_str(headers, HEADER_EPOCH)?);
+            let epoch: Arc<str> = Arc::from(stored.epoch);
             frames
-                .zip(first..)
+                .zip(stored.first()..)
                 .map(|(frame, position)| {
                     Some(Arc::new(Publication {
                         channel: channel.clone(),
@@ -245,11 +293,6 @@ pub(crate) fn publications(
 /// The JetStream sequence of a stored message as republished (`Nats-Sequence`).
 pub(crate) fn sequence_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
     headers?.get(async_nats::header::NATS_SEQUENCE)?.as_str().parse().ok()
-}
-
-/// How many publications a stored message holds (its `Herald-Count`, 1 when absent).
-pub(crate) fn count_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
-    header_u64(headers, HEADER_COUNT).unwrap_or(1).max(1)
 }
 
 /// At most this many queued publishes, and about this many bytes, go into one stored batch.
@@ -604,7 +647,10 @@ impl Cluster {
                     let first = self
                         .message(ack.sequence)
                         .await?
-                        .and_then(|m| publications(&ch.name, Some(&m.headers), m.payload, ttl))
+                        .and_then(|m| {
+                            let stored = Stored::read(Some(&m.headers))?;
+                            publications(&ch.name, &stored, m.payload, ttl)
+                        })
                         .and_then(|mut stored| stored.pop())
                         .and_then(|p| Some((p.fields().ok()?.id.into_owned(), p)));
                     return Ok(vec![match first {
@@ -691,25 +737,18 @@ impl Cluster {
             if msg.subject.as_str() != subject {
                 break false;
             }
-            let headers = Some(&msg.headers);
-            let (Some(last), Some(previous)) =
-                (header_u64(headers, HEADER_POSITION), header_u64(headers, HEADER_PREVIOUS))
-            else {
-                break false;
-            };
-            let count = count_of(headers);
-            let first = (last + 1).saturating_sub(count);
-            if header_str(headers, HEADER_EPOCH) != Some(epoch) || last <= after || first == 0 {
+            let Some(stored) = Stored::read(Some(&msg.headers)) else { break false };
+            if stored.epoch != epoch || stored.last <= after {
                 break false;
             }
-            if first <= upto {
-                let Some(stored) = publications(channel, headers, msg.payload, ttl) else { break false };
-                out.extend(stored.into_iter().rev().filter(|p| p.position > after && p.position <= upto));
+            if stored.first() <= upto {
+                let Some(found) = publications(channel, &stored, msg.payload, ttl) else { break false };
+                out.extend(found.into_iter().rev().filter(|p| p.position > after && p.position <= upto));
             }
-            if first <= after + 1 {
+            if stored.first() <= after + 1 {
                 break true;
             }
-            seq = previous;
+            seq = stored.previous;
         };
         out.reverse();
         Ok((out, complete))
@@ -778,7 +817,66 @@ mod tests {
         for (name, value) in pairs {
             headers.insert(*name, *value);
         }
+        if !pairs.iter().any(|(name, _)| *name == HEADER_PREVIOUS) {
+            headers.insert(HEADER_PREVIOUS, "4");
+        }
         headers
+    }
+
+    /// What a reader makes of a stored message.
+    fn read(
+        channel: &Arc<str>,
+        headers: &async_nats::HeaderMap,
+        payload: Bytes,
+        ttl: Duration,
+    ) -> Option<Vec<Arc<Publication>>> {
+        publications(channel, &Stored::read(Some(headers))?, payload, ttl)
+    }
+
+    #[test]
+    fn which_positions_a_stored_message_holds_is_read_from_its_headers() {
+        // Last, count, first, epoch, previous sequence and whether it is a marker.
+        let read = |pairs: &[(&str, &str)]| {
+            let h = headers(pairs);
+            Stored::read(Some(&h))
+                .map(|s| (s.last, s.count, s.first(), s.epoch.to_owned(), s.previous, s.is_marker()))
+        };
+        let e1 = || "e1".to_owned();
+        let marker = [(HEADER_POSITION, "0"), (HEADER_EPOCH, "e1"), (HEADER_PREVIOUS, "0")];
+        assert_eq!(read(&marker), Some((0, 0, 1, e1(), 0, true)));
+        let h = headers(&marker);
+        let stored = Stored::read(Some(&h)).unwrap();
+        let channel: Arc<str> = Arc::from("room");
+        assert_eq!(
+            publications(&channel, &stored, Bytes::new(), Duration::from_secs(1)).map(|p| p.len()),
+            Some(0)
+        );
+        assert_eq!(read(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1")]), Some((9, 1, 9, e1(), 4, false)));
+        assert_eq!(
+            read(&[(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "3")]),
+            Some((7, 3, 5, e1(), 4, false))
+        );
+        assert_eq!(
+            read(&[(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "7")]),
+            Some((7, 7, 1, e1(), 4, false))
+        );
+        // A count that would start before position 1, or that is no count, is refused, as is a
+        // message without its epoch or a readable time.
+        for bad in [
+            vec![(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "8")],
+            vec![(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "0")],
+            vec![(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "x")],
+            vec![(HEADER_POSITION, "x"), (HEADER_EPOCH, "e1")],
+            vec![(HEADER_POSITION, "7")],
+            vec![(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_TS, "soon")],
+        ] {
+            assert_eq!(read(&bad), None, "{bad:?}");
+        }
+        // Nor without the sequence of the message before it.
+        let mut no_previous = async_nats::HeaderMap::new();
+        no_previous.insert(HEADER_POSITION, "7");
+        no_previous.insert(HEADER_EPOCH, "e1");
+        assert_eq!(Stored::read(Some(&no_previous)), None);
     }
 
     fn frame(position: u64, data: &str) -> String {
@@ -810,8 +908,8 @@ mod tests {
             (HEADER_TS, "1000"),
             (HEADER_SIZES, &sizes),
         ]);
-        let parsed = publications(&channel, Some(&old), payload.clone(), ttl).expect("parsed");
-        let sliced = publications(&channel, Some(&new), payload, ttl).expect("sliced");
+        let parsed = read(&channel, &old, payload.clone(), ttl).expect("parsed");
+        let sliced = read(&channel, &new, payload, ttl).expect("sliced");
         assert_eq!(seen(&sliced), seen(&parsed));
         assert_eq!(seen(&sliced).iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6, 7]);
         assert_eq!(sliced[1].frame.as_str(), frames[1]);
@@ -825,8 +923,8 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let old = headers(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1")]);
         let new = headers(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1"), (HEADER_TS, "1000")]);
-        let parsed = publications(&channel, Some(&old), payload.clone(), ttl).expect("parsed");
-        let sliced = publications(&channel, Some(&new), payload, ttl).expect("sliced");
+        let parsed = read(&channel, &old, payload.clone(), ttl).expect("parsed");
+        let sliced = read(&channel, &new, payload, ttl).expect("sliced");
         assert_eq!(seen(&sliced), seen(&parsed));
         assert_eq!(sliced.len(), 1);
     }
@@ -853,15 +951,12 @@ mod tests {
                 (HEADER_TS, "1000"),
                 (HEADER_SIZES, &sizes),
             ]);
-            assert!(
-                publications(&channel, Some(&h), payload.clone(), Duration::from_secs(60)).is_none(),
-                "{sizes}"
-            );
+            assert!(read(&channel, &h, payload.clone(), Duration::from_secs(60)).is_none(), "{sizes}");
         }
         // A count larger than the position would start before position 1.
         let h =
             headers(&[(HEADER_POSITION, "1"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "2"), (HEADER_TS, "1")]);
-        assert!(publications(&channel, Some(&h), payload, Duration::from_secs(60)).is_none());
+        assert!(read(&channel, &h, payload, Duration::from_secs(60)).is_none());
     }
 
     #[test]
@@ -876,8 +971,7 @@ mod tests {
         let channel: Arc<str> = Arc::from("room");
         let ts = (chrono::Utc::now().timestamp_millis() - 40_000).to_string();
         let h = headers(&[(HEADER_POSITION, "1"), (HEADER_EPOCH, "e1"), (HEADER_TS, &ts)]);
-        let stored =
-            publications(&channel, Some(&h), Bytes::from(frame(1, "{}")), Duration::from_secs(60)).unwrap();
+        let stored = read(&channel, &h, Bytes::from(frame(1, "{}")), Duration::from_secs(60)).unwrap();
         let left = stored[0].expires_at.saturating_duration_since(Instant::now());
         assert!(left > Duration::from_secs(15) && left <= Duration::from_secs(20), "{left:?}");
     }
