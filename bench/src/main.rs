@@ -381,6 +381,13 @@ struct ClusterArgs {
     /// How long each churning connection stays subscribed.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     churn_hold_ms: u64,
+    /// Also run the same plan against one node of the same binary (no NATS) and report the
+    /// cluster's CPU per delivery as a ratio to it and its p99 as a gap, round by round: each
+    /// round starts a fresh node and a fresh cluster, one after the other (the order alternates),
+    /// so neither runs while the other is measured. WebSocket or one transport only; not with
+    /// --mix, --churn, --presence or --users.
+    #[arg(long)]
+    against_single: bool,
     #[command(flatten)]
     publish: PublishArgs,
 }
@@ -572,12 +579,22 @@ async fn herald_mode(server: &HeraldArgs, common: &CommonArgs, plan: Plan) -> an
 /// median run (by the nodes' CPU per delivery); stops every process it started.
 async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()> {
     warn_if_busy().await;
+    if a.against_single {
+        anyhow::ensure!(
+            a.mix.is_empty() && a.churn.is_none() && !a.presence && a.users <= 1,
+            "--against-single runs one transport for one user: not with --mix, --churn, --presence or --users"
+        );
+    }
     let env = parse_env(&a.server_env)?;
     let spec = a.cluster.spec(a.database_url.as_deref(), &env, common.server_cpu());
-    let cluster = Cluster::spawn(&spec).await?;
-    let tokens = match a.users {
-        0 | 1 => Vec::new(),
-        n => cluster.nodes[0].mint_tokens(n).await?,
+    // With --against-single every run gets a fresh cluster (none idles beside the single node).
+    let mut cluster = match a.against_single {
+        true => None,
+        false => Some(Cluster::spawn(&spec).await?),
+    };
+    let tokens = match (&cluster, a.users) {
+        (Some(cluster), n) if n > 1 => cluster.nodes[0].mint_tokens(n).await?,
+        _ => Vec::new(),
     };
     let (layout, publish, repeat) = (common.layout(), a.publish.params(), a.publish.repeat.max(1));
     let mix: Vec<(Transport, f64)> = match a.mix.is_empty() {
@@ -604,36 +621,106 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
             hold_ms: a.churn_hold_ms,
         }),
     };
+    let per_channel = a.subscribers / channels.len() as u64;
     let mut runs = Vec::new();
+    let mut singles = Vec::new();
     let mut failure = None;
     for round in 0..repeat {
+        // Single node first in odd rounds, the cluster first in even ones.
+        let single_first = a.against_single && round % 2 == 0;
+        if single_first {
+            match single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat).await
+            {
+                Ok(r) => singles.push(r),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
         eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.cluster.nodes, round + 1);
-        match scenario::cluster(&cluster, &layout, &plan, &publish).await {
-            Ok(run) => runs.push(run),
+        let fresh = match cluster.take() {
+            Some(c) => Ok(c),
+            None => Cluster::spawn(&spec).await,
+        };
+        let c = match fresh {
+            Ok(c) => c,
             Err(e) => {
-                failure = Some(e.context(format!("last log lines:\n{}", cluster.log_tail())));
+                failure = Some(e);
                 break;
+            }
+        };
+        let outcome = scenario::cluster(&c, &layout, &plan, &publish).await;
+        let tail = c.log_tail();
+        match outcome {
+            Ok(run) => runs.push(run),
+            Err(e) => failure = Some(e.context(format!("last log lines:\n{tail}"))),
+        }
+        if failure.is_none() && !tail.is_empty() && (a.against_single || round + 1 == repeat) {
+            eprintln!("note: the nodes or NATS logged warnings or errors; the last lines:\n{tail}");
+        }
+        if a.against_single {
+            c.stop().await;
+        } else {
+            cluster = Some(c);
+        }
+        if failure.is_some() {
+            break;
+        }
+        if a.against_single && !single_first {
+            match single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat).await
+            {
+                Ok(r) => singles.push(r),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
     }
-    if failure.is_none() {
-        match cluster.log_tail() {
-            tail if tail.is_empty() => {}
-            tail => eprintln!("note: the nodes or NATS logged warnings or errors; the last lines:\n{tail}"),
-        }
+    if let Some(c) = cluster {
+        c.stop().await;
     }
-    cluster.stop().await;
     if let Some(e) = failure {
         return Err(e);
     }
     let median = report::median_by(runs.clone(), |r| &r.all).context("no run")?;
     let mut out = report::cluster(&median);
-    if repeat > 1 {
-        report::print_runs(&[runs.iter().map(|r| r.all.clone()).collect(), Vec::new()]);
-        let values = runs.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
-        out.runs = Some([values, Vec::new()]);
+    if a.against_single {
+        let pairs: Vec<_> = singles.iter().cloned().zip(runs.iter().cloned()).collect();
+        out.ratios = report::against_single(&pairs);
+        out.baseline =
+            report::median_run(singles.clone()).map(|r| serde_json::to_value(r).expect("serialises"));
+    }
+    if repeat > 1 || a.against_single {
+        if repeat > 1 {
+            report::print_runs(&[runs.iter().map(|r| r.all.clone()).collect(), singles.clone()]);
+        }
+        let cluster_runs = runs.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
+        let single_runs = singles.iter().map(|r| serde_json::to_value(r).expect("serialises")).collect();
+        out.runs = Some([cluster_runs, single_runs]);
     }
     output(common, vec![out])
+}
+
+/// One run of the cluster scenario's plan against a fresh single node of the same binary.
+#[allow(clippy::too_many_arguments)]
+async fn single_run(
+    a: &ClusterArgs,
+    common: &CommonArgs,
+    env: &[(String, String)],
+    layout: &LoadLayout,
+    channels: &[String],
+    per_channel: u64,
+    publish: &PublishParams,
+    round: usize,
+    repeat: usize,
+) -> anyhow::Result<report::FanoutResult> {
+    eprintln!("single node (run {} of {repeat}) …", round + 1);
+    let herald = Server::spawn_herald(&a.cluster.spawn, common.server_cpu(), env).await?;
+    let run = scenario::fanout(&herald, layout, channels, per_channel, publish).await;
+    herald.stop().await;
+    run
 }
 
 async fn baseline_mode(common: &CommonArgs, plan: Plan) -> anyhow::Result<()> {

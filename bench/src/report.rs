@@ -705,6 +705,73 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
+/// The cluster against one node of the same binary, run round by round in alternating order
+/// (`cluster --against-single`): each round's CPU per delivery (the nodes and NATS against the
+/// node) and latency. Returns the medians over the rounds neither of whose runs was disturbed
+/// (other CPU on the machine ≥ [`DISTURBED_PERCENT`]), or over all when every round was.
+pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<String, f64> {
+    let ms = |l: &Option<Latency>, q: fn(&Latency) -> u64| l.as_ref().map(|l| q(l) as f64 / 1000.0);
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    let disturbed = |r: &FanoutResult| r.other_cpu_percent.is_some_and(|p| p >= DISTURBED_PERCENT);
+    println!(
+        "\ncluster against one node of the same binary (same plan, a fresh node or cluster per run, alternating order)"
+    );
+    println!(
+        "  round  CPU µs/delivery: node / cluster+NATS = ratio   p50 ms: node / cluster   p99 ms: node / cluster (gap)   other CPU %"
+    );
+    let mut ratios = Vec::new();
+    let mut gaps = Vec::new();
+    let mut all = (Vec::new(), Vec::new());
+    for (i, (single, cluster)) in pairs.iter().enumerate() {
+        let ratio = single
+            .server_cpu_us_per_delivery
+            .zip(cluster.nodes_and_nats_cpu_us_per_delivery)
+            .filter(|(s, _)| *s > 0.0)
+            .map(|(s, c)| c / s);
+        let (p99_single, p99_cluster) =
+            (ms(&single.latency, |l| l.p99_us), ms(&cluster.all.latency, |l| l.p99_us));
+        let gap = p99_single.zip(p99_cluster).map(|(s, c)| c - s);
+        let clean = !disturbed(single) && !disturbed(&cluster.all);
+        println!(
+            "  {:>5}  {:>6} / {:>6} = {:>5}   {:>6} / {:>6}   {:>6} / {:>6} ({:>6})   {:>4} / {:>4}{}",
+            i + 1,
+            f(single.server_cpu_us_per_delivery),
+            f(cluster.nodes_and_nats_cpu_us_per_delivery),
+            f(ratio),
+            f(ms(&single.latency, |l| l.p50_us)),
+            f(ms(&cluster.all.latency, |l| l.p50_us)),
+            f(p99_single),
+            f(p99_cluster),
+            f(gap),
+            single.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
+            cluster.all.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
+            if clean { "" } else { "  (disturbed)" }
+        );
+        let (r, g) = if clean { (&mut ratios, &mut gaps) } else { (&mut all.0, &mut all.1) };
+        r.extend(ratio);
+        g.extend(gap);
+    }
+    if ratios.is_empty() {
+        (ratios, gaps) = all;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| {
+            if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
+        })
+    };
+    let mut out = BTreeMap::new();
+    let (ratio, gap) = (median(ratios), median(gaps));
+    println!("  median: CPU per delivery {}× the node's, p99 {} ms over the node's", f(ratio), f(gap));
+    if let Some(r) = ratio {
+        out.insert("cluster_cpu_per_delivery_to_single_node".to_owned(), r);
+    }
+    if let Some(g) = gap {
+        out.insert("cluster_p99_minus_single_node_ms".to_owned(), g);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

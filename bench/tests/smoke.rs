@@ -68,7 +68,8 @@ fn cluster_args(extra: &[&str]) -> Option<Vec<std::ffi::OsString>> {
 }
 
 /// `herald-bench cluster` with tiny numbers: NATS and three nodes start, every subscriber gets
-/// every message, everything is stopped. Needs `HERALD_TEST_NATS_SERVER` (`cargo xtask test`
+/// every message, everything is stopped; then the same against one node (`--against-single`),
+/// reported beside it. Needs `HERALD_TEST_NATS_SERVER` (`cargo xtask test`
 /// sets it).
 #[test]
 fn cluster_mode_runs_three_nodes_over_nats() {
@@ -85,14 +86,24 @@ fn cluster_mode_runs_three_nodes_over_nats() {
         "5",
         "--max-in-flight",
         "4",
+        "--against-single",
     ]) else {
         return;
     };
     let figures = run_bench(&args);
-    let run = &figures["scenarios"][0]["herald"];
+    let scenario = &figures["scenarios"][0];
+    let run = &scenario["herald"];
     assert_eq!(run["subscribers_open"], 30, "{run}");
     assert!(run["deliveries"].as_u64().is_some_and(|d| d > 0), "{run}");
     assert_eq!(run["missing"], 0, "lost messages: {run}");
+    // Node 1's stores, read from its metrics.
+    assert!(run["stored_messages"].as_u64().is_some_and(|n| n > 0), "{run}");
+    // The same plan against one node of the same binary, and the gap between them.
+    let single = &scenario["baseline"];
+    assert_eq!(single["server"], "herald", "{single}");
+    assert_eq!(single["subscribers_open"], 30, "{single}");
+    assert_eq!(single["missing"], 0, "lost messages: {single}");
+    assert!(scenario["ratios"]["cluster_p99_minus_single_node_ms"].is_f64(), "{scenario}");
 }
 
 /// The cluster scenario's scale options with tiny numbers: mixed transports over two nodes,
