@@ -626,7 +626,7 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
     let mut singles = Vec::new();
     let mut failure = None;
     for round in 0..repeat {
-        // Single node first in odd rounds, the cluster first in even ones.
+        // The single node first in rounds 1, 3, 5 …, the cluster first in the others.
         let single_first = a.against_single && round % 2 == 0;
         if single_first {
             match single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat).await
