@@ -384,8 +384,9 @@ struct ClusterArgs {
     /// Also run the same plan against one node of the same binary (no NATS) and report the
     /// cluster's CPU per delivery as a ratio to it and its p99 as a gap, round by round: each
     /// round starts a fresh node and a fresh cluster, one after the other (the order alternates),
-    /// so neither runs while the other is measured. WebSocket or one transport only; not with
-    /// --mix, --churn, --presence or --users.
+    /// so neither runs while the other is measured. One transport only; not with --mix, --churn,
+    /// --presence or --users; --subscribers a multiple of --channels. A failed run ends the
+    /// invocation without figures.
     #[arg(long)]
     against_single: bool,
     #[command(flatten)]
@@ -583,6 +584,10 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
         anyhow::ensure!(
             a.mix.is_empty() && a.churn.is_none() && !a.presence && a.users <= 1,
             "--against-single runs one transport for one user: not with --mix, --churn, --presence or --users"
+        );
+        anyhow::ensure!(
+            a.subscribers % a.channels.max(1) as u64 == 0,
+            "--against-single needs --subscribers to be a multiple of --channels (both setups get the same subscribers)"
         );
     }
     let env = parse_env(&a.server_env)?;

@@ -722,6 +722,7 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
     let mut ratios = Vec::new();
     let mut gaps = Vec::new();
     let mut all = (Vec::new(), Vec::new());
+    let mut clean_rounds = 0;
     for (i, (single, cluster)) in pairs.iter().enumerate() {
         let ratio = single
             .server_cpu_us_per_delivery
@@ -747,11 +748,12 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
             cluster.all.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
             if clean { "" } else { "  (disturbed)" }
         );
+        clean_rounds += usize::from(clean);
         let (r, g) = if clean { (&mut ratios, &mut gaps) } else { (&mut all.0, &mut all.1) };
         r.extend(ratio);
         g.extend(gap);
     }
-    if ratios.is_empty() {
+    if clean_rounds == 0 {
         (ratios, gaps) = all;
     }
     let median = |mut v: Vec<f64>| {

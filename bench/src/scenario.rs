@@ -346,6 +346,8 @@ async fn publish_window(
     }
     let mut load_pids = vec![std::process::id()];
     load_pids.extend(pools.iter().flat_map(Pool::pids));
+    // Read before the CPU samples, and after them below, so the requests are not measured.
+    let stores_before = stores(&publisher.http, publish_to).await;
     let threads_before: Vec<_> =
         pids.iter().map(|pid| pid.and_then(crate::sys::thread_cpu_seconds)).collect();
     let before: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
@@ -353,12 +355,10 @@ async fn publish_window(
     let softirq_pids = crate::sys::ksoftirqd_pids();
     let softirq_before = load_cpu(&softirq_pids);
     let other_before = crate::sys::system_busy_seconds();
-    let stores_before = stores(&publisher.http, publish_to).await;
     let run = publisher.run(p, p.duration).await;
     merge(&mut finals, &run);
     let (groups, drained_at) = drain(&mut pools, &finals, p.drain_timeout).await?;
     let after: Vec<Sample> = pids.iter().map(|pid| Sample::take(*pid)).collect();
-    let stores_after = stores(&publisher.http, publish_to).await;
     let threads = threads_before
         .iter()
         .zip(pids)
@@ -369,6 +369,7 @@ async fn publish_window(
     let load_after = load_cpu(&load_pids);
     let other_after = crate::sys::system_busy_seconds();
     let softirq_after = load_cpu(&softirq_pids);
+    let stores_after = stores(&publisher.http, publish_to).await;
     for pool in pools {
         pool.quit().await;
     }

@@ -191,9 +191,11 @@ fn frame_ranges(sizes: Option<&str>, payload: &[u8], count: u64) -> Option<Vec<s
     (ranges.len() == count && at == payload.len()).then_some(ranges)
 }
 
-/// What a stored message's headers say about it. Every reader of stored messages (a feed's
-/// live message, a walk back through history, the original of a repeated idempotent publish)
-/// reads them here, once, so the rule for which positions a message holds is in one place.
+/// What a stored message's headers say about it. Every reader of a stored message's
+/// publications (a feed's live message, a walk back through history, the original of a
+/// repeated idempotent publish) reads them here, once, so the rule for which positions a
+/// message holds is in one place. (A channel's head, [`Cluster::head`], needs only its last
+/// position and epoch.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stored<'h> {
     /// The position of its last publication; 0 for an epoch marker, which holds none.
@@ -239,7 +241,8 @@ impl<'h> Stored<'h> {
 
     /// The position of its first publication (a marker's last + 1).
     pub(crate) fn first(&self) -> u64 {
-        self.last + 1 - self.count
+        // `read` keeps count ≤ last, so this neither underflows nor overflows.
+        self.last - self.count + 1
     }
 }
 
@@ -267,7 +270,7 @@ pub(crate) fn publications(
         Some(timestamp_ms) => {
             let epoch: Arc<str> = Arc::from(stored.epoch);
             frames
-                .zip(stored.first()..)
+                .zip(stored.first()..=stored.last)
                 .map(|(frame, position)| {
                     Some(Arc::new(Publication {
                         channel: channel.clone(),
