@@ -630,56 +630,25 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
     let mut runs = Vec::new();
     let mut singles = Vec::new();
     let mut failure = None;
-    for round in 0..repeat {
-        // The single node first in rounds 1, 3, 5 …, the cluster first in the others.
-        let single_first = a.against_single && round % 2 == 0;
-        if single_first {
-            match single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat).await
-            {
-                Ok(r) => singles.push(r),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.cluster.nodes, round + 1);
-        let fresh = match cluster.take() {
-            Some(c) => Ok(c),
-            None => Cluster::spawn(&spec).await,
+    'rounds: for round in 0..repeat {
+        // With --against-single the single node runs first in rounds 1, 3, 5 …, last in the others.
+        let single_steps: &[bool] = match (a.against_single, round % 2 == 0) {
+            (false, _) => &[false],
+            (true, true) => &[true, false],
+            (true, false) => &[false, true],
         };
-        let c = match fresh {
-            Ok(c) => c,
-            Err(e) => {
+        for &single in single_steps {
+            let done = match single {
+                true => single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat)
+                    .await
+                    .map(|r| singles.push(r)),
+                false => cluster_run(a, &spec, &mut cluster, &layout, &plan, &publish, round, repeat)
+                    .await
+                    .map(|r| runs.push(r)),
+            };
+            if let Err(e) = done {
                 failure = Some(e);
-                break;
-            }
-        };
-        let outcome = scenario::cluster(&c, &layout, &plan, &publish).await;
-        let tail = c.log_tail();
-        match outcome {
-            Ok(run) => runs.push(run),
-            Err(e) => failure = Some(e.context(format!("last log lines:\n{tail}"))),
-        }
-        if failure.is_none() && !tail.is_empty() && (a.against_single || round + 1 == repeat) {
-            eprintln!("note: the nodes or NATS logged warnings or errors; the last lines:\n{tail}");
-        }
-        if a.against_single {
-            c.stop().await;
-        } else {
-            cluster = Some(c);
-        }
-        if failure.is_some() {
-            break;
-        }
-        if a.against_single && !single_first {
-            match single_run(a, common, &env, &layout, &channels, per_channel, &publish, round, repeat).await
-            {
-                Ok(r) => singles.push(r),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                break 'rounds;
             }
         }
     }
@@ -706,6 +675,36 @@ async fn cluster_mode(a: &ClusterArgs, common: &CommonArgs) -> anyhow::Result<()
         out.runs = Some([cluster_runs, single_runs]);
     }
     output(common, vec![out])
+}
+
+/// One run of the cluster scenario on `kept` (spawned first if `None`); with --against-single
+/// on a fresh cluster, stopped afterwards, else `kept` stays up for the next round.
+#[allow(clippy::too_many_arguments)]
+async fn cluster_run(
+    a: &ClusterArgs,
+    spec: &target::ClusterSpec<'_>,
+    kept: &mut Option<Cluster>,
+    layout: &LoadLayout,
+    plan: &scenario::ClusterPlan<'_>,
+    publish: &PublishParams,
+    round: usize,
+    repeat: usize,
+) -> anyhow::Result<report::ClusterResult> {
+    eprintln!("cluster: {} nodes (run {} of {repeat}) …", a.cluster.nodes, round + 1);
+    let cluster = match kept.take() {
+        Some(c) => c,
+        None => Cluster::spawn(spec).await?,
+    };
+    let outcome = scenario::cluster(&cluster, layout, plan, publish).await;
+    let tail = cluster.log_tail();
+    if outcome.is_ok() && !tail.is_empty() && (a.against_single || round + 1 == repeat) {
+        eprintln!("note: the nodes or NATS logged warnings or errors; the last lines:\n{tail}");
+    }
+    match a.against_single {
+        true => cluster.stop().await,
+        false => *kept = Some(cluster),
+    }
+    outcome.map_err(|e| e.context(format!("last log lines:\n{tail}")))
 }
 
 /// One run of the cluster scenario's plan against a fresh single node of the same binary.

@@ -719,10 +719,8 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
     println!(
         "  round  CPU µs/delivery: node / cluster+NATS = ratio   p50 ms: node / cluster   p99 ms: node / cluster (gap)   other CPU %"
     );
-    let mut ratios = Vec::new();
-    let mut gaps = Vec::new();
-    let mut all = (Vec::new(), Vec::new());
-    let mut clean_rounds = 0;
+    // Each round's ratio, p99 gap and whether nobody else disturbed it.
+    let mut rounds = Vec::new();
     for (i, (single, cluster)) in pairs.iter().enumerate() {
         let ratio = single
             .server_cpu_us_per_delivery
@@ -748,14 +746,12 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
             cluster.all.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
             if clean { "" } else { "  (disturbed)" }
         );
-        clean_rounds += usize::from(clean);
-        let (r, g) = if clean { (&mut ratios, &mut gaps) } else { (&mut all.0, &mut all.1) };
-        r.extend(ratio);
-        g.extend(gap);
+        rounds.push((clean, ratio, gap));
     }
-    if clean_rounds == 0 {
-        (ratios, gaps) = all;
-    }
+    let any_clean = rounds.iter().any(|(clean, _, _)| *clean);
+    let counted = || rounds.iter().filter(|(clean, _, _)| *clean || !any_clean);
+    let ratios: Vec<f64> = counted().filter_map(|r| r.1).collect();
+    let gaps: Vec<f64> = counted().filter_map(|r| r.2).collect();
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (!v.is_empty()).then(|| {
