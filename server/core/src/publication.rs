@@ -66,8 +66,28 @@ impl Publication {
         event: Option<&str>,
         data: &RawValue,
     ) -> String {
+        let mut out = Vec::with_capacity(data.get().len() + 160);
+        Self::encode_into(&mut out, channel, position, epoch, id, timestamp_ms, event, data);
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
+
+    /// [`Self::encode`] appended to `out` (a stored batch is built in one buffer); returns the
+    /// frame's length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_into(
+        out: &mut Vec<u8>,
+        channel: &str,
+        position: u64,
+        epoch: &str,
+        id: &str,
+        timestamp_ms: i64,
+        event: Option<&str>,
+        data: &RawValue,
+    ) -> usize {
+        let start = out.len();
         let wire = ServerFrame::Pub { channel, position, epoch, id, ts: timestamp_ms, event, data };
-        serde_json::to_string(&wire).expect("publication serialises")
+        serde_json::to_writer(&mut *out, &wire).expect("publication serialises");
+        out.len() - start
     }
 
     /// Rebuilds a publication of `channel` by parsing its `pub` frame (cluster mode, for a

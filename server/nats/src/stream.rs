@@ -193,9 +193,8 @@ fn frame_ranges(sizes: Option<&str>, payload: &[u8], count: u64) -> Option<Vec<s
 
 /// What a stored message's headers say about it. Every reader of a stored message's
 /// publications (a feed's live message, a walk back through history, the original of a
-/// repeated idempotent publish) reads them here, once, so the rule for which positions a
-/// message holds is in one place. (A channel's head, [`Cluster::head`], needs only its last
-/// position and epoch.)
+/// repeated idempotent publish) and a channel's head ([`Cluster::head`]) reads them here,
+/// once, so the rule for which positions a message holds is in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stored<'h> {
     /// The position of its last publication; 0 for an epoch marker, which holds none.
@@ -358,6 +357,28 @@ fn ttl_header(headers: &async_nats::HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
+/// A channel's head from its newest stored message (sequence `seq`), read like every stored
+/// message ([`Stored::read`]). One that does not read as Herald's (a malformed or missing
+/// position, epoch or previous sequence: written by something else on the subject) cannot say
+/// which positions are taken, so the channel starts a new epoch after it: its next message is
+/// position 1 of an epoch every node derives alike from the subject and sequence, and a client
+/// resuming the old epoch is told `recovered: false`, never handed a position twice.
+fn head_of(subject: &str, seq: u64, headers: &async_nats::HeaderMap) -> StreamHead {
+    let (position, epoch) = match Stored::read(Some(headers)) {
+        Some(stored) => (stored.last, Arc::from(stored.epoch)),
+        None => {
+            tracing::warn!(
+                subject,
+                seq,
+                "the channel's newest stored message is not Herald's; starting a new epoch after it"
+            );
+            let digest = herald_core::crypto::sha256_hex(&format!("{subject}#{seq}"));
+            (0, Arc::from(&digest[..8]))
+        }
+    };
+    StreamHead { seq, position, epoch, ttl_seconds: ttl_header(headers), seen: Some(Instant::now()) }
+}
+
 /// The TTL for the message after `head`: the channel's, but never so short that it would
 /// expire before the head. Messages of a subject then expire in sequence order, so an expired
 /// message is never followed by a stored one and positions are never handed out twice (which
@@ -394,13 +415,7 @@ impl Cluster {
     /// The newest stored message of a subject, or an empty head.
     pub(crate) async fn head(&self, subject: &str) -> Result<StreamHead, Error> {
         Ok(match self.last_message(subject).await? {
-            Some(msg) => StreamHead {
-                seq: msg.sequence,
-                position: header_u64(Some(&msg.headers), HEADER_POSITION).unwrap_or(0),
-                epoch: Arc::from(header_str(Some(&msg.headers), HEADER_EPOCH).unwrap_or("")),
-                ttl_seconds: ttl_header(&msg.headers),
-                seen: Some(Instant::now()),
-            },
+            Some(msg) => head_of(subject, msg.sequence, &msg.headers),
             None => StreamHead::default(),
         })
     }
@@ -580,6 +595,9 @@ impl Cluster {
             *head = Some(self.head(&subject).await?);
         }
         let count = items.len() as u64;
+        let max_payload = self.max_payload();
+        // The frames' size, give or take their positions and ids: one buffer holds the batch.
+        let estimate: usize = items.iter().map(|(data, _)| data.get().len() + 192).sum();
         for _ in 0..MAX_PUBLISH_ATTEMPTS {
             let current = head.clone().expect("head loaded");
             let message_ttl = next_ttl(ttl, &current);
@@ -591,11 +609,21 @@ impl Cluster {
             let last = first + count - 1;
             let timestamp_ms = chrono::Utc::now().timestamp_millis();
             let mut outcomes = Vec::with_capacity(items.len());
-            let mut frames = Vec::with_capacity(items.len());
+            // One frame as it is, a batch as a JSON array of its frames with their sizes.
+            let mut payload = Vec::with_capacity(estimate + 2);
+            let mut sizes = String::new();
+            if count > 1 {
+                payload.push(b'[');
+            }
             for (i, (data, event)) in items.iter().enumerate() {
                 let position = first + i as u64;
                 let id = uuid::Uuid::now_v7().simple().to_string();
-                frames.push(Publication::encode(
+                if i > 0 {
+                    payload.push(b',');
+                    sizes.push(',');
+                }
+                let size = Publication::encode_into(
+                    &mut payload,
                     &ch.name,
                     position,
                     &epoch,
@@ -603,7 +631,11 @@ impl Cluster {
                     timestamp_ms,
                     event.as_deref(),
                     data,
-                ));
+                );
+                if count > 1 {
+                    use std::fmt::Write;
+                    let _ = write!(sizes, "{size}");
+                }
                 outcomes.push(PublishOutcome {
                     position,
                     epoch: epoch.clone(),
@@ -612,17 +644,13 @@ impl Cluster {
                     duplicate: false,
                 });
             }
-            let sizes = (frames.len() > 1)
-                .then(|| frames.iter().map(|f| f.len().to_string()).collect::<Vec<_>>().join(","));
-            let payload = if frames.len() == 1 {
-                frames.pop().expect("one frame")
-            } else {
-                format!("[{}]", frames.join(","))
-            };
+            if count > 1 {
+                payload.push(b']');
+            }
             // NATS closes the whole connection of a client that sends more than its
             // `max_payload`: refuse here instead (headers take well under 1 KiB).
-            if payload.len() + 1024 > self.max_payload() {
-                return Err(Error::MessageTooLarge { limit: (self.max_payload() - 2048) as u64 });
+            if payload.len() + 1024 > max_payload {
+                return Err(Error::MessageTooLarge { limit: (max_payload - 2048) as u64 });
             }
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
@@ -632,7 +660,7 @@ impl Cluster {
                 .header(HEADER_TS, timestamp_ms.to_string().as_str())
                 .header("Nats-TTL", format!("{message_ttl}s").as_str())
                 .expected_last_subject_sequence(current.seq);
-            if let Some(sizes) = &sizes {
+            if count > 1 {
                 message = message
                     .header(HEADER_COUNT, count.to_string().as_str())
                     .header(HEADER_SIZES, sizes.as_str());

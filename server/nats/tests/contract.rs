@@ -331,3 +331,30 @@ async fn history_reads_the_stream(nodes: Nodes) {
     let foreign = StreamPosition { position: 2, epoch: "nope".into() };
     assert!(!nodes.b.history(&ch, Some(&foreign), 3).await.expect("history").complete);
 }
+
+/// A message on a channel's stored subject that is not Herald's (here: a position that is not a
+/// number, under the channel's own epoch) cannot say which positions are taken: the channel
+/// goes on in a new epoch after it, on every node, and never hands out a position twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_head_starts_a_new_epoch() {
+    let Some(nodes) = nats(1000).await else { return };
+    let before = publish(&nodes.a, "intruded", 1, None).await;
+    assert_eq!(before.position, 1);
+    let url = &nodes._nats.as_ref().expect("nats").url;
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.expect("connect"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Herald-Position", "not-a-number");
+    headers.insert("Herald-Epoch", &*before.epoch);
+    headers.insert("Herald-Previous-Seq", "1");
+    js.publish_with_headers(format!("herald.ch.{TENANT}.intruded"), headers, "{}".into())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    // Node b has not seen the channel's head yet; node a's cached head is now stale.
+    let on_b = publish(&nodes.b, "intruded", 2, None).await;
+    let on_a = publish(&nodes.a, "intruded", 3, None).await;
+    assert_ne!(on_b.epoch, before.epoch, "position 1 of the old epoch is taken: a new epoch starts");
+    assert_eq!((on_b.position, on_a.position), (1, 2));
+    assert_eq!(on_a.epoch, on_b.epoch, "both nodes go on in the same epoch");
+}
