@@ -122,7 +122,14 @@ pub struct Directory {
     missing: Mutex<HashMap<String, Instant>>,
     /// One load at a time per tenant id (single flight).
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Reads of a channel's stored settings in flight, by tenant and channel: the subscribers
+    /// and publishers that reach a channel no node has live at the same moment (an event
+    /// starting) share one database read instead of each making their own.
+    channel_reads: Mutex<HashMap<(String, String), Arc<ChannelRead>>>,
 }
+
+/// One read of a channel's stored settings, its answer shared by everyone who asked meanwhile.
+type ChannelRead = tokio::sync::OnceCell<Result<Option<ChannelOptions>, StoreError>>;
 
 impl Directory {
     pub fn new(store: Arc<dyn ConfigSource>, master: MasterKey, ttl: Duration) -> Directory {
@@ -134,6 +141,7 @@ impl Directory {
             api_keys: Mutex::default(),
             missing: Mutex::default(),
             loading: Mutex::default(),
+            channel_reads: Mutex::default(),
         }
     }
 
@@ -261,7 +269,7 @@ impl Directory {
         tenant: &TenantSnapshot,
         name: &str,
     ) -> Result<Option<EffectiveChannelOptions>, StoreError> {
-        let explicit = self.store.channel(tenant.id(), name).await?.map(|c| c.options);
+        let explicit = self.stored_channel(tenant.id(), name).await?;
         let namespace = match names::namespace_of(name) {
             Some(ns) => match tenant.namespaces.get(ns) {
                 Some(options) => Some(options),
@@ -281,6 +289,42 @@ impl Directory {
             return Ok(None);
         }
         Ok(Some(options))
+    }
+
+    /// A channel's stored settings, read once for all who ask while the read runs (a caller
+    /// that goes away mid-read hands it to the next). Nothing is kept after it: the next read
+    /// after the answer goes to the database again.
+    async fn stored_channel(&self, tenant: &str, name: &str) -> Result<Option<ChannelOptions>, StoreError> {
+        /// Takes the read out of the map once it has answered, or when its last caller gave up
+        /// before it did, so the map holds only reads someone is waiting for.
+        struct Forget<'d> {
+            reads: &'d Mutex<HashMap<(String, String), Arc<ChannelRead>>>,
+            key: (String, String),
+            read: Arc<ChannelRead>,
+        }
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                let mut reads = self.reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ours = reads.get(&self.key).is_some_and(|current| Arc::ptr_eq(current, &self.read));
+                // The map's reference and ours: nobody else waits.
+                if ours && (self.read.initialized() || Arc::strong_count(&self.read) <= 2) {
+                    reads.remove(&self.key);
+                }
+            }
+        }
+        let key = (tenant.to_owned(), name.to_owned());
+        let read = self.channel_reads.lock().expect("directory lock").entry(key.clone()).or_default().clone();
+        let forget = Forget { reads: &self.channel_reads, key, read };
+        forget
+            .read
+            .get_or_init(|| async { Ok(self.store.channel(tenant, name).await?.map(|c| c.options)) })
+            .await
+            .clone()
+    }
+
+    /// How many channel reads are in flight (each shared by everyone waiting for it).
+    pub fn channel_reads_in_flight(&self) -> usize {
+        self.channel_reads.lock().expect("directory lock").len()
     }
 
     /// Looks an API key up by the hash of its secret, through a short-lived cache.

@@ -153,7 +153,7 @@ impl fmt::Display for Code {
 }
 
 /// What the database behind the store answered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("already exists")]
     Conflict,

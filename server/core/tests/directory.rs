@@ -1,6 +1,7 @@
 //! The directory's cache in front of the store: concurrent lookups of an uncached tenant wait
 //! for one load, and an unknown tenant is remembered briefly, so a flood of tokens naming one
-//! tenant (or unknown ones) does not become a flood of database reads.
+//! tenant (or unknown ones) does not become a flood of database reads; the first uses of a
+//! channel at the same moment share one read of its settings.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use herald_types::model::{
 #[derive(Default)]
 struct Counting {
     loads: AtomicUsize,
+    channel_reads: AtomicUsize,
     suspended: std::sync::atomic::AtomicBool,
 }
 
@@ -52,6 +54,8 @@ impl ConfigSource for Counting {
         Ok(vec![])
     }
     async fn channel(&self, _: &str, _: &str) -> Result<Option<Channel>, StoreError> {
+        self.channel_reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         Ok(None)
     }
     async fn api_key_by_hash(&self, _: &str) -> Result<Option<ApiKey>, StoreError> {
@@ -102,4 +106,33 @@ async fn a_reload_after_a_change_is_not_served_by_a_load_that_began_before_it() 
     );
     assert_eq!(reloaded.tenant.status, TenantStatus::Suspended, "the reload saw the change");
     assert_eq!(directory.tenant("acme").await.unwrap().unwrap().tenant.status, TenantStatus::Suspended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_uses_of_a_channel_at_once_share_one_read() {
+    let store = Arc::new(Counting::default());
+    let directory = Arc::new(Directory::new(store.clone(), MasterKey::generate(), Duration::from_secs(60)));
+    let tenant = directory.tenant("acme").await.unwrap().unwrap();
+    let reads = || store.channel_reads.load(Ordering::SeqCst);
+    let mut resolves = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (d, t) = (directory.clone(), tenant.clone());
+        resolves.spawn(async move { d.resolve_channel(&t, "lobby").await.unwrap() });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = resolves.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    assert_eq!(reads(), 1, "one read for 50 first uses at once");
+    assert!(answers.iter().all(|a| a.is_some() && *a == answers[0]), "all get the same answer");
+    assert_eq!(directory.channel_reads_in_flight(), 0, "nothing is kept after the answer");
+
+    directory.resolve_channel(&tenant, "lobby").await.unwrap();
+    assert_eq!(reads(), 2, "a later use reads again");
+
+    // Every caller of a read gives up before it answers: the read is not left behind.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(10), directory.resolve_channel(&tenant, "other")).await;
+    assert!(gave_up.is_err());
+    assert_eq!(directory.channel_reads_in_flight(), 0, "an abandoned read is forgotten");
 }
