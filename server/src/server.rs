@@ -6,7 +6,7 @@ use std::time::Duration;
 use poem::endpoint::make_sync;
 use poem::middleware::AddData;
 use poem::web::Json;
-use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler, post};
 
 use crate::error::{ApiError, Code, any_error_to_problem};
 use crate::state::SharedState;
@@ -75,6 +75,10 @@ pub fn app(state: SharedState) -> impl Endpoint {
         .at("/v1/ws", get(crate::transport::ws::websocket))
         .at("/v1/sse", get(crate::transport::sse::sse).options(crate::transport::http::preflight))
         .at("/v1/poll", get(crate::transport::longpoll::poll).options(crate::transport::http::preflight))
+        .at(
+            "/v1/poll/close",
+            post(crate::transport::longpoll::close).options(crate::transport::http::preflight_post),
+        )
         .at("/admin", get(crate::dashboard::admin))
         .at("/admin/*path", get(crate::dashboard::admin))
         .at("/healthz", get(healthz))

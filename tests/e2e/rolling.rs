@@ -1,6 +1,7 @@
 //! A rolling restart of a 3-node cluster under continuous publishing, with subscribers on
 //! every transport (the Rust client, the SDK's semantics): no acknowledged message is lost or
-//! duplicated, and the reconnects spread over the drain window. And a node told to stop keeps
+//! duplicated, every resume says `recovered: true`, and the reconnects spread over the drain
+//! window. And a node told to stop keeps
 //! answering its health check, not ready, for `shutdown_ready_delay_seconds`.
 
 use std::sync::Arc;
@@ -10,6 +11,9 @@ use std::time::{Duration, Instant};
 use herald_client::{Client, Event, Options, State, Transport};
 
 use crate::support::CutProxy;
+
+/// What a client received, and the `recovered` of each `subscribed` (none on the first).
+type Log = (Vec<u64>, Vec<Option<bool>>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
@@ -39,14 +43,14 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
             .reconnect_delays(Duration::from_millis(100), Duration::from_secs(2));
         let client = Client::connect(options);
         let mut sub = client.subscribe("feed");
-        let log: Arc<std::sync::Mutex<(Vec<u64>, usize)>> = Arc::default();
+        let log: Arc<std::sync::Mutex<Log>> = Arc::default();
         let l = log.clone();
         tokio::spawn(async move {
             while let Some(event) = sub.next().await {
                 let mut g = l.lock().unwrap();
                 match event {
                     Event::Publication(p) => g.0.push(p.data["n"].as_u64().unwrap()),
-                    Event::Subscribed { .. } => g.1 += 1,
+                    Event::Subscribed { recovered, .. } => g.1.push(recovered),
                     _ => {}
                 }
             }
@@ -55,7 +59,7 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
         logs.push(log);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while logs.iter().any(|l| l.lock().unwrap().1 == 0) {
+    while logs.iter().any(|l| l.lock().unwrap().1.is_empty()) {
         assert!(Instant::now() < deadline, "every client subscribes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -101,11 +105,18 @@ async fn a_rolling_restart_loses_and_repeats_nothing_on_any_transport() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (i, log) in logs.iter().enumerate() {
-        let got = log.lock().unwrap().0.clone();
+        let (got, subscribed) = log.lock().unwrap().clone();
         assert_eq!(
             got,
             (1..=total).collect::<Vec<_>>(),
             "client {i} ({:?}): each message once, in order",
+            transports[i / 3]
+        );
+        // Every node went down once and each client was on one of them: it came back at least
+        // once, and every time with what it missed.
+        assert!(
+            subscribed.len() >= 2 && subscribed[1..].iter().all(|r| *r == Some(true)),
+            "client {i} ({:?}): each resume recovered: {subscribed:?}",
             transports[i / 3]
         );
     }

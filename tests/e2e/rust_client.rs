@@ -1,6 +1,7 @@
 //! The Rust client (`clients/rust`, crate `herald-client`) against the real binary: resume
 //! after a dropped connection on each transport, fallback from a refused WebSocket, commands
-//! over the WebSocket, a gap the server cannot fill, and a refused channel.
+//! over the WebSocket, a gap the server cannot fill, a refused channel, and long-poll sessions
+//! ended as soon as the client leaves them.
 
 use std::time::Duration;
 
@@ -201,4 +202,40 @@ async fn a_slow_application_loses_nothing_and_blocks_no_command() {
     assert!(history.expect("answered in time").is_ok());
     let got = publications(&mut sub, total as usize).await;
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "each message once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_ends_its_long_poll_session_when_it_changes_channels_and_when_it_closes() {
+    // Sessions otherwise end only after 60 s without a poll (the default).
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    t.key
+        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
+        .await
+        .expect(201);
+    let token = t.token("ann", caps()).await;
+    let present = |channel: &'static str| {
+        let key = t.key.clone();
+        async move {
+            let p = key.get(&format!("/v1/tenants/acme/channels/{channel}/presence")).await.expect(200);
+            p["clients"].as_array().unwrap().len()
+        }
+    };
+    let client = Client::connect(quick(&h.base, &token).transports(&[Transport::LongPoll]));
+    let mut a = client.subscribe("p:a");
+    subscribed(&mut a).await;
+    assert_eq!(present("p:a").await, 1);
+    // A new channel: a new session for both channels; the old one ends.
+    let mut b = client.subscribe("p:b");
+    subscribed(&mut b).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(present("p:a").await, 1, "the old session left p:a, the new one is there");
+    assert_eq!(present("p:b").await, 1);
+    // Closed: its session ends now, not a minute later.
+    client.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while present("p:a").await + present("p:b").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the session outlived the client");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,8 +1,9 @@
 //! The browser SDK (`clients/js`) in real headless Chromium against the real binary: fallback
 //! from a refused WebSocket to SSE and from refused SSE to long polling (and back up), no loss
 //! and no duplicate across a server restart on each transport and when a cluster node is
-//! killed, token refresh without a reconnect, jittered bounded reconnect delays, and the
-//! not-recovered path reaching the app.
+//! killed, token refresh without a reconnect, jittered bounded reconnect delays, the
+//! not-recovered path reaching the app, and long-poll sessions ended as soon as the SDK leaves
+//! them.
 //!
 //! Each test serves a page that runs the SDK's bundle (`clients/js/dist/herald.iife.js`, built
 //! by `cargo xtask test`) with the clients the test describes and reports every state change,
@@ -32,8 +33,9 @@ fn bundle() -> Option<String> {
     }
 }
 
-/// A page running one SDK client per entry of `clients`: `{name, options, channels, tokens?}`
-/// (`tokens`: handed out one per call of the token callback, the last one repeatedly).
+/// A page running one SDK client per entry of `clients`: `{name, options, channels, tokens?,
+/// then?}` (`tokens`: handed out one per call of the token callback, the last one repeatedly;
+/// `then`: later steps, a subscription or `disconnect()`, each after some milliseconds).
 struct SdkPage {
     page: BrowserPage,
     _server: PageServer,
@@ -59,6 +61,19 @@ for (const c of CONFIG.clients) {
     sub.on('error', (e) => report({ client: c.name, subError: channel, code: e.code }));
   }
   window.clients[c.name] = client;
+  // Scheduled by the test: `then: [{after: ms, subscribe: channel} | {after: ms, disconnect: true}]`.
+  for (const step of c.then || []) {
+    setTimeout(() => {
+      if (step.subscribe) {
+        const sub = client.subscribe(step.subscribe);
+        sub.on('subscribed', (e) => report({ client: c.name, subscribed: step.subscribe, event: e }));
+      }
+      if (step.disconnect) {
+        client.disconnect();
+        report({ client: c.name, disconnected: true });
+      }
+    }, step.after);
+  }
 }
 "#;
 
@@ -420,5 +435,49 @@ async fn a_gap_the_server_cannot_fill_reaches_the_app_as_not_recovered() {
     t.publish("short:feed", json!({"n": 7})).await;
     page.until(Duration::from_secs(10), "7 after the gap", |s| got(s, "a", 7)).await;
     assert_eq!(page.received("a", "short:feed"), vec![1, 7], "nothing of the gap, then live again");
+    page.page.close().await;
+}
+
+/// Presence of a channel through the REST API: `(user, client)` pairs.
+async fn present(t: &crate::support::RealtimeTenant, channel: &str) -> Vec<String> {
+    let presence = t.key.get(&format!("/v1/tenants/acme/channels/{channel}/presence")).await.expect(200);
+    presence["clients"].as_array().unwrap().iter().map(|c| c["client"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_ends_its_long_poll_session_when_it_changes_channels_and_when_it_disconnects() {
+    // Sessions otherwise end only after 60 s without a poll (the default).
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    t.key
+        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
+        .await
+        .expect(201);
+    let token = t.token("ann", caps()).await;
+    let config = json!({"clients": [{
+        "name": "poll",
+        "channels": ["p:a"],
+        "tokens": [token],
+        "options": quick(json!(h.base), json!({"transports": ["longpoll"]})),
+        "then": [{"after": 1500, "subscribe": "p:b"}, {"after": 4000, "disconnect": true}],
+    }]});
+    let Some(mut page) = SdkPage::open(&h, "acme", config).await else { return };
+    page.until(Duration::from_secs(10), "p:a", |s| s.iter().any(|v| v["subscribed"] == "p:a")).await;
+    assert_eq!(present(&t, "p:a").await.len(), 1);
+    // A new channel: the SDK polls with a new list, a new session; the old one ends.
+    page.until(Duration::from_secs(10), "p:b", |s| s.iter().any(|v| v["subscribed"] == "p:b")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_a = present(&t, "p:a").await;
+    assert_eq!(on_a.len(), 1, "the old session left p:a, the new one is there: {on_a:?}");
+    assert_eq!(present(&t, "p:b").await, on_a, "one session holds both channels");
+    // The app disconnects the client: its session ends now, not a minute later.
+    page.until(Duration::from_secs(10), "the disconnect", |s| s.iter().any(|v| v["disconnected"] == true))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !present(&t, "p:a").await.is_empty() {
+        assert!(Instant::now() < deadline, "the session outlived the client's disconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(present(&t, "p:b").await.is_empty());
     page.page.close().await;
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Herald, Sse, poll, realtime_tenant};
+use crate::support::{Herald, Sse, close_poll, poll, realtime_tenant};
 
 fn caps() -> Value {
     json!({"*": ["subscribe", "publish", "history", "presence"]})
@@ -333,6 +333,56 @@ async fn long_poll_sessions_count_as_connections_until_idle() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let metrics = reqwest::get(format!("{}/metrics", h.base)).await.unwrap().text().await.unwrap();
     assert_eq!(gauge(&metrics), 0, "idle sessions expire");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_long_poll_session_ends_it_at_once() {
+    // The default idle timeout (60 s): only the close can end the session within the test.
+    let h = Herald::sqlite().await;
+    let t = realtime_tenant(&h, "acme").await;
+    t.key
+        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
+        .await
+        .expect(201);
+    let token = t.token("u", caps()).await;
+    let q = format!("?channels=p:room&token={token}");
+    let first = poll(&h.base, &format!("{q}&timeout=0")).await.expect(200);
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    let mut watcher = h.ws(&t.token("w", caps()).await).await;
+    let present = |p: &Value| p["clients"].as_array().unwrap().len();
+    let presence = watcher.call(json!({"type": "presence", "channel": "p:room"})).await;
+    assert_eq!(present(&presence), 1, "{presence}");
+
+    // Errors first; none of them ends the session.
+    close_poll(&h.base, "?channels=p:room").await.problem(401, "missing_credentials");
+    close_poll(&h.base, &q).await.problem(400, "invalid_parameter");
+    close_poll(&h.base, &format!("{q}&cursor=garbage")).await.problem(400, "invalid_cursor");
+    let other_channels = format!("?channels=p:other&token={token}&cursor={cursor}");
+    close_poll(&h.base, &other_channels).await.problem(400, "invalid_cursor");
+    // Another user of the tenant holding the cursor: answered alike, the session stays.
+    let stranger = t.token("v", caps()).await;
+    close_poll(&h.base, &format!("?channels=p:room&token={stranger}&cursor={cursor}")).await.expect(204);
+    let presence = watcher.call(json!({"type": "presence", "channel": "p:room"})).await;
+    assert_eq!(present(&presence), 1, "another user cannot end it: {presence}");
+
+    // A poll of the session is waiting; the close makes it return at once, empty.
+    let waiting = tokio::spawn({
+        let (base, query) = (h.base.clone(), format!("{q}&cursor={cursor}&timeout=20"));
+        async move { poll(&base, &query).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the poll is held");
+    let started = std::time::Instant::now();
+    close_poll(&h.base, &format!("{q}&cursor={cursor}")).await.expect(204);
+    assert!(started.elapsed() < Duration::from_secs(2), "the close does not wait for the poll's timeout");
+    let answer = tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("returned").unwrap();
+    assert_eq!(answer.expect(200)["messages"], json!([]));
+    let presence = watcher.call(json!({"type": "presence", "channel": "p:room"})).await;
+    assert_eq!(present(&presence), 0, "gone from presence at once: {presence}");
+    let metrics = reqwest::get(format!("{}/metrics", h.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "herald_connections{transport=\"long_poll\"} 0"), "{metrics}");
+    // Ending it again is not an error.
+    close_poll(&h.base, &format!("{q}&cursor={cursor}")).await.expect(204);
 }
 
 async fn websocket_sse_and_long_poll_receive_identical_sequences(h: Herald) {

@@ -91,12 +91,16 @@ impl Sse {
 
 /// One long poll; returns the reply.
 pub async fn poll(base: &str, query: &str) -> Reply {
-    let resp = reqwest::Client::new()
-        .get(format!("{base}/v1/poll{query}"))
-        .timeout(Duration::from_secs(70))
-        .send()
-        .await
-        .expect("poll sent");
+    reply(reqwest::Client::new().get(format!("{base}/v1/poll{query}"))).await
+}
+
+/// Ends a long-poll session (`POST /v1/poll/close`); returns the reply.
+pub async fn close_poll(base: &str, query: &str) -> Reply {
+    reply(reqwest::Client::new().post(format!("{base}/v1/poll/close{query}"))).await
+}
+
+async fn reply(request: reqwest::RequestBuilder) -> Reply {
+    let resp = request.timeout(Duration::from_secs(70)).send().await.expect("request sent");
     let status = resp.status();
     let content_type = resp
         .headers()

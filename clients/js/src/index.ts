@@ -482,7 +482,11 @@ class PollTransport extends HttpTransport {
       const subs = await this.channels();
       if (this.stopped) return;
       const channels = subs.map((s) => s.channel).join(',');
-      if (channels !== this.list) this.cursor = undefined; // A cursor names its channel list.
+      if (channels !== this.list) {
+        // A cursor names its channel list: the old list's session ends now, not when idle.
+        this.end();
+        this.cursor = undefined;
+      }
       this.list = channels;
       const signal = this.abort.signal;
       // A new session answers at once, with its confirmations; later polls wait.
@@ -523,6 +527,28 @@ class PollTransport extends HttpTransport {
         return this.fail(1006, String((e as Error).message || e));
       }
     }
+  }
+  close(): void {
+    this.end();
+    super.close();
+  }
+  /** Ends the server's session of the current cursor at once (`POST /v1/poll/close`), so it
+   * leaves presence now rather than when it would have gone idle. A `keepalive` request: it is
+   * sent even as the page goes away. Best effort: a failure leaves the session to its idle end. */
+  private end(): void {
+    const cursor = this.cursor;
+    if (!cursor || !this.list) return;
+    this.cursor = undefined;
+    const u = endpoint(this.base, '/v1/poll/close');
+    u.searchParams.set('channels', this.list);
+    u.searchParams.set('cursor', cursor);
+    const token = this.c._token();
+    if (token) u.searchParams.set('token', token);
+    if (this.c.opts.tenant) u.searchParams.set('tenant', this.c.opts.tenant);
+    const f = this.c.opts.fetch || fetch;
+    try {
+      f(u.toString(), { method: 'POST', keepalive: true, cache: 'no-store' }).catch(() => {});
+    } catch {}
   }
 }
 

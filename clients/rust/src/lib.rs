@@ -813,6 +813,25 @@ impl Driver {
         }
     }
 
+    /// Ends the long-poll session `cursor` names (`POST /v1/poll/close`), so it leaves presence
+    /// at once instead of when it would have gone idle. Best effort, at most 5 s: a failure
+    /// leaves the session to its idle end.
+    fn end_poll_session(
+        &self,
+        base: &str,
+        channels: &[String],
+        cursor: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let url = self.http_url(base, "/v1/poll/close", channels, &[("cursor", cursor)]);
+        let mut request = self.http.post(url).timeout(Duration::from_secs(5));
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t);
+        }
+        async move {
+            let _ = request.send().await;
+        }
+    }
+
     /// A refused HTTP request: a channel to drop (`Ok`), or how the connection ended.
     async fn http_refusal(
         &mut self,
@@ -1114,7 +1133,10 @@ impl Driver {
         loop {
             let channels = self.http_channels();
             if channels != last_channels {
-                cursor = None; // A cursor names its channel list.
+                // A cursor names its channel list: the old list's session ends now.
+                if let Some(old) = cursor.take() {
+                    tokio::spawn(self.end_poll_session(base, &last_channels, old));
+                }
                 last_channels = channels.clone();
             }
             if channels.is_empty() {
@@ -1148,7 +1170,12 @@ impl Driver {
                         Applied::Call(_, reply) => {
                             let _ = reply.send(Err(error("not_supported", "long polling only receives")));
                         }
-                        _ if self.closed => return End::new(1000, "closed by the client", opened),
+                        _ if self.closed => {
+                            if let Some(cursor) = cursor.take() {
+                                self.end_poll_session(base, &last_channels, cursor).await;
+                            }
+                            return End::new(1000, "closed by the client", opened);
+                        }
                         // A new channel list: poll again at once, from the positions.
                         Applied::Changed => break None,
                         Applied::Nothing => {}

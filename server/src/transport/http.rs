@@ -162,11 +162,21 @@ pub fn error_response(err: ApiError, origin: Option<&str>) -> Response {
 /// the token), so the preflight allows any origin; the real request is checked.
 #[poem::handler]
 pub fn preflight(req: &Request) -> Response {
+    preflight_for(req, "GET, OPTIONS")
+}
+
+/// [`preflight`] for an endpoint that takes `POST` (the end of a long-poll session).
+#[poem::handler]
+pub fn preflight_post(req: &Request) -> Response {
+    preflight_for(req, "POST, OPTIONS")
+}
+
+fn preflight_for(req: &Request, methods: &'static str) -> Response {
     let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
     if let Some(origin) = origin(req).and_then(|o| HeaderValue::from_str(&o).ok()) {
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Authorization, Last-Event-ID"),

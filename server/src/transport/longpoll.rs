@@ -1,4 +1,5 @@
-//! HTTP long polling at `GET /v1/poll?channels=a,b&cursor=C&timeout=S`.
+//! HTTP long polling at `GET /v1/poll?channels=a,b&cursor=C&timeout=S`, and the end of a
+//! session at `POST /v1/poll/close`.
 //!
 //! A poll returns at once when messages after the cursor exist, otherwise holds until one
 //! arrives or the timeout passes; the body always carries `messages` and the `cursor` to send
@@ -132,6 +133,52 @@ pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<
     }
 }
 
+/// `POST /v1/poll/close?channels=a,b&cursor=C[&token=JWT][&tenant=ID]`: ends the session the
+/// cursor names at once (its presence entries leave, its connection is released, a poll of it
+/// still waiting returns empty), instead of after `long_poll_session_idle_seconds`. Answers
+/// `204` whether or not this node still had the session: ending one is idempotent. A simple
+/// request (no body, no custom header), so a page can send it with `navigator.sendBeacon` or a
+/// `keepalive` fetch as it goes away.
+#[handler]
+pub async fn close(req: &Request, state: Data<&SharedState>, Query(query): Query<PollQuery>) -> Response {
+    let origin = http::origin(req);
+    let mut origin_checked = false;
+    match end_session(req, &state, query, origin.as_deref(), &mut origin_checked).await {
+        Ok(resp) => http::allow_origin(resp, origin.as_deref()),
+        Err(err) => http::error_response(err, origin.as_deref().filter(|_| origin_checked)),
+    }
+}
+
+async fn end_session(
+    req: &Request,
+    state: &SharedState,
+    query: PollQuery,
+    origin: Option<&str>,
+    origin_checked: &mut bool,
+) -> Result<Response, ApiError> {
+    let token = http::token(req, query.token);
+    let channels = http::channels(query.channels.as_deref())?;
+    let auth = authenticate(req, state, token, query.tenant.as_deref(), origin).await?;
+    *origin_checked = true;
+    let Some(text) = query.cursor.as_deref().filter(|c| !c.is_empty()) else {
+        return Err(ApiError::new(Code::InvalidParameter, "cursor is required: it names the session to end")
+            .with_field("cursor"));
+    };
+    let cursor =
+        Cursor::decode(text, &state.cursor_key, auth.tenant(), &channels).map_err(|_| invalid_cursor())?;
+    let Some(id) = cursor.session else { return Err(invalid_cursor()) };
+    let found = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
+    // Another user's session (a cursor that leaked) is left alone, and said nothing about.
+    if let Some(lp) = found.filter(|lp| auth.owns(lp) && lp.channels == channels) {
+        // A poll of the session still waiting holds its lock: it returns first, empty.
+        lp.generation.fetch_add(1, Ordering::SeqCst);
+        lp.superseded.notify_waiters();
+        let mut inner = lp.inner.lock().await;
+        drop_session(state, &lp, &mut inner);
+    }
+    Ok(Response::builder().status(StatusCode::NO_CONTENT).header("cache-control", "no-store").finish())
+}
+
 fn invalid_cursor() -> ApiError {
     ApiError::new(Code::InvalidCursor, "cursor is not one this endpoint issued for these channels")
         .with_field("cursor")
@@ -153,35 +200,7 @@ async fn run(
             .with_field("timeout")
             .with_limit(max));
     }
-    let auth = match token {
-        // Every poll proves its token again, so expiry and revocation apply between polls too.
-        Ok(token) => {
-            let verified =
-                herald_core::client_auth::verify(&state.hub.directory, &token, query.tenant.as_deref())
-                    .await
-                    .map_err(|e| http::refused(e.disconnect()))?;
-            if !herald_core::origin_allowed(&verified.tenant, origin) {
-                return Err(http::refused(Disconnect::OriginNotAllowed));
-            }
-            Auth::Token { token, tenant: verified.tenant.id().to_owned(), user: verified.claims.sub }
-        }
-        // No token: the tenant's connect proxy may let the client in.
-        Err(missing) => {
-            let Some(tenant) = query.tenant.as_deref() else { return Err(missing) };
-            let snapshot = match state.hub.directory.tenant(tenant).await {
-                Ok(Some(t)) => t,
-                Ok(None) => return Err(http::refused(Disconnect::AuthFailed(Code::UnknownTenant))),
-                Err(_) => return Err(http::refused(Disconnect::AuthFailed(Code::AuthUnavailable))),
-            };
-            if !snapshot.has_connect_proxy() {
-                return Err(missing);
-            }
-            if !herald_core::origin_allowed(&snapshot, origin) {
-                return Err(http::refused(Disconnect::OriginNotAllowed));
-            }
-            Auth::Proxy { tenant: tenant.to_owned(), request: http::proxy_request(req, Transport::LongPoll) }
-        }
-    };
+    let auth = authenticate(req, state, token, query.tenant.as_deref(), origin).await?;
     *origin_checked = true;
     let tenant = auth.tenant().to_owned();
     let cursor = match &query.cursor {
@@ -287,10 +306,14 @@ async fn run(
         {
             break;
         }
+        // Registered before the check, so a newer poll (or the session's end) that bumps the
+        // generation right after it still wakes this one.
+        let superseded = lp.superseded.notified();
+        tokio::pin!(superseded);
+        superseded.as_mut().enable();
         if lp.generation.load(Ordering::SeqCst) != generation {
             break;
         }
-        let superseded = lp.superseded.notified();
         tokio::select! {
             _ = outbox.ready() => {}
             _ = superseded => break,
@@ -366,6 +389,46 @@ fn drop_session(state: &SharedState, lp: &Arc<LongPollSession>, inner: &mut Inne
     state.long_polls.sessions.lock().expect("long-poll lock").retain(|_, s| !Arc::ptr_eq(s, lp));
 }
 
+/// Who a poll, or the end of a session, is from: the token's user (verified again each time,
+/// so expiry and revocation apply between polls too), or, without a token, a tenant whose
+/// connect proxy lets clients in; either way from an origin the tenant allows.
+async fn authenticate(
+    req: &Request,
+    state: &SharedState,
+    token: Result<String, ApiError>,
+    tenant_param: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Auth, ApiError> {
+    Ok(match token {
+        // Every poll proves its token again, so expiry and revocation apply between polls too.
+        Ok(token) => {
+            let verified = herald_core::client_auth::verify(&state.hub.directory, &token, tenant_param)
+                .await
+                .map_err(|e| http::refused(e.disconnect()))?;
+            if !herald_core::origin_allowed(&verified.tenant, origin) {
+                return Err(http::refused(Disconnect::OriginNotAllowed));
+            }
+            Auth::Token { token, tenant: verified.tenant.id().to_owned(), user: verified.claims.sub }
+        }
+        // No token: the tenant's connect proxy may let the client in.
+        Err(missing) => {
+            let Some(tenant) = tenant_param else { return Err(missing) };
+            let snapshot = match state.hub.directory.tenant(tenant).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(http::refused(Disconnect::AuthFailed(Code::UnknownTenant))),
+                Err(_) => return Err(http::refused(Disconnect::AuthFailed(Code::AuthUnavailable))),
+            };
+            if !snapshot.has_connect_proxy() {
+                return Err(missing);
+            }
+            if !herald_core::origin_allowed(&snapshot, origin) {
+                return Err(http::refused(Disconnect::OriginNotAllowed));
+            }
+            Auth::Proxy { tenant: tenant.to_owned(), request: http::proxy_request(req, Transport::LongPoll) }
+        }
+    })
+}
+
 /// How a poll proved who it is.
 enum Auth {
     Token {
@@ -384,6 +447,16 @@ impl Auth {
     fn tenant(&self) -> &str {
         match self {
             Auth::Token { tenant, .. } | Auth::Proxy { tenant, .. } => tenant,
+        }
+    }
+
+    /// Whether the session is this caller's. A token names its user; without one, holding the
+    /// cursor of a session the connect proxy opened is the proof (it names 16 random bytes,
+    /// under a MAC).
+    fn owns(&self, lp: &LongPollSession) -> bool {
+        match self {
+            Auth::Token { tenant, user, .. } => !lp.via_proxy && lp.tenant == *tenant && lp.user == *user,
+            Auth::Proxy { tenant, .. } => lp.via_proxy && lp.tenant == *tenant,
         }
     }
 }
@@ -407,12 +480,7 @@ async fn session_for(
             // Not `inner.lock()`: a poll in progress holds it, and this poll must get past
             // here to supersede that one.
             let alive = lp.alive.load(Ordering::SeqCst);
-            // A token names its user; without one, holding the cursor of a session the
-            // connect proxy opened is the proof (it names 16 random bytes, under a MAC).
-            let owner = match auth {
-                Auth::Token { tenant, user, .. } => !lp.via_proxy && lp.tenant == *tenant && lp.user == *user,
-                Auth::Proxy { tenant, .. } => lp.via_proxy && lp.tenant == *tenant,
-            };
+            let owner = auth.owns(&lp);
             if alive && owner && lp.channels == channels {
                 return Ok(lp);
             }
