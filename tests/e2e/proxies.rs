@@ -47,10 +47,7 @@ fn verifies(r: &Received, secret: &str) -> bool {
 async fn a_connect_proxy_authenticates_a_tokenless_client_from_its_cookie() {
     let h = node().await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("room").await;
     let proxy = Receiver::start().await;
     proxy.respond(|r| {
         let body = r.json();
@@ -329,10 +326,7 @@ async fn long_polling_without_a_token_goes_through_the_connect_proxy_once_per_se
             deny("no session")
         }
     });
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("room").await;
     let body = json!({"connect_url": proxy.url}).to_string().into_bytes();
     t.key
         .raw(reqwest::Method::PUT, "/v1/tenants/acme/proxy", Some(("application/json", body)))
@@ -356,6 +350,16 @@ async fn long_polling_without_a_token_goes_through_the_connect_proxy_once_per_se
     assert_eq!(status, 200, "{second}");
     assert_eq!(second["messages"][0]["data"], json!({"n": 1}), "{second}");
     assert_eq!(connects(), 1, "one connect per session");
+    // Its cursor is also the proof that ends it: gone from presence at once.
+    let cursor = second["cursor"].as_str().unwrap().to_owned();
+    let close = reqwest::Client::new()
+        .post(format!("{}/v1/poll/close?tenant=acme&channels=room:1&cursor={cursor}", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(close.status(), 204);
+    let presence = t.key.get("/v1/tenants/acme/channels/room:1/presence").await.expect(200);
+    assert_eq!(presence["clients"], json!([]), "{presence}");
     // Capabilities come from the proxy.
     let (status, outside) =
         poll_with_cookie(&h, "?tenant=acme&channels=elsewhere&timeout=0", Some("session=alice")).await;

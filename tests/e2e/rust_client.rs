@@ -209,10 +209,7 @@ async fn the_rust_client_ends_its_long_poll_session_when_it_changes_channels_and
     // Sessions otherwise end only after 60 s without a poll (the default).
     let h = Herald::sqlite().await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("p").await;
     let token = t.token("ann", caps()).await;
     let present = |channel: &'static str| {
         let key = t.key.clone();

@@ -35,7 +35,8 @@ fn bundle() -> Option<String> {
 
 /// A page running one SDK client per entry of `clients`: `{name, options, channels, tokens?,
 /// then?}` (`tokens`: handed out one per call of the token callback, the last one repeatedly;
-/// `then`: later steps, a subscription or `disconnect()`, each after some milliseconds).
+/// `then`: later steps, a subscription, unsubscribing from all, or `disconnect()`, each after
+/// some milliseconds).
 struct SdkPage {
     page: BrowserPage,
     _server: PageServer,
@@ -61,12 +62,16 @@ for (const c of CONFIG.clients) {
     sub.on('error', (e) => report({ client: c.name, subError: channel, code: e.code }));
   }
   window.clients[c.name] = client;
-  // Scheduled by the test: `then: [{after: ms, subscribe: channel} | {after: ms, disconnect: true}]`.
+  // Scheduled by the test: `then: [{after: ms, subscribe: channel | unsubscribeAll: true | disconnect: true}]`.
   for (const step of c.then || []) {
     setTimeout(() => {
       if (step.subscribe) {
         const sub = client.subscribe(step.subscribe);
         sub.on('subscribed', (e) => report({ client: c.name, subscribed: step.subscribe, event: e }));
+      }
+      if (step.unsubscribeAll) {
+        for (const s of client.subscriptions()) client.unsubscribe(s.channel);
+        report({ client: c.name, unsubscribedAll: true });
       }
       if (step.disconnect) {
         client.disconnect();
@@ -445,21 +450,23 @@ async fn present(t: &crate::support::RealtimeTenant, channel: &str) -> Vec<Strin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_ends_its_long_poll_session_when_it_changes_channels_and_when_it_disconnects() {
+async fn the_sdk_ends_its_long_poll_session_when_its_channels_change_or_empty_and_when_it_disconnects() {
     // Sessions otherwise end only after 60 s without a poll (the default).
     let h = Herald::sqlite().await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("p").await;
     let token = t.token("ann", caps()).await;
     let config = json!({"clients": [{
         "name": "poll",
         "channels": ["p:a"],
         "tokens": [token],
         "options": quick(json!(h.base), json!({"transports": ["longpoll"]})),
-        "then": [{"after": 1500, "subscribe": "p:b"}, {"after": 4000, "disconnect": true}],
+        "then": [
+            {"after": 1500, "subscribe": "p:b"},
+            {"after": 7000, "unsubscribeAll": true},
+            {"after": 14000, "subscribe": "p:c"},
+            {"after": 20000, "disconnect": true},
+        ],
     }]});
     let Some(mut page) = SdkPage::open(&h, "acme", config).await else { return };
     page.until(Duration::from_secs(10), "p:a", |s| s.iter().any(|v| v["subscribed"] == "p:a")).await;
@@ -470,14 +477,26 @@ async fn the_sdk_ends_its_long_poll_session_when_it_changes_channels_and_when_it
     let on_a = present(&t, "p:a").await;
     assert_eq!(on_a.len(), 1, "the old session left p:a, the new one is there: {on_a:?}");
     assert_eq!(present(&t, "p:b").await, on_a, "one session holds both channels");
-    // The app disconnects the client: its session ends now, not a minute later.
+    // No channel left: the session ends now, not when a channel comes back.
+    page.until(Duration::from_secs(10), "unsubscribing", |s| s.iter().any(|v| v["unsubscribedAll"] == true))
+        .await;
+    gone(&t, &["p:a", "p:b"], "the last unsubscribe").await;
+    // Another channel, then the app disconnects the client: that session ends now too.
+    page.until(Duration::from_secs(10), "p:c", |s| s.iter().any(|v| v["subscribed"] == "p:c")).await;
+    assert_eq!(present(&t, "p:c").await.len(), 1);
     page.until(Duration::from_secs(10), "the disconnect", |s| s.iter().any(|v| v["disconnected"] == true))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !present(&t, "p:a").await.is_empty() {
-        assert!(Instant::now() < deadline, "the session outlived the client's disconnect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(present(&t, "p:b").await.is_empty());
+    gone(&t, &["p:c"], "the disconnect").await;
     page.page.close().await;
+}
+
+/// Waits up to 3 s for `channels` to have nobody present.
+async fn gone(t: &crate::support::RealtimeTenant, channels: &[&str], after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for channel in channels {
+        while !present(t, channel).await.is_empty() {
+            assert!(Instant::now() < deadline, "{channel}: the session outlived {after}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

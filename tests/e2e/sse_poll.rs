@@ -322,10 +322,7 @@ async fn long_poll_sessions_count_as_connections_until_idle() {
     let metrics = reqwest::get(format!("{}/metrics", h.base)).await.unwrap().text().await.unwrap();
     assert_eq!(gauge(&metrics), 1, "the session lives between polls");
     // A presence query over WebSocket sees the long-poll client.
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("p").await;
     poll(&h.base, &format!("?channels=p:room&token={token}&timeout=0")).await.expect(200);
     let mut ws = h.ws(&token).await;
     let presence = ws.call(json!({"type": "presence", "channel": "p:room"})).await;
@@ -340,10 +337,7 @@ async fn closing_a_long_poll_session_ends_it_at_once() {
     // The default idle timeout (60 s): only the close can end the session within the test.
     let h = Herald::sqlite().await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "p", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("p").await;
     let token = t.token("u", caps()).await;
     let q = format!("?channels=p:room&token={token}");
     let first = poll(&h.base, &format!("{q}&timeout=0")).await.expect(200);

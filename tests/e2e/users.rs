@@ -8,10 +8,7 @@ use crate::support::{Closed, Herald, Sse, realtime_tenant};
 async fn user_delivery_presence_and_disconnect_span_transports() {
     let h = Herald::sqlite().await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("room").await;
     let minted = t
         .key
         .post(

@@ -392,10 +392,7 @@ async fn gone_disables_the_webhook_and_a_breaker_stops_hammering_a_failing_one()
 async fn a_client_that_flaps_inside_the_grace_window_fires_nothing() {
     let h = node(&[("HERALD_WEBHOOK_GRACE_MS", "2000")]).await;
     let t = realtime_tenant(&h, "acme").await;
-    t.key
-        .post("/v1/tenants/acme/namespaces", json!({"name": "room", "options": {"presence": true}}))
-        .await
-        .expect(201);
+    t.presence_namespace("room").await;
     let receiver = Receiver::start().await;
     webhook(&t, &receiver.url, &["channel.occupied", "channel.vacated", "presence.join", "presence.leave"])
         .await;

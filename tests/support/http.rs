@@ -145,6 +145,17 @@ pub async fn realtime_tenant(h: &Herald, id: &str) -> RealtimeTenant {
 }
 
 impl RealtimeTenant {
+    /// Creates namespace `name` with presence on (subscribers are listed, join and leave sent).
+    pub async fn presence_namespace(&self, name: &str) {
+        self.key
+            .post(
+                &format!("/v1/tenants/{}/namespaces", self.id),
+                serde_json::json!({"name": name, "options": {"presence": true}}),
+            )
+            .await
+            .expect(201);
+    }
+
     /// Mints a client token through the API with these capabilities.
     pub async fn token(&self, sub: &str, caps: Value) -> String {
         self.token_ttl(sub, caps, 3600).await

@@ -339,9 +339,9 @@ abstract class HttpTransport implements Transport {
   constructor(protected c: Herald, protected sink: Sink, protected base: string) {
     queueMicrotask(() => this.run());
   }
-  protected url(path: string, subs: Subscription[], extra: Record<string, string>): string {
+  protected url(path: string, subs: Subscription[] | string, extra: Record<string, string>): string {
     const u = endpoint(this.base, path);
-    u.searchParams.set('channels', subs.map((s) => s.channel).join(','));
+    u.searchParams.set('channels', typeof subs === 'string' ? subs : subs.map((s) => s.channel).join(','));
     const token = this.c._token();
     if (token) u.searchParams.set('token', token);
     if (this.c.opts.tenant) u.searchParams.set('tenant', this.c.opts.tenant);
@@ -479,6 +479,8 @@ class PollTransport extends HttpTransport {
     const f = this.c.opts.fetch || fetch;
     const wait = this.c.opts.pollTimeout ?? 25;
     while (!this.stopped) {
+      // The last channel gone: the session ends now, not when a channel comes back.
+      if (!this.c.subscriptions().length) this.end();
       const subs = await this.channels();
       if (this.stopped) return;
       const channels = subs.map((s) => s.channel).join(',');
@@ -539,15 +541,9 @@ class PollTransport extends HttpTransport {
     const cursor = this.cursor;
     if (!cursor || !this.list) return;
     this.cursor = undefined;
-    const u = endpoint(this.base, '/v1/poll/close');
-    u.searchParams.set('channels', this.list);
-    u.searchParams.set('cursor', cursor);
-    const token = this.c._token();
-    if (token) u.searchParams.set('token', token);
-    if (this.c.opts.tenant) u.searchParams.set('tenant', this.c.opts.tenant);
     const f = this.c.opts.fetch || fetch;
     try {
-      f(u.toString(), { method: 'POST', keepalive: true, cache: 'no-store' }).catch(() => {});
+      f(this.url('/v1/poll/close', this.list, { cursor }), { method: 'POST', keepalive: true, cache: 'no-store' }).catch(() => {});
     } catch {}
   }
 }

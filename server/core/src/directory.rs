@@ -131,6 +131,43 @@ pub struct Directory {
 /// One read of a channel's stored settings, its answer shared by everyone who asked meanwhile.
 type ChannelRead = tokio::sync::OnceCell<Result<Option<ChannelOptions>, StoreError>>;
 
+/// A caller's share of a single-flight entry (a tenant's load, a channel's read). When the
+/// caller is done or gives up, the entry leaves the map if it is `finished` or nobody else
+/// holds it, so the map holds only what someone waits for. The caller's reference is released
+/// under the map's lock: two callers leaving at once cannot each count the other and both
+/// keep the entry.
+struct InFlight<'m, K: Eq + std::hash::Hash, V> {
+    map: &'m Mutex<HashMap<K, Arc<V>>>,
+    key: K,
+    entry: Option<Arc<V>>,
+    finished: fn(&V) -> bool,
+}
+
+impl<'m, K: Eq + std::hash::Hash + Clone, V: Default> InFlight<'m, K, V> {
+    /// The entry for `key`, made if there is none.
+    fn join(map: &'m Mutex<HashMap<K, Arc<V>>>, key: K, finished: fn(&V) -> bool) -> Self {
+        let entry = map.lock().expect("directory lock").entry(key.clone()).or_default().clone();
+        InFlight { map, key, entry: Some(entry), finished }
+    }
+
+    fn get(&self) -> &V {
+        self.entry.as_deref().expect("held until dropped")
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Drop for InFlight<'_, K, V> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(ours) = self.entry.take() else { return };
+        let same = map.get(&self.key).is_some_and(|current| Arc::ptr_eq(current, &ours));
+        let finished = (self.finished)(&ours);
+        drop(ours);
+        if same && (finished || map.get(&self.key).is_some_and(|current| Arc::strong_count(current) == 1)) {
+            map.remove(&self.key);
+        }
+    }
+}
+
 impl Directory {
     pub fn new(store: Arc<dyn ConfigSource>, master: MasterKey, ttl: Duration) -> Directory {
         Directory {
@@ -173,17 +210,13 @@ impl Directory {
 
     /// One load at a time per tenant; `fresh` skips the cache another load may just have filled.
     async fn load_once(&self, id: &str, fresh: bool) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
-        let gate = self.loading.lock().expect("directory lock").entry(id.to_owned()).or_default().clone();
-        let _loading = gate.lock().await;
-        let result = match self.cached(id).filter(|_| !fresh) {
+        // Left when the last one waiting is done (each finds the cache filled by the first).
+        let gate = InFlight::join(&self.loading, id.to_owned(), |_| false);
+        let _loading = gate.get().lock().await;
+        match self.cached(id).filter(|_| !fresh) {
             Some(answer) => Ok(answer),
             None => self.load_and_cache(id).await,
-        };
-        let mut loading = self.loading.lock().expect("directory lock");
-        if Arc::strong_count(&gate) <= 2 {
-            loading.remove(id); // Nobody else waits on it.
         }
-        result
     }
 
     async fn load_and_cache(&self, id: &str) -> Result<Option<Arc<TenantSnapshot>>, StoreError> {
@@ -261,6 +294,9 @@ impl Directory {
         self.tenants.lock().expect("directory lock").remove(id);
         self.missing.lock().expect("directory lock").remove(id);
         self.api_keys.lock().expect("directory lock").retain(|_, k| k.key.tenant_id != id);
+        // A read of a channel's settings that began before the change does not answer those
+        // who ask after it.
+        self.channel_reads.lock().expect("directory lock").retain(|(tenant, _), _| tenant != id);
     }
 
     /// Options of a channel, or `None` if it neither exists nor may exist implicitly.
@@ -295,28 +331,11 @@ impl Directory {
     /// that goes away mid-read hands it to the next). Nothing is kept after it: the next read
     /// after the answer goes to the database again.
     async fn stored_channel(&self, tenant: &str, name: &str) -> Result<Option<ChannelOptions>, StoreError> {
-        /// Takes the read out of the map once it has answered, or when its last caller gave up
-        /// before it did, so the map holds only reads someone is waiting for.
-        struct Forget<'d> {
-            reads: &'d Mutex<HashMap<(String, String), Arc<ChannelRead>>>,
-            key: (String, String),
-            read: Arc<ChannelRead>,
-        }
-        impl Drop for Forget<'_> {
-            fn drop(&mut self) {
-                let mut reads = self.reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let ours = reads.get(&self.key).is_some_and(|current| Arc::ptr_eq(current, &self.read));
-                // The map's reference and ours: nobody else waits.
-                if ours && (self.read.initialized() || Arc::strong_count(&self.read) <= 2) {
-                    reads.remove(&self.key);
-                }
-            }
-        }
-        let key = (tenant.to_owned(), name.to_owned());
-        let read = self.channel_reads.lock().expect("directory lock").entry(key.clone()).or_default().clone();
-        let forget = Forget { reads: &self.channel_reads, key, read };
-        forget
-            .read
+        // Left once it has answered (the next read goes to the database again), or when its
+        // last caller gave up before it did.
+        let read =
+            InFlight::join(&self.channel_reads, (tenant.to_owned(), name.to_owned()), |r| r.initialized());
+        read.get()
             .get_or_init(|| async { Ok(self.store.channel(tenant, name).await?.map(|c| c.options)) })
             .await
             .clone()

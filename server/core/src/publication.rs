@@ -66,9 +66,8 @@ impl Publication {
         event: Option<&str>,
         data: &RawValue,
     ) -> String {
-        let mut out = Vec::with_capacity(data.get().len() + 160);
-        Self::encode_into(&mut out, channel, position, epoch, id, timestamp_ms, event, data);
-        String::from_utf8(out).expect("JSON is UTF-8")
+        let wire = ServerFrame::Pub { channel, position, epoch, id, ts: timestamp_ms, event, data };
+        serde_json::to_string(&wire).expect("publication serialises")
     }
 
     /// [`Self::encode`] appended to `out` (a stored batch is built in one buffer); returns the

@@ -130,9 +130,30 @@ async fn first_uses_of_a_channel_at_once_share_one_read() {
     directory.resolve_channel(&tenant, "lobby").await.unwrap();
     assert_eq!(reads(), 2, "a later use reads again");
 
-    // Every caller of a read gives up before it answers: the read is not left behind.
-    let gave_up =
-        tokio::time::timeout(Duration::from_millis(10), directory.resolve_channel(&tenant, "other")).await;
-    assert!(gave_up.is_err());
+    // Every caller of a read gives up before it answers, all at once: the read is not left
+    // behind.
+    let mut impatient = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (d, t) = (directory.clone(), tenant.clone());
+        impatient.spawn(async move {
+            tokio::time::timeout(Duration::from_millis(10), d.resolve_channel(&t, "other")).await.is_err()
+        });
+    }
+    while let Some(gave_up) = impatient.join_next().await {
+        assert!(gave_up.unwrap());
+    }
     assert_eq!(directory.channel_reads_in_flight(), 0, "an abandoned read is forgotten");
+
+    // A change of the tenant's configuration: a use after it does not get the answer of a read
+    // that began before it.
+    let before = reads();
+    let early = {
+        let (d, t) = (directory.clone(), tenant.clone());
+        tokio::spawn(async move { d.resolve_channel(&t, "lobby").await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    directory.invalidate("acme");
+    directory.resolve_channel(&tenant, "lobby").await.unwrap();
+    early.await.unwrap();
+    assert_eq!(reads(), before + 2, "the use after the change read afresh");
 }

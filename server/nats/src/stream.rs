@@ -480,7 +480,9 @@ impl Cluster {
             let (cluster, ch) = (self.clone(), ch.clone());
             let stored = self.thread.spawn(async move {
                 let mut head = ch.state::<ClusterChannel>().head.lock().await;
-                let mut outcomes = cluster.store(&ch, &mut head, vec![(data, event)], Some(&key)).await?;
+                let max_payload = cluster.max_payload();
+                let mut outcomes =
+                    cluster.store(&ch, &mut head, vec![(data, event)], Some(&key), max_payload).await?;
                 Ok(outcomes.pop().expect("one outcome per message"))
             });
             return stored.await.unwrap_or_else(|_| Err(Self::unavailable("the publish was abandoned")));
@@ -540,7 +542,9 @@ impl Cluster {
             // gets its turn between batches (tokio's mutex is fair).
             let mut head = slot.head.lock().await;
             let batch;
-            (batch, backlog) = take_batch(&slot.pending, self.max_payload() / 2);
+            // Read once per batch: the server's whole `ServerInfo` is cloned to get it.
+            let max_payload = self.max_payload();
+            (batch, backlog) = take_batch(&slot.pending, max_payload / 2);
             if batch.is_empty() {
                 return;
             }
@@ -550,7 +554,7 @@ impl Cluster {
             // client, which would send it (and have it stored) after reconnecting.
             *slot.last_store.lock().expect("last store lock") = Some(Instant::now());
             let stored = match self.health() {
-                Ok(()) => self.store(ch, &mut head, items, None).await,
+                Ok(()) => self.store(ch, &mut head, items, None, max_payload).await,
                 Err(why) => Err(Error::ClusterUnavailable(why)),
             };
             drop(head);
@@ -581,13 +585,14 @@ impl Cluster {
 
     /// Stores `items` as one message at the channel's next positions (one JetStream publish
     /// with compare-and-set on the subject's last sequence, retried when another node got
-    /// there first).
+    /// there first); `max_payload` is the NATS server's ([`Self::max_payload`]).
     async fn store(
         &self,
         ch: &Channel,
         head: &mut Option<StreamHead>,
         items: Vec<(Box<RawValue>, Option<String>)>,
         idempotency_key: Option<&str>,
+        max_payload: usize,
     ) -> Result<Vec<PublishOutcome>, Error> {
         let subject = history_subject(&ch.tenant, &ch.name);
         let ttl = ttl_of(&ch.options());
@@ -595,7 +600,6 @@ impl Cluster {
             *head = Some(self.head(&subject).await?);
         }
         let count = items.len() as u64;
-        let max_payload = self.max_payload();
         // The frames' size, give or take their positions and ids: one buffer holds the batch.
         let estimate: usize = items.iter().map(|(data, _)| data.get().len() + 192).sum();
         for _ in 0..MAX_PUBLISH_ATTEMPTS {

@@ -126,10 +126,16 @@ impl LongPolls {
 pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<PollQuery>) -> Response {
     let origin = http::origin(req);
     let mut origin_checked = false;
-    match run(req, &state, query, origin.as_deref(), &mut origin_checked).await {
-        Ok(resp) => http::allow_origin(resp, origin.as_deref()),
-        // Only an origin the tenant allows is ever echoed, on errors too.
-        Err(err) => http::error_response(err, origin.as_deref().filter(|_| origin_checked)),
+    let result = run(req, &state, query, origin.as_deref(), &mut origin_checked).await;
+    respond(result, origin.as_deref(), origin_checked)
+}
+
+/// A long-poll endpoint's answer with its CORS headers. Only an origin the tenant allows is
+/// ever echoed (`origin_checked`), on errors too.
+fn respond(result: Result<Response, ApiError>, origin: Option<&str>, origin_checked: bool) -> Response {
+    match result {
+        Ok(resp) => http::allow_origin(resp, origin),
+        Err(err) => http::error_response(err, origin.filter(|_| origin_checked)),
     }
 }
 
@@ -143,10 +149,8 @@ pub async fn poll(req: &Request, state: Data<&SharedState>, Query(query): Query<
 pub async fn close(req: &Request, state: Data<&SharedState>, Query(query): Query<PollQuery>) -> Response {
     let origin = http::origin(req);
     let mut origin_checked = false;
-    match end_session(req, &state, query, origin.as_deref(), &mut origin_checked).await {
-        Ok(resp) => http::allow_origin(resp, origin.as_deref()),
-        Err(err) => http::error_response(err, origin.as_deref().filter(|_| origin_checked)),
-    }
+    let result = end_session(req, &state, query, origin.as_deref(), &mut origin_checked).await;
+    respond(result, origin.as_deref(), origin_checked)
 }
 
 async fn end_session(
@@ -170,7 +174,9 @@ async fn end_session(
     let found = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
     // Another user's session (a cursor that leaked) is left alone, and said nothing about.
     if let Some(lp) = found.filter(|lp| auth.owns(lp) && lp.channels == channels) {
-        // A poll of the session still waiting holds its lock: it returns first, empty.
+        // A poll of the session holds its lock: it returns first, and at once. Marked ended
+        // before, so a poll that takes the lock ahead of this one does not wait either.
+        lp.alive.store(false, Ordering::SeqCst);
         lp.generation.fetch_add(1, Ordering::SeqCst);
         lp.superseded.notify_waiters();
         let mut inner = lp.inner.lock().await;
@@ -311,7 +317,7 @@ async fn run(
         let superseded = lp.superseded.notified();
         tokio::pin!(superseded);
         superseded.as_mut().enable();
-        if lp.generation.load(Ordering::SeqCst) != generation {
+        if lp.generation.load(Ordering::SeqCst) != generation || !lp.alive.load(Ordering::SeqCst) {
             break;
         }
         tokio::select! {
