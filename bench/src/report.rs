@@ -717,9 +717,11 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
         "\ncluster against one node of the same binary (same plan, a fresh node or cluster per run, alternating order)"
     );
     println!(
-        "  round  CPU µs/delivery: node / cluster+NATS = ratio   p50 ms: node / cluster   p99 ms: node / cluster (gap)   other CPU %"
+        "  round  CPU µs/delivery: node / cluster+NATS = ratio   p50 ms: node / cluster   p99 ms: node / cluster (gap) / other nodes' (gap)   other CPU %"
     );
-    // Each round's ratio, p99 gap and whether nobody else disturbed it.
+    // Each round's ratio, p99 gaps (all the cluster's subscribers; only those of the nodes that
+    // do not take the publishes, whose every delivery crossed NATS) and whether nobody else
+    // disturbed it.
     let mut rounds = Vec::new();
     for (i, (single, cluster)) in pairs.iter().enumerate() {
         let ratio = single
@@ -730,9 +732,11 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
         let (p99_single, p99_cluster) =
             (ms(&single.latency, |l| l.p99_us), ms(&cluster.all.latency, |l| l.p99_us));
         let gap = p99_single.zip(p99_cluster).map(|(s, c)| c - s);
+        let p99_other = cluster.other_nodes.as_ref().and_then(|g| ms(&g.latency, |l| l.p99_us));
+        let gap_other = p99_single.zip(p99_other).map(|(s, o)| o - s);
         let clean = !disturbed(single) && !disturbed(&cluster.all);
         println!(
-            "  {:>5}  {:>6} / {:>6} = {:>5}   {:>6} / {:>6}   {:>6} / {:>6} ({:>6})   {:>4} / {:>4}{}",
+            "  {:>5}  {:>6} / {:>6} = {:>5}   {:>6} / {:>6}   {:>6} / {:>6} ({:>6}) / {:>6} ({:>6})   {:>4} / {:>4}{}",
             i + 1,
             f(single.server_cpu_us_per_delivery),
             f(cluster.nodes_and_nats_cpu_us_per_delivery),
@@ -742,16 +746,19 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
             f(p99_single),
             f(p99_cluster),
             f(gap),
+            f(p99_other),
+            f(gap_other),
             single.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
             cluster.all.other_cpu_percent.map_or("-".into(), |p| format!("{p:.0}")),
             if clean { "" } else { "  (disturbed)" }
         );
-        rounds.push((clean, ratio, gap));
+        rounds.push((clean, ratio, gap, gap_other));
     }
-    let any_clean = rounds.iter().any(|(clean, _, _)| *clean);
-    let counted = || rounds.iter().filter(|(clean, _, _)| *clean || !any_clean);
+    let any_clean = rounds.iter().any(|r| r.0);
+    let counted = || rounds.iter().filter(|r| r.0 || !any_clean);
     let ratios: Vec<f64> = counted().filter_map(|r| r.1).collect();
     let gaps: Vec<f64> = counted().filter_map(|r| r.2).collect();
+    let gaps_other: Vec<f64> = counted().filter_map(|r| r.3).collect();
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (!v.is_empty()).then(|| {
@@ -759,13 +766,21 @@ pub fn against_single(pairs: &[(FanoutResult, ClusterResult)]) -> BTreeMap<Strin
         })
     };
     let mut out = BTreeMap::new();
-    let (ratio, gap) = (median(ratios), median(gaps));
-    println!("  median: CPU per delivery {}× the node's, p99 {} ms over the node's", f(ratio), f(gap));
+    let (ratio, gap, gap_other) = (median(ratios), median(gaps), median(gaps_other));
+    println!(
+        "  median: CPU per delivery {}× the node's, p99 {} ms over the node's ({} ms for the other nodes' subscribers)",
+        f(ratio),
+        f(gap),
+        f(gap_other)
+    );
     if let Some(r) = ratio {
         out.insert("cluster_cpu_per_delivery_to_single_node".to_owned(), r);
     }
     if let Some(g) = gap {
         out.insert("cluster_p99_minus_single_node_ms".to_owned(), g);
+    }
+    if let Some(g) = gap_other {
+        out.insert("cluster_other_nodes_p99_minus_single_node_ms".to_owned(), g);
     }
     out
 }

@@ -104,6 +104,7 @@ fn cluster_mode_runs_three_nodes_over_nats() {
     assert_eq!(single["subscribers_open"], 30, "{single}");
     assert_eq!(single["missing"], 0, "lost messages: {single}");
     assert!(scenario["ratios"]["cluster_p99_minus_single_node_ms"].is_f64(), "{scenario}");
+    assert!(scenario["ratios"]["cluster_other_nodes_p99_minus_single_node_ms"].is_f64(), "{scenario}");
 }
 
 /// The cluster scenario's scale options with tiny numbers: mixed transports over two nodes,
