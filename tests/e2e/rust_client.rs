@@ -211,28 +211,17 @@ async fn the_rust_client_ends_its_long_poll_session_when_it_changes_channels_and
     let t = realtime_tenant(&h, "acme").await;
     t.presence_namespace("p").await;
     let token = t.token("ann", caps()).await;
-    let present = |channel: &'static str| {
-        let key = t.key.clone();
-        async move {
-            let p = key.get(&format!("/v1/tenants/acme/channels/{channel}/presence")).await.expect(200);
-            p["clients"].as_array().unwrap().len()
-        }
-    };
     let client = Client::connect(quick(&h.base, &token).transports(&[Transport::LongPoll]));
     let mut a = client.subscribe("p:a");
     subscribed(&mut a).await;
-    assert_eq!(present("p:a").await, 1);
+    assert_eq!(t.present("p:a").await.len(), 1);
     // A new channel: a new session for both channels; the old one ends.
     let mut b = client.subscribe("p:b");
     subscribed(&mut b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(present("p:a").await, 1, "the old session left p:a, the new one is there");
-    assert_eq!(present("p:b").await, 1);
+    assert_eq!(t.present("p:a").await.len(), 1, "the old session left p:a, the new one is there");
+    assert_eq!(t.present("p:b").await.len(), 1);
     // Closed: its session ends now, not a minute later.
     client.close();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while present("p:a").await + present("p:b").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the session outlived the client");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    t.await_absent(&["p:a", "p:b"], "the client's close").await;
 }

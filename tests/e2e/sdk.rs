@@ -443,12 +443,6 @@ async fn a_gap_the_server_cannot_fill_reaches_the_app_as_not_recovered() {
     page.page.close().await;
 }
 
-/// Presence of a channel through the REST API: `(user, client)` pairs.
-async fn present(t: &crate::support::RealtimeTenant, channel: &str) -> Vec<String> {
-    let presence = t.key.get(&format!("/v1/tenants/acme/channels/{channel}/presence")).await.expect(200);
-    presence["clients"].as_array().unwrap().iter().map(|c| c["client"].as_str().unwrap().to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_ends_its_long_poll_session_when_its_channels_change_or_empty_and_when_it_disconnects() {
     // Sessions otherwise end only after 60 s without a poll (the default).
@@ -470,33 +464,22 @@ async fn the_sdk_ends_its_long_poll_session_when_its_channels_change_or_empty_an
     }]});
     let Some(mut page) = SdkPage::open(&h, "acme", config).await else { return };
     page.until(Duration::from_secs(10), "p:a", |s| s.iter().any(|v| v["subscribed"] == "p:a")).await;
-    assert_eq!(present(&t, "p:a").await.len(), 1);
+    assert_eq!(t.present("p:a").await.len(), 1);
     // A new channel: the SDK polls with a new list, a new session; the old one ends.
     page.until(Duration::from_secs(10), "p:b", |s| s.iter().any(|v| v["subscribed"] == "p:b")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let on_a = present(&t, "p:a").await;
+    let on_a = t.present("p:a").await;
     assert_eq!(on_a.len(), 1, "the old session left p:a, the new one is there: {on_a:?}");
-    assert_eq!(present(&t, "p:b").await, on_a, "one session holds both channels");
+    assert_eq!(t.present("p:b").await, on_a, "one session holds both channels");
     // No channel left: the session ends now, not when a channel comes back.
     page.until(Duration::from_secs(10), "unsubscribing", |s| s.iter().any(|v| v["unsubscribedAll"] == true))
         .await;
-    gone(&t, &["p:a", "p:b"], "the last unsubscribe").await;
+    t.await_absent(&["p:a", "p:b"], "the last unsubscribe").await;
     // Another channel, then the app disconnects the client: that session ends now too.
     page.until(Duration::from_secs(10), "p:c", |s| s.iter().any(|v| v["subscribed"] == "p:c")).await;
-    assert_eq!(present(&t, "p:c").await.len(), 1);
+    assert_eq!(t.present("p:c").await.len(), 1);
     page.until(Duration::from_secs(10), "the disconnect", |s| s.iter().any(|v| v["disconnected"] == true))
         .await;
-    gone(&t, &["p:c"], "the disconnect").await;
+    t.await_absent(&["p:c"], "the disconnect").await;
     page.page.close().await;
-}
-
-/// Waits up to 3 s for `channels` to have nobody present.
-async fn gone(t: &crate::support::RealtimeTenant, channels: &[&str], after: &str) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    for channel in channels {
-        while !present(t, channel).await.is_empty() {
-            assert!(Instant::now() < deadline, "{channel}: the session outlived {after}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }

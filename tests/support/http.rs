@@ -145,6 +145,26 @@ pub async fn realtime_tenant(h: &Herald, id: &str) -> RealtimeTenant {
 }
 
 impl RealtimeTenant {
+    /// The client ids present in `channel`, through the REST API.
+    pub async fn present(&self, channel: &str) -> Vec<String> {
+        let presence =
+            self.key.get(&format!("/v1/tenants/{}/channels/{channel}/presence", self.id)).await.expect(200);
+        let clients = presence["clients"].as_array().expect("clients");
+        clients.iter().map(|c| c["client"].as_str().expect("client id").to_owned()).collect()
+    }
+
+    /// Waits up to 3 s for nobody to be present in `channels`; `after` names what should have
+    /// ended their sessions.
+    pub async fn await_absent(&self, channels: &[&str], after: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        for channel in channels {
+            while !self.present(channel).await.is_empty() {
+                assert!(std::time::Instant::now() < deadline, "{channel}: the session outlived {after}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// Creates namespace `name` with presence on (subscribers are listed, join and leave sent).
     pub async fn presence_namespace(&self, name: &str) {
         self.key

@@ -806,7 +806,11 @@ impl Driver {
 
     /// A GET to an HTTP transport, the token in `Authorization` (out of URLs and their logs).
     fn get(&self, url: String) -> reqwest::RequestBuilder {
-        let request = self.http.get(url);
+        self.authorized(self.http.get(url))
+    }
+
+    /// `request` with the token in `Authorization`, when there is one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -823,10 +827,7 @@ impl Driver {
         cursor: String,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let url = self.http_url(base, "/v1/poll/close", channels, &[("cursor", cursor)]);
-        let mut request = self.http.post(url).timeout(Duration::from_secs(5));
-        if let Some(t) = &self.token {
-            request = request.bearer_auth(t);
-        }
+        let request = self.authorized(self.http.post(url).timeout(Duration::from_secs(5)));
         async move {
             let _ = request.send().await;
         }

@@ -70,8 +70,7 @@ impl Publication {
         serde_json::to_string(&wire).expect("publication serialises")
     }
 
-    /// [`Self::encode`] appended to `out` (a stored batch is built in one buffer); returns the
-    /// frame's length.
+    /// [`Self::encode`] appended to `out` (a stored batch is built in one buffer).
     #[allow(clippy::too_many_arguments)]
     pub fn encode_into(
         out: &mut Vec<u8>,
@@ -82,11 +81,9 @@ impl Publication {
         timestamp_ms: i64,
         event: Option<&str>,
         data: &RawValue,
-    ) -> usize {
-        let start = out.len();
+    ) {
         let wire = ServerFrame::Pub { channel, position, epoch, id, ts: timestamp_ms, event, data };
-        serde_json::to_writer(&mut *out, &wire).expect("publication serialises");
-        out.len() - start
+        serde_json::to_writer(out, &wire).expect("publication serialises");
     }
 
     /// Rebuilds a publication of `channel` by parsing its `pub` frame (cluster mode, for a

@@ -191,6 +191,50 @@ fn frame_ranges(sizes: Option<&str>, payload: &[u8], count: u64) -> Option<Vec<s
     (ranges.len() == count && at == payload.len()).then_some(ranges)
 }
 
+/// A stored message's payload as it is written: one frame as it is, a batch as a JSON array of
+/// its frames with their sizes (`Herald-Sizes`), which [`frame_ranges`] reads back.
+struct Payload {
+    bytes: Vec<u8>,
+    sizes: String,
+    batch: bool,
+    frames: usize,
+}
+
+impl Payload {
+    /// For `frames` frames of about `capacity` bytes in all.
+    fn new(frames: usize, capacity: usize) -> Payload {
+        let batch = frames > 1;
+        let mut bytes = Vec::with_capacity(capacity + 2);
+        if batch {
+            bytes.push(b'[');
+        }
+        Payload { bytes, sizes: String::new(), batch, frames: 0 }
+    }
+
+    /// Appends the frame `encode` writes.
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.frames > 0 {
+            self.bytes.push(b',');
+            self.sizes.push(',');
+        }
+        let start = self.bytes.len();
+        encode(&mut self.bytes);
+        if self.batch {
+            use std::fmt::Write;
+            let _ = write!(self.sizes, "{}", self.bytes.len() - start);
+        }
+        self.frames += 1;
+    }
+
+    /// The payload, and a batch's sizes.
+    fn finish(mut self) -> (Vec<u8>, Option<String>) {
+        if self.batch {
+            self.bytes.push(b']');
+        }
+        (self.bytes, self.batch.then_some(self.sizes))
+    }
+}
+
 /// What a stored message's headers say about it. Every reader of a stored message's
 /// publications (a feed's live message, a walk back through history, the original of a
 /// repeated idempotent publish) and a channel's head ([`Cluster::head`]) reads them here,
@@ -613,33 +657,22 @@ impl Cluster {
             let last = first + count - 1;
             let timestamp_ms = chrono::Utc::now().timestamp_millis();
             let mut outcomes = Vec::with_capacity(items.len());
-            // One frame as it is, a batch as a JSON array of its frames with their sizes.
-            let mut payload = Vec::with_capacity(estimate + 2);
-            let mut sizes = String::new();
-            if count > 1 {
-                payload.push(b'[');
-            }
+            let mut payload = Payload::new(items.len(), estimate);
             for (i, (data, event)) in items.iter().enumerate() {
                 let position = first + i as u64;
                 let id = uuid::Uuid::now_v7().simple().to_string();
-                if i > 0 {
-                    payload.push(b',');
-                    sizes.push(',');
-                }
-                let size = Publication::encode_into(
-                    &mut payload,
-                    &ch.name,
-                    position,
-                    &epoch,
-                    &id,
-                    timestamp_ms,
-                    event.as_deref(),
-                    data,
-                );
-                if count > 1 {
-                    use std::fmt::Write;
-                    let _ = write!(sizes, "{size}");
-                }
+                payload.push(|out| {
+                    Publication::encode_into(
+                        out,
+                        &ch.name,
+                        position,
+                        &epoch,
+                        &id,
+                        timestamp_ms,
+                        event.as_deref(),
+                        data,
+                    )
+                });
                 outcomes.push(PublishOutcome {
                     position,
                     epoch: epoch.clone(),
@@ -648,9 +681,7 @@ impl Cluster {
                     duplicate: false,
                 });
             }
-            if count > 1 {
-                payload.push(b']');
-            }
+            let (payload, sizes) = payload.finish();
             // NATS closes the whole connection of a client that sends more than its
             // `max_payload`: refuse here instead (headers take well under 1 KiB).
             if payload.len() + 1024 > max_payload {
@@ -664,7 +695,7 @@ impl Cluster {
                 .header(HEADER_TS, timestamp_ms.to_string().as_str())
                 .header("Nats-TTL", format!("{message_ttl}s").as_str())
                 .expected_last_subject_sequence(current.seq);
-            if count > 1 {
+            if let Some(sizes) = &sizes {
                 message = message
                     .header(HEADER_COUNT, count.to_string().as_str())
                     .header(HEADER_SIZES, sizes.as_str());
@@ -931,8 +962,14 @@ mod tests {
     fn a_batch_is_read_from_its_headers_as_it_would_be_parsed() {
         // Data with the characters that end a frame, inside strings and as whitespace.
         let frames = [frame(5, r#"{"a": "],[\"x\"]"}"#), frame(6, "[1,\n 2]"), frame(7, r#""é""#)];
-        let payload = Bytes::from(format!("[{}]", frames.join(",")));
-        let sizes = frames.iter().map(|f| f.len().to_string()).collect::<Vec<_>>().join(",");
+        // Written as a store writes it.
+        let mut written = Payload::new(frames.len(), 0);
+        for f in &frames {
+            written.push(|out| out.extend_from_slice(f.as_bytes()));
+        }
+        let (payload, sizes) = written.finish();
+        let (payload, sizes) = (Bytes::from(payload), sizes.expect("a batch has sizes"));
+        assert_eq!(payload, format!("[{}]", frames.join(",")).as_bytes(), "a JSON array of the frames");
         let channel: Arc<str> = Arc::from("room");
         let ttl = Duration::from_secs(60);
         let old = headers(&[(HEADER_POSITION, "7"), (HEADER_EPOCH, "e1"), (HEADER_COUNT, "3")]);
@@ -953,7 +990,12 @@ mod tests {
 
     #[test]
     fn a_single_frame_is_read_from_its_headers_as_it_would_be_parsed() {
-        let payload = Bytes::from(frame(9, "{}"));
+        let mut written = Payload::new(1, 0);
+        written.push(|out| out.extend_from_slice(frame(9, "{}").as_bytes()));
+        let (payload, sizes) = written.finish();
+        assert_eq!(sizes, None, "one frame carries no sizes");
+        let payload = Bytes::from(payload);
+        assert_eq!(payload, frame(9, "{}").as_bytes(), "one frame is stored as it is");
         let channel: Arc<str> = Arc::from("room");
         let ttl = Duration::from_secs(60);
         let old = headers(&[(HEADER_POSITION, "9"), (HEADER_EPOCH, "e1")]);

@@ -78,6 +78,16 @@ struct LongPollSession {
     last_active: Mutex<Instant>,
 }
 
+impl LongPollSession {
+    /// Makes a poll of the session that is waiting return at once (it holds the session's
+    /// lock, which a newer poll or the session's end needs); answers the new generation.
+    fn supersede(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.superseded.notify_waiters();
+        generation
+    }
+}
+
 /// Long-poll sessions of this node.
 pub struct LongPolls {
     sessions: Mutex<HashMap<SessionId, Arc<LongPollSession>>>,
@@ -174,11 +184,9 @@ async fn end_session(
     let found = state.long_polls.sessions.lock().expect("long-poll lock").get(&id).cloned();
     // Another user's session (a cursor that leaked) is left alone, and said nothing about.
     if let Some(lp) = found.filter(|lp| auth.owns(lp) && lp.channels == channels) {
-        // A poll of the session holds its lock: it returns first, and at once. Marked ended
-        // before, so a poll that takes the lock ahead of this one does not wait either.
+        // Marked ended first, so a poll that takes the lock ahead of this one does not wait.
         lp.alive.store(false, Ordering::SeqCst);
-        lp.generation.fetch_add(1, Ordering::SeqCst);
-        lp.superseded.notify_waiters();
+        lp.supersede();
         let mut inner = lp.inner.lock().await;
         drop_session(state, &lp, &mut inner);
     }
@@ -223,8 +231,7 @@ async fn run(
 
     let since = if cursor.is_some() { None } else { http::since(query.since.as_deref(), &channels)? };
     let lp = session_for(state, &auth, &channels, cursor.as_ref(), since, origin, &query.tenant).await?;
-    let generation = lp.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    lp.superseded.notify_waiters();
+    let generation = lp.supersede();
     let mut inner = lp.inner.lock().await;
     *lp.last_active.lock().expect("long-poll lock") = Instant::now();
     // A session the connect proxy opened lives until its expiry, unless the refresh proxy
